@@ -1,0 +1,68 @@
+# Taxi Driver: every target sets itself up (venv, pinned deps, generated code).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMPS := .stamps
+PROTOS := $(shell find protos -name '*.proto')
+BENCH ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv protos test run bench lint backup restore clean up down
+
+help:
+	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the three services, a first training"
+	@echo "make test    - the test suite (embedded PostgreSQL unless DATABASE_URL is set)"
+	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one)"
+	@echo "make lint    - buf lint, ruff, mypy"
+	@echo "make protos  - regenerate Python code from protos/"
+	@echo "make backup / make restore FILE=... - pg_dump / pg_restore of the registry database"
+
+$(STAMPS)/venv: requirements.lock pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(STAMPS)/venv
+
+$(STAMPS)/protos: $(STAMPS)/venv $(PROTOS) protos/generate.py
+	$(PY) protos/generate.py
+	@touch $@
+
+protos: $(STAMPS)/protos
+
+# pytest exits 5 when it collected no test: that is an error here, never a pass.
+test: $(STAMPS)/protos
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$rc
+
+run: $(STAMPS)/protos
+	$(PY) -m taxidriver.devstack
+
+bench: $(STAMPS)/protos
+	$(PY) bench/run.py $(BENCH)
+
+$(STAMPS)/buf:
+	@mkdir -p $(STAMPS)
+	npm install --silent --no-audit --no-fund --prefix $(STAMPS)/node @bufbuild/buf@1.75.0
+	@touch $@
+
+lint: $(STAMPS)/protos $(STAMPS)/buf
+	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy taxidriver trainer_service registry_service gateway
+
+backup: $(STAMPS)/protos
+	$(PY) -m registry_service.backup dump $(if $(FILE),--file $(FILE),)
+
+restore: $(STAMPS)/protos
+	@test -n "$(FILE)" || { echo "usage: make restore FILE=backup.dump"; exit 2; }
+	$(PY) -m registry_service.backup restore --file $(FILE)
+
+clean:
+	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest
+-include deploy/deploy.mk

@@ -1,0 +1,203 @@
+"""One domain error type, mapped once to a gRPC status with rich details.
+
+Servicers raise `ServiceError` (or one of its helpers); `ErrorInterceptor`
+turns it into `google.rpc.Status` with `ErrorInfo` and, for bad input,
+`BadRequest.field_violations` naming each field. Anything else that escapes a
+handler is logged and answered INTERNAL without leaking internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from taxidriver import DOMAIN
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(kw_only=True)
+class ServiceError(Exception):
+    """A failure to report to the caller as a gRPC status."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = "ERROR"
+    violations: list[FieldViolation] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def to_status(self) -> grpc.Status:
+        details: list[any_pb2.Any] = []
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        details.append(packed)
+        if self.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in self.violations
+                ]
+            )
+            packed = any_pb2.Any()
+            packed.Pack(bad_request)
+            details.append(packed)
+        status = status_pb2.Status(code=_CODE_NUMBERS[self.code], message=self.message, details=details)
+        return rpc_status.to_status(status)
+
+
+_CODE_NUMBERS = {code: code.value[0] for code in grpc.StatusCode}
+assert _CODE_NUMBERS[grpc.StatusCode.INVALID_ARGUMENT] == code_pb2.INVALID_ARGUMENT
+
+
+def invalid_argument(violations: Iterable[FieldViolation], message: str | None = None) -> ServiceError:
+    items = list(violations)
+    text = message or "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in items)
+    return ServiceError(
+        code=grpc.StatusCode.INVALID_ARGUMENT, message=text, reason="INVALID_ARGUMENT", violations=items
+    )
+
+
+def bad_field(field_name: str, description: str) -> ServiceError:
+    return invalid_argument([FieldViolation(field=field_name, description=description)])
+
+
+def not_found(what: str, ident: str) -> ServiceError:
+    return ServiceError(
+        code=grpc.StatusCode.NOT_FOUND,
+        message=f"{what} {ident!r} not found",
+        reason=f"{what.upper().replace(' ', '_')}_NOT_FOUND",
+        metadata={what.replace(" ", "_"): ident},
+    )
+
+
+def failed_precondition(message: str, reason: str = "FAILED_PRECONDITION", **metadata: str) -> ServiceError:
+    return ServiceError(
+        code=grpc.StatusCode.FAILED_PRECONDITION, message=message, reason=reason, metadata=dict(metadata)
+    )
+
+
+def unavailable(message: str, reason: str = "UNAVAILABLE", **metadata: str) -> ServiceError:
+    return ServiceError(code=grpc.StatusCode.UNAVAILABLE, message=message, reason=reason, metadata=dict(metadata))
+
+
+def resource_exhausted(message: str, reason: str = "RESOURCE_EXHAUSTED", **metadata: str) -> ServiceError:
+    return ServiceError(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED, message=message, reason=reason, metadata=dict(metadata)
+    )
+
+
+class Violations:
+    """Collects every bad field of a request before raising once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field_name: str, description: str) -> None:
+        self.items.append(FieldViolation(field=field_name, description=description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise invalid_argument(self.items)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    await context.abort_with_status(error.to_status())
+
+
+def _internal(method: str, exc: BaseException) -> ServiceError:
+    log.exception("unhandled error in %s", method, exc_info=exc)
+    return ServiceError(code=grpc.StatusCode.INTERNAL, message=f"internal error in {method}", reason="INTERNAL")
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request_or_iterator, context)
+        except ServiceError as error:
+            await _abort(context, error)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that maps the unexpected
+            await _abort(context, _internal(method, exc))
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request_or_iterator, context):
+                yield response
+        except ServiceError as error:
+            await _abort(context, error)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that maps the unexpected
+            await _abort(context, _internal(method, exc))
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ServiceError (and anything unexpected) to a rich status, once for all methods."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **kwargs)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **kwargs)
+        return handler
+
+
+def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[FieldViolation], str]:
+    """Client side: the field violations and ErrorInfo reason carried by an error."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    violations: list[FieldViolation] = []
+    reason = ""
+    if status is None:
+        return violations, reason
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend(
+                FieldViolation(field=v.field, description=v.description) for v in bad_request.field_violations
+            )
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+    return violations, reason

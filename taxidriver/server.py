@@ -1,0 +1,111 @@
+"""Server start-up shared by every service: health, reflection, graceful drain.
+
+`create_server` binds (port 0 in tests) and returns `(server, port, health)`;
+`serve` runs it until SIGTERM/SIGINT, then flips health to NOT_SERVING and
+drains in-flight calls for `grace` seconds before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from taxidriver.errors import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+# Generous but bounded: artifacts stream in chunks well below this.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceBinding:
+    """One gRPC service to host: its full name and how to add it to a server."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+    # Listed by reflection; internal services are served but not advertised.
+    reflect: bool = True
+
+
+@dataclass(kw_only=True)
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool, services: Sequence[str] | None = None) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in [*(services if services is not None else self.service_names), ""]:
+            await self.health.set(name, status)
+
+
+async def create_server(
+    *,
+    address: str,
+    services: Sequence[ServiceBinding],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    serving: bool = True,
+    error_mapping: bool = True,
+) -> RunningServer:
+    """Build and start a server on `address` ("host:port", port 0 for any)."""
+    all_interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)
+    if error_mapping:
+        all_interceptors.append(ErrorInterceptor())
+    server = grpc.aio.server(interceptors=all_interceptors, options=SERVER_OPTIONS)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for binding in services:
+        binding.register(server)
+    reflected = [b.name for b in services if b.reflect]
+    reflection.enable_server_reflection(
+        [*reflected, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    await server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer, service_names=[b.name for b in services])
+    await running.set_serving(serving)
+    return running
+
+
+async def serve(
+    running: RunningServer,
+    *,
+    grace: float,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain: health NOT_SERVING, hook, stop(grace)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening on port %d", running.port)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", grace)
+    await running.health.enter_graceful_shutdown()
+    if on_shutdown is not None:
+        await on_shutdown()
+    await running.server.stop(grace)
+    log.info("stopped")
