@@ -1,0 +1,1 @@
+"""The trainer service: runs tabular RL agents on Taxi in worker processes."""
