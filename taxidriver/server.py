@@ -35,6 +35,28 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+class DomainErrorInterceptor(ErrorInterceptor):
+    """ErrorInterceptor for our services only.
+
+    grpc's own services (health, reflection) map their errors themselves, and the
+    aio Health.Watch is a coroutine writing with context.write(), which the
+    async-generator wrapper of ErrorInterceptor would break.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method.startswith(GRPC_INFRA_PREFIX):
+            return await continuation(handler_call_details)
+        return await super().intercept_service(continuation, handler_call_details)
+
+
+# Methods of grpc's own services (grpc.health.v1, grpc.reflection.*).
+GRPC_INFRA_PREFIX = "/grpc."
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServiceBinding:
     """One gRPC service to host: its full name and how to add it to a server."""
@@ -53,9 +75,7 @@ class RunningServer:
     service_names: list[str] = field(default_factory=list)
 
     async def set_serving(self, serving: bool, services: Sequence[str] | None = None) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in [*(services if services is not None else self.service_names), ""]:
             await self.health.set(name, status)
 
@@ -71,7 +91,7 @@ async def create_server(
     """Build and start a server on `address` ("host:port", port 0 for any)."""
     all_interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)
     if error_mapping:
-        all_interceptors.append(ErrorInterceptor())
+        all_interceptors.append(DomainErrorInterceptor())
     server = grpc.aio.server(interceptors=all_interceptors, options=SERVER_OPTIONS)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,85 @@
+"""Gateway start-up: forwarding handlers, health mirror, reflection of public services only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from gateway.forwarding import Upstream, forwarding_handler, refusing_handler
+from gateway.settings import GatewaySettings
+from gateway.upstream_health import HealthMirror
+from taxidriver.ingest.v1 import ingest_service_pb2
+from taxidriver.registry.v1 import registry_service_pb2
+from taxidriver.server import RunningServer, ServiceBinding, create_server
+from taxidriver.trainer.v1 import trainer_service_pb2
+
+log = logging.getLogger(__name__)
+
+TRAINER_SERVICE = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"]
+REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+INGEST_SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"]
+INGEST_REFUSAL = f"{INGEST_SERVICE.full_name} is internal to the cluster and not routed by the gateway"
+
+
+@dataclass(kw_only=True)
+class GatewayApp:
+    running: RunningServer
+    trainer: Upstream
+    registry: Upstream
+    mirror: HealthMirror
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain in-flight calls (they still need the upstream channels), then close them."""
+        await self.running.health.enter_graceful_shutdown()
+        await self.running.server.stop(grace)
+        await self.close()
+
+    async def close(self) -> None:
+        await self.mirror.stop()
+        await self.trainer.close()
+        await self.registry.close()
+
+
+async def start_gateway(settings: GatewaySettings) -> GatewayApp:
+    trainer = Upstream(name="trainer", service=TRAINER_SERVICE.full_name, targets=settings.trainer_targets)
+    registry = Upstream(name="registry", service=REGISTRY_SERVICE.full_name, targets=(settings.registry_target,))
+
+    def add(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], None]:
+        return lambda server: server.add_generic_rpc_handlers((handler,))
+
+    running = await create_server(
+        address=settings.address,
+        services=[
+            ServiceBinding(name=TRAINER_SERVICE.full_name, register=add(forwarding_handler(TRAINER_SERVICE, trainer))),
+            ServiceBinding(
+                name=REGISTRY_SERVICE.full_name, register=add(forwarding_handler(REGISTRY_SERVICE, registry))
+            ),
+            ServiceBinding(
+                name=INGEST_SERVICE.full_name,
+                register=add(refusing_handler(INGEST_SERVICE, INGEST_REFUSAL)),
+                reflect=False,
+            ),
+        ],
+        # Upstream statuses pass through untouched; there is no domain error to map here.
+        error_mapping=False,
+        serving=False,
+    )
+    # The gateway itself is alive; each public service follows its upstream.
+    await running.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    mirror = HealthMirror(running.health, [trainer, registry], retry_max=settings.health_retry_max)
+    await mirror.start()
+    log.info(
+        "gateway on port %d: trainer -> %s, registry -> %s",
+        running.port,
+        ",".join(settings.trainer_targets),
+        settings.registry_target,
+    )
+    return GatewayApp(running=running, trainer=trainer, registry=registry, mirror=mirror)

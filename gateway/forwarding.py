@@ -1,0 +1,301 @@
+"""Raw-byte forwarding of public calls to their upstream service.
+
+Handlers are registered without deserializers and upstream multicallables
+without serializers, so a message crosses the gateway as the bytes it arrived
+as. What a proxy must keep, it keeps: request metadata (minus hop-by-hop and
+reserved keys), the remaining deadline, cancellation (a cancelled client call
+cancels the upstream call), and the upstream's status code, details and
+trailing metadata, including `grpc-status-details-bin` so rich errors
+(ErrorInfo, BadRequest field violations) arrive intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from taxidriver.server import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+# Keys that describe one HTTP/2 hop, not the call: never copied to the next hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "content-type",
+        "host",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+    }
+)
+# The one reserved trailing key a proxy must relay: the rich google.rpc.Status.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # A dns:/// (or ipv4:a,b) target with several addresses is balanced per call.
+    ("grpc.lb_policy_name", "round_robin"),
+    # Fail fast and report UNAVAILABLE rather than hide an outage behind retries.
+    ("grpc.enable_retries", 0),
+]
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def request_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
+    """The caller's metadata that belongs to the call, not to the hop."""
+    if not metadata:
+        return ()
+    return tuple(
+        (key, value)
+        for key, value in metadata
+        if key not in HOP_BY_HOP and not key.startswith("grpc-") and not key.startswith(":")
+    )
+
+
+def response_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
+    """Upstream initial/trailing metadata to relay; keeps the rich status details."""
+    if not metadata:
+        return ()
+    return tuple(
+        (key, value)
+        for key, value in metadata
+        if key == STATUS_DETAILS_KEY or (key not in HOP_BY_HOP and not key.startswith("grpc-"))
+    )
+
+
+@dataclass(kw_only=True)
+class Upstream:
+    """One upstream service behind one or more targets, picked round robin.
+
+    Calls skip targets whose health is known to be bad while at least one is
+    healthy; with none healthy every target is still tried, so the caller gets
+    the real error (UNAVAILABLE naming the target) rather than a guess.
+    """
+
+    name: str
+    service: str
+    targets: tuple[str, ...]
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    healthy: list[bool] = field(default_factory=list)
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+    _callables: dict[tuple[int, str, str], Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            self.channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in self.targets]
+        if not self.healthy:
+            # Optimistic until the health mirror says otherwise.
+            self.healthy = [True] * len(self.targets)
+
+    def pick(self) -> int:
+        count = len(self.channels)
+        if count == 1:
+            return 0
+        start = next(self._counter)
+        for offset in range(count):
+            index = (start + offset) % count
+            if self.healthy[index]:
+                return index
+        return start % count
+
+    def multicallable(self, index: int, kind: str, path: str) -> Any:
+        key = (index, kind, path)
+        found = self._callables.get(key)
+        if found is None:
+            channel = self.channels[index]
+            factory = {
+                "unary_unary": channel.unary_unary,
+                "unary_stream": channel.unary_stream,
+                "stream_unary": channel.stream_unary,
+                "stream_stream": channel.stream_stream,
+            }[kind]
+            # No serializers: requests and responses stay bytes.
+            found = factory(path)
+            self._callables[key] = found
+        return found
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+def _kind(client_streaming: bool, server_streaming: bool) -> str:
+    return f"{'stream' if client_streaming else 'unary'}_{'stream' if server_streaming else 'unary'}"
+
+
+async def _relay_error(
+    context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, upstream: Upstream, index: int
+) -> None:
+    """Ends the call with the upstream's status; names the upstream when it was unreachable."""
+    code = error.code()
+    details = error.details() or ""
+    trailing = response_metadata(error.trailing_metadata())
+    has_rich_status = any(key == STATUS_DETAILS_KEY for key, _ in trailing)
+    if code == grpc.StatusCode.UNAVAILABLE and not has_rich_status:
+        # The transport failed (the upstream's own UNAVAILABLE carries a rich status,
+        # whose message must stay byte-identical for rpc_status.from_call).
+        details = f"{upstream.name} upstream {upstream.targets[index]} is unavailable: {details}"
+    await context.abort(code, details, trailing)
+
+
+async def _relay_initial(context: grpc.aio.ServicerContext, call: Any) -> None:
+    initial = response_metadata(await call.initial_metadata())
+    if initial:
+        await context.send_initial_metadata(initial)
+
+
+async def _relay_trailing(context: grpc.aio.ServicerContext, call: Any) -> None:
+    trailing = response_metadata(await call.trailing_metadata())
+    if trailing:
+        context.set_trailing_metadata(trailing)
+
+
+def _forward_unary_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        index = upstream.pick()
+        call = upstream.multicallable(index, "unary_unary", path)(
+            request, timeout=context.time_remaining(), metadata=request_metadata(context.invocation_metadata())
+        )
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as error:
+            await _relay_error(context, error, upstream, index)
+            raise  # abort() raised already; keeps type checkers honest
+        finally:
+            if not call.done():
+                call.cancel()
+        await _relay_initial(context, call)
+        await _relay_trailing(context, call)
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def _forward_stream_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
+    async def handle(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        index = upstream.pick()
+        call = upstream.multicallable(index, "stream_unary", path)(
+            request_iterator,
+            timeout=context.time_remaining(),
+            metadata=request_metadata(context.invocation_metadata()),
+        )
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as error:
+            await _relay_error(context, error, upstream, index)
+            raise
+        finally:
+            if not call.done():
+                call.cancel()
+        await _relay_initial(context, call)
+        await _relay_trailing(context, call)
+        return response
+
+    return grpc.stream_unary_rpc_method_handler(handle)
+
+
+async def _pipe_responses(
+    call: Any, context: grpc.aio.ServicerContext, upstream: Upstream, index: int
+) -> AsyncIterator[bytes]:
+    try:
+        await _relay_initial(context, call)
+        async for response in call:
+            yield response
+    except grpc.aio.AioRpcError as error:
+        await _relay_error(context, error, upstream, index)
+    finally:
+        # Client cancelled, or its deadline passed: stop the upstream work too.
+        if not call.done():
+            call.cancel()
+    await _relay_trailing(context, call)
+
+
+def _forward_unary_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        index = upstream.pick()
+        call = upstream.multicallable(index, "unary_stream", path)(
+            request, timeout=context.time_remaining(), metadata=request_metadata(context.invocation_metadata())
+        )
+        async for response in _pipe_responses(call, context, upstream, index):
+            yield response
+
+    return grpc.unary_stream_rpc_method_handler(handle)
+
+
+def _forward_stream_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
+    async def handle(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        index = upstream.pick()
+        call = upstream.multicallable(index, "stream_stream", path)(
+            request_iterator,
+            timeout=context.time_remaining(),
+            metadata=request_metadata(context.invocation_metadata()),
+        )
+        async for response in _pipe_responses(call, context, upstream, index):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(handle)
+
+
+_FORWARDERS = {
+    "unary_unary": _forward_unary_unary,
+    "unary_stream": _forward_unary_stream,
+    "stream_unary": _forward_stream_unary,
+    "stream_stream": _forward_stream_stream,
+}
+
+
+def forwarding_handler(service: ServiceDescriptor, upstream: Upstream) -> grpc.GenericRpcHandler:
+    """Every method of `service`, each of its own call kind, forwarded to `upstream`."""
+    handlers = {
+        method.name: _FORWARDERS[_kind(method.client_streaming, method.server_streaming)](
+            upstream, f"/{service.full_name}/{method.name}"
+        )
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def refusing_handler(service: ServiceDescriptor, reason: str) -> grpc.GenericRpcHandler:
+    """Every method of `service` answered UNIMPLEMENTED with `reason`: internal APIs stay internal."""
+
+    async def refuse_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
+        raise AssertionError("unreachable")
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
+        yield b""  # pragma: no cover - abort raised
+
+    makers = {
+        "unary_unary": lambda: grpc.unary_unary_rpc_method_handler(refuse_unary),
+        "stream_unary": lambda: grpc.stream_unary_rpc_method_handler(refuse_unary),
+        "unary_stream": lambda: grpc.unary_stream_rpc_method_handler(refuse_stream),
+        "stream_stream": lambda: grpc.stream_stream_rpc_method_handler(refuse_stream),
+    }
+    handlers = {m.name: makers[_kind(m.client_streaming, m.server_streaming)]() for m in service.methods}
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+async def cancel_quietly(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
