@@ -1,0 +1,1 @@
+"""The registry: sole owner of the PostgreSQL schema; ingests trainer streams and answers queries."""

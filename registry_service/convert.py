@@ -1,0 +1,193 @@
+"""Rows <-> protobuf messages. The only place that knows both shapes."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from taxidriver.errors import bad_field
+from taxidriver.registry.v1 import resources_pb2
+
+# Stored lower-case (the seed's `status = 'completed'`), exposed as the proto enum.
+STATUS_TO_DB: dict[int, str] = {
+    resources_pb2.RUN_STATUS_QUEUED: "queued",
+    resources_pb2.RUN_STATUS_RUNNING: "running",
+    resources_pb2.RUN_STATUS_COMPLETED: "completed",
+    resources_pb2.RUN_STATUS_FAILED: "failed",
+    resources_pb2.RUN_STATUS_CANCELLED: "cancelled",
+    resources_pb2.RUN_STATUS_INTERRUPTED: "interrupted",
+}
+STATUS_FROM_DB: dict[str, int] = {v: k for k, v in STATUS_TO_DB.items()}
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+KIND_TO_DB: dict[int, str] = {
+    resources_pb2.ARTIFACT_KIND_MODEL: "model",
+    resources_pb2.ARTIFACT_KIND_CHECKPOINT: "checkpoint",
+    resources_pb2.ARTIFACT_KIND_PLOT: "plot",
+}
+KIND_FROM_DB: dict[str, int] = {v: k for k, v in KIND_TO_DB.items()}
+
+ALGORITHMS = frozenset({"brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo"})
+MODES = frozenset({"user", "optimized", "time_budget"})
+
+METRIC_GROUPS = (
+    "training_metrics",
+    "test_metrics",
+    "system_metrics",
+    "learning_stability",
+    "brute_force_metrics",
+    "improvement_metrics",
+)
+
+# Every column a Run message is built from; tags are the union of the run's annotation tags.
+RUN_COLUMNS = """
+    r.run_id, r.algorithm, r.status, r.mode, r.env_id, r.params, r.training_metrics, r.test_metrics,
+    r.system_metrics, r.learning_stability, r.brute_force_metrics, r.improvement_metrics, r.plots,
+    r.model_path, r.execution_time, r.created_at, r.updated_at, r.episodes_recorded, r.episodes_planned,
+    r.stop_reason, r.error_message,
+    ARRAY(SELECT DISTINCT t FROM run_annotations a, unnest(a.tags) t WHERE a.run_id = r.run_id ORDER BY t) AS tags
+"""
+
+
+def parse_uuid(value: str, field_name: str) -> uuid.UUID:
+    """A UUID from user input, or INVALID_ARGUMENT naming the field."""
+    if not value:
+        raise bad_field(field_name, "is required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise bad_field(field_name, f"must be a UUID, got {value[:64]!r}") from None
+
+
+def _normalise(value: Any) -> Any:
+    """Struct numbers are doubles; store integral ones as JSON integers (params.training_runs = 6000)."""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    return _normalise(json_format.MessageToDict(message))  # type: ignore[no-any-return]
+
+
+def dict_to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if value:
+        struct.update(value)
+    return struct
+
+
+def value_to_proto(value: Any) -> struct_pb2.Value:
+    proto = struct_pb2.Value()
+    if value is None:
+        proto.null_value = struct_pb2.NULL_VALUE
+    else:
+        json_format.ParseDict(value, proto)
+    return proto
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    if value is not None:
+        stamp.FromDatetime(value)
+    return stamp
+
+
+def run_from_row(row: Mapping[str, Any]) -> resources_pb2.Run:
+    run = resources_pb2.Run(
+        run_id=str(row["run_id"]),
+        algorithm=row["algorithm"],
+        status=STATUS_FROM_DB.get(row["status"], resources_pb2.RUN_STATUS_UNSPECIFIED),  # type: ignore[arg-type]
+        mode=row["mode"] or "",
+        env_id=row["env_id"] or "",
+        model_path=row["model_path"] or "",
+        execution_time=row["execution_time"] or 0.0,
+        episodes_recorded=row["episodes_recorded"],
+        episodes_planned=row["episodes_planned"],
+        stop_reason=row["stop_reason"] or "",
+        error_message=row["error_message"] or "",
+        tags=list(row.get("tags") or []),
+    )
+    run.params.CopyFrom(dict_to_struct(row["params"]))
+    run.plots.CopyFrom(dict_to_struct(row["plots"]))
+    for group in METRIC_GROUPS:
+        if row[group] is not None:
+            getattr(run, group).CopyFrom(dict_to_struct(row[group]))
+    run.create_time.CopyFrom(timestamp(row["created_at"]))
+    run.update_time.CopyFrom(timestamp(row["updated_at"]))
+    return run
+
+
+ARTIFACT_COLUMNS = "artifact_id, run_id, kind, name, content_type, size, sha256, episode, metadata, created_at"
+
+
+def artifact_from_row(row: Mapping[str, Any]) -> resources_pb2.Artifact:
+    artifact = resources_pb2.Artifact(
+        artifact_id=str(row["artifact_id"]),
+        run_id=str(row["run_id"]) if row["run_id"] else "",
+        kind=KIND_FROM_DB[row["kind"]],  # type: ignore[arg-type]
+        name=row["name"],
+        content_type=row["content_type"],
+        size_bytes=row["size"],
+        sha256=row["sha256"],
+        episode=row["episode"],
+    )
+    artifact.metadata.CopyFrom(dict_to_struct(row["metadata"]))
+    artifact.create_time.CopyFrom(timestamp(row["created_at"]))
+    return artifact
+
+
+MODEL_COLUMNS = "model_id, run_id, model_name, model_path, model_size, model_metadata, created_at"
+
+
+def model_from_row(row: Mapping[str, Any]) -> resources_pb2.Model:
+    model = resources_pb2.Model(
+        model_id=str(row["model_id"]),
+        run_id=str(row["run_id"]) if row["run_id"] else "",
+        model_name=row["model_name"] or "",
+        model_path=row["model_path"] or "",
+        model_size=row["model_size"] or 0,
+    )
+    model.model_metadata.CopyFrom(dict_to_struct(row["model_metadata"]))
+    model.create_time.CopyFrom(timestamp(row["created_at"]))
+    return model
+
+
+ANNOTATION_COLUMNS = "annotation_id, run_id, annotation, tags, created_at"
+
+
+def annotation_from_row(row: Mapping[str, Any]) -> resources_pb2.Annotation:
+    return resources_pb2.Annotation(
+        annotation_id=str(row["annotation_id"]),
+        run_id=str(row["run_id"]),
+        annotation=row["annotation"],
+        tags=list(row["tags"]),
+        create_time=timestamp(row["created_at"]),
+    )
+
+
+def curves_from_rows(rows: list[Mapping[str, Any]], first_episode: int = 0) -> resources_pb2.EpisodeCurves:
+    """Concatenate stored chunks (ordered by first_episode), keeping episodes >= first_episode."""
+    curves = resources_pb2.EpisodeCurves(first_episode=first_episode)
+    for row in rows:
+        skip = max(0, first_episode - row["first_episode"])
+        count = row["episode_count"]
+        if skip >= count:
+            continue
+        curves.rewards.extend(row["rewards"][skip:])
+        curves.steps.extend(row["steps"][skip:])
+        curves.epsilons.extend(row["epsilons"][skip:] if row["epsilons"] is not None else [0.0] * (count - skip))
+        curves.td_errors.extend(row["td_errors"][skip:] if row["td_errors"] is not None else [0.0] * (count - skip))
+        curves.successes.extend(row["successes"][skip:] if row["successes"] is not None else [False] * (count - skip))
+    return curves

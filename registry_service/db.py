@@ -1,0 +1,97 @@
+"""Connection pool and schema migrations.
+
+Migrations are numbered SQL files applied in order, each in its own
+transaction, under a session advisory lock so that several registry replicas
+(or the Kubernetes migration Job) starting together apply each file once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+# Arbitrary but fixed: the advisory lock key that serialises migrations.
+MIGRATION_LOCK_KEY = 0x7A41D00D
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The packaged migration files, in version order."""
+    folder = resources.files("registry_service") / "migrations"
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+async def apply_migrations(database_url: str) -> list[str]:
+    """Apply every pending migration; returns the names applied (empty when up to date)."""
+    applied: list[str] = []
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            await conn.execute(CREATE_MIGRATIONS_TABLE)
+            cursor = await conn.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in await cursor.fetchall()}
+            for migration in load_migrations():
+                if migration.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql.encode())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                log.info("applied migration %s", migration.name)
+                applied.append(migration.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied
+
+
+async def open_pool(database_url: str, *, min_size: int, max_size: int, wait_seconds: float) -> AsyncConnectionPool:
+    """A ready pool; raises if PostgreSQL cannot be reached within `wait_seconds`."""
+    pool = AsyncConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        timeout=wait_seconds,
+        name="registry",
+    )
+    await pool.open()
+    try:
+        await pool.wait(timeout=wait_seconds)
+    except Exception:
+        await pool.close()
+        raise
+    return pool

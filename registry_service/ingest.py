@@ -1,0 +1,477 @@
+"""IngestService: how trainers write runs. Every write is idempotent so trainers can retry blindly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from registry_service import episodes
+from registry_service.convert import (
+    ALGORITHMS,
+    ARTIFACT_COLUMNS,
+    KIND_TO_DB,
+    METRIC_GROUPS,
+    MODES,
+    RUN_COLUMNS,
+    STATUS_TO_DB,
+    TERMINAL_STATUSES,
+    artifact_from_row,
+    parse_uuid,
+    run_from_row,
+    struct_to_dict,
+)
+from registry_service.settings import RegistrySettings
+from taxidriver.errors import Violations, bad_field, failed_precondition, not_found, resource_exhausted
+from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from taxidriver.registry.v1 import resources_pb2
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "taxidriver_run_events"
+CHUNK_BYTES = 64 * 1024
+MAX_BATCH_EPISODES = 100_000
+MAX_NAME_CHARS = 200
+
+SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM training_runs r WHERE r.run_id = %s"
+
+INSERT_RUN = """
+INSERT INTO training_runs (run_id, request_id, algorithm, mode, env_id, params, episodes_planned, trainer_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+RETURNING run_id
+"""
+
+FIND_REGISTERED = "SELECT run_id FROM training_runs WHERE run_id = %s OR (%s::text IS NOT NULL AND request_id = %s)"
+
+LOCK_RUN = "SELECT status, episodes_recorded, episodes_planned FROM training_runs WHERE run_id = %s FOR UPDATE"
+
+NOTIFY = "SELECT pg_notify(%s, %s)"
+
+UPSERT_ARTIFACT = f"""
+INSERT INTO artifacts (artifact_id, run_id, kind, name, content_type, size, sha256, episode, metadata, data)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (run_id, kind, name) DO UPDATE SET
+    content_type = EXCLUDED.content_type, size = EXCLUDED.size, sha256 = EXCLUDED.sha256,
+    episode = EXCLUDED.episode, metadata = EXCLUDED.metadata, data = EXCLUDED.data, created_at = now()
+RETURNING {ARTIFACT_COLUMNS}
+"""
+
+UPSERT_SAVED_MODEL = """
+INSERT INTO saved_models (model_id, run_id, model_name, model_path, model_size, model_metadata, artifact_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (artifact_id) DO UPDATE SET
+    model_name = EXCLUDED.model_name, model_size = EXCLUDED.model_size,
+    model_metadata = EXCLUDED.model_metadata, created_at = now()
+"""
+
+LATEST_CHECKPOINT = f"""
+SELECT {ARTIFACT_COLUMNS}, data FROM artifacts
+WHERE run_id = %s AND kind = 'checkpoint'
+ORDER BY episode DESC, created_at DESC
+LIMIT 1
+"""
+
+# Statuses a run may move to through UpdateRunStatus, from each current status.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
+    "running": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
+    "interrupted": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
+}
+
+
+async def notify(conn: AsyncConnection[Any], run_id: uuid.UUID, kind: str) -> None:
+    """Wake WatchRun subscribers; delivered only if the surrounding transaction commits."""
+    await conn.execute(NOTIFY, (EVENTS_CHANNEL, json.dumps({"run_id": str(run_id), "kind": kind})))
+
+
+async def fetch_run(conn: AsyncConnection[Any], run_id: uuid.UUID) -> resources_pb2.Run:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(SELECT_RUN, (run_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        raise not_found("run", str(run_id))
+    return run_from_row(row)
+
+
+def _check_params(params: dict[str, Any], violations: Violations) -> None:
+    """Only the seed's well-known keys are checked; others are free-form."""
+    for key in ("alpha", "gamma", "epsilon", "epsilon_min", "epsilon_decay"):
+        if key in params and not isinstance(params[key], int | float):
+            violations.add(f"params.{key}", "must be a number")
+    for key in ("training_runs", "max_steps", "test_episodes", "seed"):
+        if key in params and not isinstance(params[key], int):
+            violations.add(f"params.{key}", "must be an integer")
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    def __init__(self, pool: AsyncConnectionPool, settings: RegistrySettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    async def RegisterRun(
+        self, request: ingest_service_pb2.RegisterRunRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.RegisterRunResponse:
+        violations = Violations()
+        run_id = uuid.uuid4()
+        if request.run_id:
+            try:
+                run_id = uuid.UUID(request.run_id)
+            except ValueError:
+                violations.add("run_id", "must be a UUID")
+        if request.algorithm not in ALGORITHMS:
+            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        mode = request.mode or "user"
+        if mode not in MODES:
+            violations.add("mode", f"must be one of {', '.join(sorted(MODES))}")
+        if len(request.env_id) > 100:
+            violations.add("env_id", "at most 100 characters")
+        if len(request.request_id) > MAX_NAME_CHARS:
+            violations.add("request_id", f"at most {MAX_NAME_CHARS} characters")
+        if request.episodes_planned < 0:
+            violations.add("episodes_planned", "must be >= 0")
+        params = struct_to_dict(request.params)
+        _check_params(params, violations)
+        violations.raise_if_any()
+        request_id = request.request_id or None
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                INSERT_RUN,
+                (
+                    run_id,
+                    request_id,
+                    request.algorithm,
+                    mode,
+                    request.env_id or "Taxi-v3",
+                    Jsonb(params),
+                    request.episodes_planned,
+                    request.trainer_id,
+                ),
+            )
+            created = await cursor.fetchone() is not None
+            if created:
+                await notify(conn, run_id, "status")
+            else:
+                cursor = await conn.execute(FIND_REGISTERED, (run_id, request_id, request_id))
+                existing = await cursor.fetchone()
+                if existing is None:  # pragma: no cover - a concurrent delete between the two statements
+                    raise failed_precondition("run was deleted while registering; retry", run_id=str(run_id))
+                run_id = existing[0]
+            run = await fetch_run(conn, run_id)
+        return ingest_service_pb2.RegisterRunResponse(run=run, created=created)
+
+    async def UpdateRunStatus(
+        self, request: ingest_service_pb2.UpdateRunStatusRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.UpdateRunStatusResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        target = STATUS_TO_DB.get(request.status)
+        if target is None:
+            raise bad_field("status", "must be a run status")
+        if target == "completed":
+            raise bad_field("status", "use CompleteRun to complete a run")
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(LOCK_RUN, (run_id,))
+            row = await cursor.fetchone()
+            if row is None:
+                raise not_found("run", str(run_id))
+            current = row[0]
+            if current != target:
+                if target not in ALLOWED_TRANSITIONS.get(current, frozenset()):
+                    raise failed_precondition(
+                        f"run is {current}; it cannot become {target}", reason="RUN_STATUS_TRANSITION", status=current
+                    )
+                await conn.execute(
+                    """
+                    UPDATE training_runs SET
+                        status = %s,
+                        stop_reason = COALESCE(NULLIF(%s, ''), stop_reason),
+                        error_message = %s,
+                        trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
+                        lease_expires_at = CASE WHEN %s = 'running'
+                            THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
+                        updated_at = now()
+                    WHERE run_id = %s
+                    """,
+                    (
+                        target,
+                        request.stop_reason,
+                        request.error_message,
+                        request.trainer_id,
+                        target,
+                        self.settings.lease_seconds,
+                        run_id,
+                    ),
+                )
+                await notify(conn, run_id, "status")
+            run = await fetch_run(conn, run_id)
+        return ingest_service_pb2.UpdateRunStatusResponse(run=run)
+
+    async def IngestEpisodes(
+        self,
+        request_iterator: AsyncIterator[ingest_service_pb2.IngestEpisodesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ingest_service_pb2.IngestEpisodesResponse]:
+        async for batch in request_iterator:
+            yield await self._store_batch(batch)
+
+    async def _store_batch(
+        self, batch: ingest_service_pb2.IngestEpisodesRequest
+    ) -> ingest_service_pb2.IngestEpisodesResponse:
+        run_id = parse_uuid(batch.run_id, "run_id")
+        count = len(batch.rewards)
+        violations = Violations()
+        if batch.first_episode < 0:
+            violations.add("first_episode", "must be >= 0")
+        if count == 0:
+            violations.add("rewards", "a batch needs at least one episode")
+        if count > MAX_BATCH_EPISODES:
+            violations.add("rewards", f"at most {MAX_BATCH_EPISODES} episodes per batch")
+        if len(batch.steps) != count:
+            violations.add("steps", f"must have one value per episode ({count})")
+        for name in ("epsilons", "td_errors", "successes"):
+            if len(getattr(batch, name)) not in (0, count):
+                violations.add(name, f"must be empty or have one value per episode ({count})")
+        violations.raise_if_any()
+        first = batch.first_episode
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(LOCK_RUN, (run_id,))
+            row = await cursor.fetchone()
+            if row is None:
+                raise not_found("run", str(run_id))
+            status, recorded, planned = row
+            if first > recorded:
+                raise failed_precondition(
+                    f"batch starts at episode {first} but only {recorded} are stored: episodes would be missing",
+                    reason="EPISODE_GAP",
+                    episodes_recorded=str(recorded),
+                )
+            end = first + count
+            if end <= recorded:
+                return ingest_service_pb2.IngestEpisodesResponse(run_id=str(run_id), episodes_recorded=recorded)
+            if status in TERMINAL_STATUSES:
+                raise failed_precondition(f"run is {status}; no more episodes are accepted", reason="RUN_FINISHED")
+            if planned and end > planned:
+                raise failed_precondition(
+                    f"episodes {first}..{end - 1} exceed the {planned} planned", reason="EPISODES_BEYOND_PLAN"
+                )
+            skip = recorded - first
+            await episodes.insert_chunk(conn, run_id, recorded, batch, skip)
+            await conn.execute(
+                "UPDATE training_runs SET episodes_recorded = %s, updated_at = now() WHERE run_id = %s",
+                (end, run_id),
+            )
+            await notify(conn, run_id, "episodes")
+        return ingest_service_pb2.IngestEpisodesResponse(run_id=str(run_id), episodes_recorded=end, stored=count - skip)
+
+    async def CompleteRun(
+        self, request: ingest_service_pb2.CompleteRunRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.CompleteRunResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        target = STATUS_TO_DB.get(request.status or resources_pb2.RUN_STATUS_COMPLETED)
+        if target not in TERMINAL_STATUSES:
+            raise bad_field("status", "must be COMPLETED, CANCELLED or FAILED")
+        if request.episodes_total < 0:
+            raise bad_field("episodes_total", "must be >= 0")
+        if request.execution_time < 0:
+            raise bad_field("execution_time", "must be >= 0")
+        groups = {group: struct_to_dict(getattr(request, group)) for group in METRIC_GROUPS}
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(LOCK_RUN, (run_id,))
+            row = await cursor.fetchone()
+            if row is None:
+                raise not_found("run", str(run_id))
+            status, recorded, _planned = row
+            if status in TERMINAL_STATUSES:
+                if status == target:
+                    return ingest_service_pb2.CompleteRunResponse(run=await fetch_run(conn, run_id))
+                raise failed_precondition(f"run is already {status}", reason="RUN_FINISHED", status=status)
+            if request.episodes_total != recorded:
+                raise failed_precondition(
+                    f"episodes_total is {request.episodes_total} but {recorded} episodes are stored",
+                    reason="EPISODES_MISSING",
+                    episodes_recorded=str(recorded),
+                )
+            await episodes.compact(conn, run_id)
+            await conn.execute(
+                """
+                UPDATE training_runs SET
+                    status = %s, training_metrics = %s, test_metrics = %s, system_metrics = %s,
+                    learning_stability = %s, brute_force_metrics = %s, improvement_metrics = %s,
+                    execution_time = %s, stop_reason = %s, error_message = %s,
+                    lease_expires_at = NULL, updated_at = now()
+                WHERE run_id = %s
+                """,
+                (
+                    target,
+                    *(Jsonb(groups[g]) for g in METRIC_GROUPS),
+                    request.execution_time,
+                    request.stop_reason or ("episodes_done" if target == "completed" else target),
+                    request.error_message,
+                    run_id,
+                ),
+            )
+            await notify(conn, run_id, "status")
+            run = await fetch_run(conn, run_id)
+        return ingest_service_pb2.CompleteRunResponse(run=run)
+
+    async def UploadArtifact(
+        self,
+        request_iterator: AsyncIterator[ingest_service_pb2.UploadArtifactRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> ingest_service_pb2.UploadArtifactResponse:
+        header: ingest_service_pb2.ArtifactHeader | None = None
+        parts: list[bytes] = []
+        size = 0
+        async for message in request_iterator:
+            which = message.WhichOneof("content")
+            if header is None:
+                if which != "header":
+                    raise bad_field("header", "the first message must carry the artifact header")
+                header = message.header
+                continue
+            if which != "chunk":
+                raise bad_field("header", "only the first message may carry a header")
+            size += len(message.chunk)
+            if size > self.settings.max_artifact_bytes:
+                raise resource_exhausted(f"artifact larger than {self.settings.max_artifact_bytes} bytes")
+            parts.append(message.chunk)
+        if header is None:
+            raise bad_field("header", "an upload starts with a header")
+        run_id = parse_uuid(header.run_id, "header.run_id")
+        violations = Violations()
+        kind = KIND_TO_DB.get(header.kind)
+        if kind is None:
+            violations.add("header.kind", "must be MODEL, CHECKPOINT or PLOT")
+        if not header.name or len(header.name) > MAX_NAME_CHARS:
+            violations.add("header.name", f"is required, at most {MAX_NAME_CHARS} characters")
+        if len(header.content_type) > 100:
+            violations.add("header.content_type", "at most 100 characters")
+        if header.episode < 0:
+            violations.add("header.episode", "must be >= 0")
+        violations.raise_if_any()
+        data = b"".join(parts)
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
+            if await cursor.fetchone() is None:
+                raise not_found("run", str(run_id))
+            dict_cursor = conn.cursor(row_factory=dict_row)
+            await dict_cursor.execute(
+                UPSERT_ARTIFACT,
+                (
+                    uuid.uuid4(),
+                    run_id,
+                    kind,
+                    header.name,
+                    header.content_type or "application/octet-stream",
+                    len(data),
+                    hashlib.sha256(data).hexdigest(),
+                    header.episode,
+                    Jsonb(struct_to_dict(header.metadata)),
+                    data,
+                ),
+            )
+            row = await dict_cursor.fetchone()
+            assert row is not None
+            artifact = artifact_from_row(row)
+            artifact_id = row["artifact_id"]
+            if kind == "model":
+                await conn.execute(
+                    UPSERT_SAVED_MODEL,
+                    (
+                        uuid.uuid4(),
+                        run_id,
+                        header.name[:100],
+                        f"artifacts/{artifact_id}",
+                        len(data),
+                        Jsonb(struct_to_dict(header.metadata)),
+                        artifact_id,
+                    ),
+                )
+                await conn.execute(
+                    "UPDATE training_runs SET model_path = %s, updated_at = now() WHERE run_id = %s",
+                    (f"artifacts/{artifact_id}", run_id),
+                )
+            elif kind == "plot":
+                await conn.execute(
+                    "UPDATE training_runs SET plots = plots || jsonb_build_object(%s::text, %s::text),"
+                    " updated_at = now() WHERE run_id = %s",
+                    (header.name, str(artifact_id), run_id),
+                )
+        return ingest_service_pb2.UploadArtifactResponse(artifact=artifact)
+
+    async def GetLatestCheckpoint(
+        self, request: ingest_service_pb2.GetLatestCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_service_pb2.GetLatestCheckpointResponse]:
+        run_id = parse_uuid(request.run_id, "run_id")
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(LATEST_CHECKPOINT, (run_id,))
+            row = await cursor.fetchone()
+            if row is None:
+                await fetch_run(conn, run_id)  # NOT_FOUND for an unknown run
+                raise not_found("checkpoint of run", str(run_id))
+        artifact = artifact_from_row(row)
+        for index, chunk in enumerate(split_chunks(bytes(row["data"]))):
+            yield ingest_service_pb2.GetLatestCheckpointResponse(artifact=artifact if index == 0 else None, chunk=chunk)
+
+    async def GetRunSpec(
+        self, request: ingest_service_pb2.GetRunSpecRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.GetRunSpecResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        async with self.pool.connection() as conn:
+            return ingest_service_pb2.GetRunSpecResponse(run=await fetch_run(conn, run_id))
+
+    async def Heartbeat(
+        self, request: ingest_service_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.HeartbeatResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        if request.episodes_done < 0:
+            raise bad_field("episodes_done", "must be >= 0")
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """
+                UPDATE training_runs SET
+                    lease_expires_at = CASE WHEN status IN ('queued', 'running')
+                        THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
+                    trainer_id = COALESCE(NULLIF(%s, ''), trainer_id)
+                WHERE run_id = %s
+                RETURNING cancel_requested
+                """,
+                (self.settings.lease_seconds, request.trainer_id, run_id),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            raise not_found("run", str(run_id))
+        return ingest_service_pb2.HeartbeatResponse(
+            cancel_requested=row[0], lease=duration_pb2.Duration(seconds=int(self.settings.lease_seconds))
+        )
+
+    async def RequestCancel(
+        self, request: ingest_service_pb2.RequestCancelRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.RequestCancelResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "UPDATE training_runs SET cancel_requested = true, updated_at = now()"
+                " WHERE run_id = %s AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING 1",
+                (run_id,),
+            )
+            if await cursor.fetchone() is not None:
+                await notify(conn, run_id, "status")
+            run = await fetch_run(conn, run_id)
+        return ingest_service_pb2.RequestCancelResponse(run=run)
+
+
+def split_chunks(data: bytes, size: int = CHUNK_BYTES) -> Sequence[bytes]:
+    """At least one chunk, so an empty artifact still sends its metadata."""
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]

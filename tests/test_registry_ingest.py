@@ -1,0 +1,246 @@
+"""IngestService against a real registry and PostgreSQL: exactly-once episodes, validation, lifecycle."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf import struct_pb2
+
+from taxidriver.errors import status_details
+from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
+from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
+from taxidriver.registry.v1 import registry_service_pb2 as registry_pb2
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from taxidriver.registry.v1 import resources_pb2
+from tests.support import InProcessService
+
+
+@pytest.fixture()
+def ingest(registry: InProcessService) -> Iterator[ingest_grpc.IngestServiceStub]:
+    with grpc.insecure_channel(registry.target) as channel:
+        yield ingest_grpc.IngestServiceStub(channel)
+
+
+@pytest.fixture()
+def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServiceStub]:
+    with grpc.insecure_channel(registry.target) as channel:
+        yield registry_grpc.RegistryServiceStub(channel)
+
+
+def params(**values: float) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def register(stub: ingest_grpc.IngestServiceStub, *, planned: int = 100, algorithm: str = "q_learning") -> str:
+    run_id = str(uuid.uuid4())
+    reply = stub.RegisterRun(
+        ingest_pb2.RegisterRunRequest(
+            run_id=run_id,
+            algorithm=algorithm,
+            mode="user",
+            env_id="Taxi-v3",
+            params=params(alpha=0.1, gamma=0.99, training_runs=planned),
+            episodes_planned=planned,
+        )
+    )
+    assert reply.created
+    return run_id
+
+
+def batch(run_id: str, first: int, count: int) -> ingest_pb2.IngestEpisodesRequest:
+    """Deterministic values so a stored episode can be traced to its index."""
+    episodes = range(first, first + count)
+    return ingest_pb2.IngestEpisodesRequest(
+        run_id=run_id,
+        first_episode=first,
+        rewards=[float(-e) for e in episodes],
+        steps=[e % 200 + 1 for e in episodes],
+        epsilons=[1.0 / (e + 1) for e in episodes],
+        td_errors=[0.5 for _ in episodes],
+        successes=[e % 2 == 0 for e in episodes],
+    )
+
+
+def send(stub: ingest_grpc.IngestServiceStub, *batches: ingest_pb2.IngestEpisodesRequest) -> list[tuple[int, int]]:
+    return [(ack.episodes_recorded, ack.stored) for ack in stub.IngestEpisodes(iter(batches))]
+
+
+def full_run(queries: registry_grpc.RegistryServiceStub, run_id: str) -> resources_pb2.Run:
+    return queries.GetRun(registry_pb2.GetRunRequest(run_id=run_id, view=resources_pb2.RUN_VIEW_FULL)).run
+
+
+def test_replayed_batch_is_not_stored_twice(ingest: ingest_grpc.IngestServiceStub, queries, db) -> None:
+    run_id = register(ingest)
+    assert send(ingest, batch(run_id, 0, 10), batch(run_id, 0, 10)) == [(10, 10), (10, 0)]
+    run = full_run(queries, run_id)
+    assert run.episodes_recorded == 10
+    assert list(run.curves.rewards) == [float(-e) for e in range(10)]
+    stored = db.execute("SELECT sum(episode_count) FROM run_episodes WHERE run_id = %s", (run_id,)).fetchone()
+    assert stored == (10,)
+
+
+def test_overlapping_batch_stores_only_the_tail(ingest, queries) -> None:
+    run_id = register(ingest)
+    assert send(ingest, batch(run_id, 0, 10), batch(run_id, 5, 10)) == [(10, 10), (15, 5)]
+    run = full_run(queries, run_id)
+    assert list(run.curves.steps) == [e % 200 + 1 for e in range(15)]
+    assert list(run.curves.successes) == [e % 2 == 0 for e in range(15)]
+    assert run.curves.epsilons[14] == pytest.approx(1 / 15)
+
+
+def test_batch_after_a_gap_is_refused(ingest, queries) -> None:
+    run_id = register(ingest)
+    send(ingest, batch(run_id, 0, 10))
+    with pytest.raises(grpc.RpcError) as caught:
+        send(ingest, batch(run_id, 12, 5))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(caught.value)[1] == "EPISODE_GAP"
+    assert full_run(queries, run_id).episodes_recorded == 10
+
+
+def test_complete_with_missing_episodes_is_refused(ingest, queries) -> None:
+    run_id = register(ingest)
+    send(ingest, batch(run_id, 0, 10))
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.CompleteRun(ingest_pb2.CompleteRunRequest(run_id=run_id, episodes_total=20))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert full_run(queries, run_id).status == resources_pb2.RUN_STATUS_QUEUED
+
+
+def test_complete_run_is_idempotent_and_compacts_episodes(ingest, queries, db) -> None:
+    run_id = register(ingest)
+    send(ingest, batch(run_id, 0, 30), batch(run_id, 30, 30), batch(run_id, 60, 40))
+    request = ingest_pb2.CompleteRunRequest(
+        run_id=run_id,
+        episodes_total=100,
+        test_metrics=params(success_rate=0.96, avg_steps=13.5, avg_reward=7.4),
+        execution_time=1.25,
+    )
+    first = ingest.CompleteRun(request).run
+    again = ingest.CompleteRun(request).run
+    assert first.status == again.status == resources_pb2.RUN_STATUS_COMPLETED
+    assert again.test_metrics["success_rate"] == pytest.approx(0.96)
+    assert db.execute("SELECT count(*) FROM run_episodes WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+    assert list(full_run(queries, run_id).curves.rewards) == [float(-e) for e in range(100)]
+    with pytest.raises(grpc.RpcError) as caught:
+        send(ingest, batch(run_id, 100, 1))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_register_is_idempotent_on_run_id_and_request_id(ingest) -> None:
+    run_id = str(uuid.uuid4())
+    request_id = f"req-{uuid.uuid4()}"
+    request = ingest_pb2.RegisterRunRequest(run_id=run_id, request_id=request_id, algorithm="sarsa", mode="optimized")
+    assert ingest.RegisterRun(request).created
+    again = ingest.RegisterRun(request)
+    assert not again.created and again.run.run_id == run_id
+    other = ingest.RegisterRun(
+        ingest_pb2.RegisterRunRequest(run_id=str(uuid.uuid4()), request_id=request_id, algorithm="sarsa")
+    )
+    assert not other.created and other.run.run_id == run_id
+
+
+def test_register_validation_names_every_bad_field(ingest, db) -> None:
+    before = db.execute("SELECT count(*) FROM training_runs").fetchone()
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.RegisterRun(
+            ingest_pb2.RegisterRunRequest(
+                run_id="not-a-uuid", algorithm="dqn", mode="fast", params=params(alpha="x"), episodes_planned=-1
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in status_details(caught.value)[0]}
+    assert fields == {"run_id", "algorithm", "mode", "params.alpha", "episodes_planned"}
+    assert db.execute("SELECT count(*) FROM training_runs").fetchone() == before
+
+
+def test_episode_batch_validation_names_fields(ingest) -> None:
+    run_id = register(ingest)
+    bad = ingest_pb2.IngestEpisodesRequest(run_id=run_id, first_episode=0, rewards=[1.0, 2.0], steps=[1], epsilons=[1])
+    with pytest.raises(grpc.RpcError) as caught:
+        send(ingest, bad)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in status_details(caught.value)[0]} == {"steps", "epsilons"}
+
+
+def test_unknown_run_is_not_found(ingest, queries) -> None:
+    missing = str(uuid.uuid4())
+    for call in (
+        lambda: send(ingest, batch(missing, 0, 1)),
+        lambda: queries.GetRun(registry_pb2.GetRunRequest(run_id=missing)),
+        lambda: ingest.Heartbeat(ingest_pb2.HeartbeatRequest(run_id=missing)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_status_heartbeat_and_cancel(ingest) -> None:
+    run_id = register(ingest)
+    running = ingest.UpdateRunStatus(
+        ingest_pb2.UpdateRunStatusRequest(
+            run_id=run_id, status=resources_pb2.RUN_STATUS_RUNNING, trainer_id="trainer-a"
+        )
+    ).run
+    assert running.status == resources_pb2.RUN_STATUS_RUNNING
+    beat = ingest.Heartbeat(ingest_pb2.HeartbeatRequest(run_id=run_id, trainer_id="trainer-a", episodes_done=3))
+    assert not beat.cancel_requested and beat.lease.seconds > 0
+    ingest.RequestCancel(ingest_pb2.RequestCancelRequest(run_id=run_id))
+    assert ingest.Heartbeat(ingest_pb2.HeartbeatRequest(run_id=run_id)).cancel_requested
+    done = ingest.CompleteRun(
+        ingest_pb2.CompleteRunRequest(run_id=run_id, status=resources_pb2.RUN_STATUS_CANCELLED, stop_reason="cancelled")
+    ).run
+    assert done.status == resources_pb2.RUN_STATUS_CANCELLED
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.UpdateRunStatus(
+            ingest_pb2.UpdateRunStatusRequest(run_id=run_id, status=resources_pb2.RUN_STATUS_RUNNING)
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def upload(stub, run_id: str, kind: int, name: str, data: bytes, episode: int = 0):
+    header = ingest_pb2.ArtifactHeader(
+        run_id=run_id, kind=kind, name=name, content_type="application/x-npy", episode=episode
+    )
+    messages = [ingest_pb2.UploadArtifactRequest(header=header)]
+    messages += [ingest_pb2.UploadArtifactRequest(chunk=data[i : i + 1000]) for i in range(0, len(data), 1000)]
+    return stub.UploadArtifact(iter(messages)).artifact
+
+
+def test_model_upload_upserts_and_sets_model_path(ingest, queries, db) -> None:
+    run_id = register(ingest)
+    first = upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_MODEL, "q_table.npy", b"a" * 2500)
+    second = upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_MODEL, "q_table.npy", b"b" * 3000)
+    assert first.artifact_id == second.artifact_id and second.size_bytes == 3000
+    run = queries.GetRun(registry_pb2.GetRunRequest(run_id=run_id)).run
+    assert run.model_path == f"artifacts/{second.artifact_id}"
+    assert db.execute("SELECT model_size FROM saved_models WHERE run_id = %s", (run_id,)).fetchall() == [(3000,)]
+    plot = upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_PLOT, "rewards.png", b"png")
+    run = queries.GetRun(registry_pb2.GetRunRequest(run_id=run_id)).run
+    assert run.plots["rewards.png"] == plot.artifact_id
+
+
+def test_latest_checkpoint_is_the_highest_episode(ingest) -> None:
+    run_id = register(ingest)
+    upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_CHECKPOINT, "episode-000010", b"ten", episode=10)
+    upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_CHECKPOINT, "episode-000020", b"x" * 70_000, episode=20)
+    upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_CHECKPOINT, "episode-000015", b"fifteen", episode=15)
+    replies = list(ingest.GetLatestCheckpoint(ingest_pb2.GetLatestCheckpointRequest(run_id=run_id)))
+    assert replies[0].artifact.episode == 20
+    assert b"".join(r.chunk for r in replies) == b"x" * 70_000
+    assert len(replies) == 2
+
+
+def test_deleting_a_run_cascades(ingest, db: psycopg.Connection) -> None:
+    run_id = register(ingest)
+    send(ingest, batch(run_id, 0, 5))
+    upload(ingest, run_id, resources_pb2.ARTIFACT_KIND_MODEL, "q_table.npy", b"q")
+    db.execute("DELETE FROM training_runs WHERE run_id = %s", (run_id,))
+    for table in ("run_episodes", "artifacts", "saved_models"):
+        assert db.execute(f"SELECT count(*) FROM {table} WHERE run_id = %s", (run_id,)).fetchone() == (0,)
