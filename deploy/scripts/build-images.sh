@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the four images (registry, trainer, gateway, postgres) from a staged context.
+# The context mirrors the repository's paths but holds only what images need (no .venv,
+# .data, .git, generated code, caches), so the Dockerfiles also work from the repo root
+# with a .dockerignore. Python wheels come from deploy/.wheelhouse (make wheelhouse).
+# Env: DOCKER (client), BASE_IMAGE, TAG, IMAGE_PREFIX, SERVICES.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DOCKER=${DOCKER:-docker}
+BASE_IMAGE=${BASE_IMAGE:-taxidriver/base:bookworm}
+TAG=${TAG:-dev}
+PREFIX=${IMAGE_PREFIX:-taxidriver}
+SERVICES=${SERVICES:-postgres registry trainer gateway}
+CTX=deploy/.context
+
+ls deploy/.wheelhouse/*.whl >/dev/null 2>&1 || { echo "build-images: deploy/.wheelhouse is empty (make wheelhouse)" >&2; exit 1; }
+package_of() { case "$1" in registry) echo registry_service ;; trainer) echo trainer_service ;; *) echo "$1" ;; esac; }
+for service in $SERVICES; do
+  [ "$service" = postgres ] && continue
+  pkg=$(package_of "$service")
+  [ -f "$pkg/__main__.py" ] || { echo "build-images: $pkg/__main__.py missing; nothing to package yet" >&2; exit 1; }
+done
+
+rm -rf "$CTX"
+mkdir -p "$CTX/deploy/scripts" "$CTX/deploy/postgres"
+packages=()
+for pkg in registry_service trainer_service gateway; do [ -d "$pkg" ] && packages+=("$pkg"); done
+rsync -a --exclude '__pycache__' --exclude '*.pyc' \
+  --exclude '/taxidriver/registry' --exclude '/taxidriver/trainer' --exclude '/taxidriver/ingest' \
+  protos taxidriver "${packages[@]}" "$CTX/"
+cp deploy/requirements.*.txt "$CTX/deploy/"
+cp deploy/scripts/grpc_health_probe.py "$CTX/deploy/scripts/"
+cp deploy/postgres/entrypoint.sh "$CTX/deploy/postgres/"
+# Hard links: the wheelhouse is large and read-only here.
+cp -al deploy/.wheelhouse "$CTX/deploy/.wheelhouse" 2>/dev/null || cp -a deploy/.wheelhouse "$CTX/deploy/.wheelhouse"
+
+for service in $SERVICES; do
+  echo "build-images: $PREFIX/$service:$TAG (base $BASE_IMAGE)"
+  DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-1} $DOCKER build --quiet \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" \
+    --file "deploy/$service/Dockerfile" \
+    --tag "$PREFIX/$service:$TAG" "$CTX"
+done
+$DOCKER image ls "$PREFIX/*"
