@@ -12,8 +12,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -51,6 +53,53 @@ class DomainErrorInterceptor(ErrorInterceptor):
         if handler_call_details.method.startswith(GRPC_INFRA_PREFIX):
             return await continuation(handler_call_details)
         return await super().intercept_service(continuation, handler_call_details)
+
+
+class ReflectedPool:
+    """The default descriptor pool as reflection should see it.
+
+    Only the files of the reflected services (and their imports) are visible,
+    so a served-but-internal API cannot be described either. And methods
+    resolve as symbols: protobuf's upb pool does not find "pkg.Service.Method"
+    with FindFileContainingSymbol, which breaks `grpcurl describe` of a method.
+    """
+
+    def __init__(self, service_names: Sequence[str]) -> None:
+        self._pool = descriptor_pool.Default()
+        self._files: set[str] = set()
+        for name in service_names:
+            try:
+                self._add_file(self._pool.FindServiceByName(name).file)
+            except KeyError:
+                continue
+
+    def _add_file(self, file: Any) -> None:
+        if file.name in self._files:
+            return
+        self._files.add(file.name)
+        for dependency in file.dependencies:
+            self._add_file(dependency)
+
+    def _visible(self, file: Any, what: str) -> Any:
+        if file.name not in self._files:
+            raise KeyError(what)
+        return file
+
+    def FindFileByName(self, name: str) -> Any:
+        return self._visible(self._pool.FindFileByName(name), name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            file = self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service, _, method = symbol.rpartition(".")
+            if not service:
+                raise
+            file = self._pool.FindMethodByName(f"{service}.{method}").containing_service.file
+        return self._visible(file, symbol)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 # Methods of grpc's own services (grpc.health.v1, grpc.reflection.*).
@@ -97,10 +146,12 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in services:
         binding.register(server)
-    reflected = [b.name for b in services if b.reflect]
-    reflection.enable_server_reflection(
-        [*reflected, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    reflected = [
+        *(b.name for b in services if b.reflect),
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(reflected, server, pool=ReflectedPool(reflected))
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")

@@ -268,3 +268,34 @@ def test_health_follows_an_upstream_that_goes_away(loop_thread: LoopThread) -> N
     finally:
         loop_thread.run(app.stop(0.5))
         loop_thread.run(registry.server.stop(0.1))
+
+
+def test_one_target_with_several_addresses_is_balanced(loop_thread: LoopThread) -> None:
+    """A target resolving to several addresses (as dns:/// does for a headless service) is spread by round_robin."""
+    seen = Observations()
+    trainers = [loop_thread.run(start_fake_trainer(label, seen)) for label in ("x", "y")]
+    registry = loop_thread.run(start_fake_registry(seen))
+    addresses = ",".join(f"127.0.0.1:{t.port}" for t in trainers)
+    app = loop_thread.run(
+        start_gateway(
+            GatewaySettings(
+                address="127.0.0.1:0",
+                trainer_targets=(f"ipv4:{addresses}",),
+                registry_target=f"127.0.0.1:{registry.port}",
+            )
+        )
+    )
+    try:
+        target = f"127.0.0.1:{app.port}"
+        wait_for_health(target, TRAINER, timeout=20)
+        with grpc.insecure_channel(target) as channel:
+            stub = trainer_service_pb2_grpc.TrainerServiceStub(channel)
+            labels = [
+                stub.ListAlgorithms(trainer_service_pb2.ListAlgorithmsRequest(), timeout=10).algorithms[0].description
+                for _ in range(20)
+            ]
+        assert set(labels) == {"x", "y"}
+    finally:
+        loop_thread.run(app.stop(0.5))
+        for server in (registry, *trainers):
+            loop_thread.run(server.server.stop(0.1))
