@@ -21,6 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from taxidriver.logs import request_id_var
+from taxidriver.metrics import REQUEST_ID_KEY
 from taxidriver.server import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,20 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def request_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
-    """The caller's metadata that belongs to the call, not to the hop."""
-    if not metadata:
-        return ()
-    return tuple(
+    """The caller's metadata that belongs to the call, not to the hop.
+
+    A call without x-request-id gets the one the gateway logged it under, so the
+    upstream's log lines carry the same id.
+    """
+    kept = tuple(
         (key, value)
-        for key, value in metadata
+        for key, value in metadata or ()
         if key not in HOP_BY_HOP and not key.startswith("grpc-") and not key.startswith(":")
     )
+    if any(key == REQUEST_ID_KEY for key, _ in kept):
+        return kept
+    request_id = request_id_var.get()
+    return (*kept, (REQUEST_ID_KEY, request_id)) if request_id else kept
 
 
 def response_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:

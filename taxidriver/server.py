@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taxidriver.errors import ErrorInterceptor
+from taxidriver.metrics import TelemetryInterceptor, metrics_port_from_env, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,15 @@ async def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     serving: bool = True,
     error_mapping: bool = True,
+    telemetry: bool = True,
 ) -> RunningServer:
-    """Build and start a server on `address` ("host:port", port 0 for any)."""
-    all_interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)
+    """Build and start a server on `address` ("host:port", port 0 for any).
+
+    Interceptors run outermost first: telemetry (metrics + call log, so it sees
+    final codes), then the caller's, then error mapping next to the servicers.
+    """
+    all_interceptors: list[grpc.aio.ServerInterceptor] = [TelemetryInterceptor()] if telemetry else []
+    all_interceptors.extend(interceptors)
     if error_mapping:
         all_interceptors.append(DomainErrorInterceptor())
     server = grpc.aio.server(interceptors=all_interceptors, options=SERVER_OPTIONS)
@@ -167,7 +174,13 @@ async def serve(
     grace: float,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then drain: health NOT_SERVING, hook, stop(grace)."""
+    """Run until SIGTERM or SIGINT, then drain: health NOT_SERVING, hook, stop(grace).
+
+    With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.
+    """
+    metrics_port = metrics_port_from_env()
+    if metrics_port:
+        start_metrics_server(metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class GatewayProcess:
     target: str
     process: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def gateway_process(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFa
     registry = loop_thread.run(start_fake_registry(seen))
     trainer = loop_thread.run(start_fake_trainer("one", seen))
     port = free_port()
+    metrics_port = free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     process = spawn(
         "gateway",
@@ -50,6 +53,7 @@ def gateway_process(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFa
             "TRAINER_TARGETS": f"127.0.0.1:{trainer.port}",
             "REGISTRY_TARGET": f"127.0.0.1:{registry.port}",
             "GATEWAY_SHUTDOWN_GRACE": "1",
+            "METRICS_PORT": str(metrics_port),
         },
         log,
     )
@@ -57,7 +61,7 @@ def gateway_process(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFa
     try:
         wait_for_health(target, REGISTRY, timeout=60)
         wait_for_health(target, TRAINER, timeout=30)
-        yield GatewayProcess(target=target, process=process, log=log)
+        yield GatewayProcess(target=target, process=process, log=log, metrics_port=metrics_port)
     finally:
         stop_process(process)
         loop_thread.run(registry.server.stop(0.1))
@@ -135,3 +139,21 @@ def test_sigterm_drains_and_exits_zero(loop_thread: LoopThread, tmp_path: Path) 
     assert code == 0
     lines = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines() if line.startswith("{")]
     assert any(line["msg"] == "stopped" and line["service"] == "gateway" for line in lines)
+
+
+def test_process_serves_metrics_and_logs_calls(gateway_process: GatewayProcess) -> None:
+    grpcurl(
+        "-plaintext",
+        "-H",
+        "x-request-id: op-metrics",
+        "-d",
+        '{"run_id": "r-m"}',
+        gateway_process.target,
+        f"{REGISTRY}/GetRun",
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway_process.metrics_port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    assert 'grpc_code="OK",grpc_method="GetRun"' in body
+    lines = [json.loads(line) for line in gateway_process.log.read_text().splitlines() if line.startswith("{")]
+    call = [line for line in lines if line.get("request_id") == "op-metrics"]
+    assert call and call[0]["method"] == f"/{REGISTRY}/GetRun" and call[0]["code"] == "OK"

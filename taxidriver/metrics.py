@@ -1,0 +1,246 @@
+"""Prometheus metrics and a per-call JSON log, shared by every service.
+
+`TelemetryInterceptor` wraps each call once and records both: a counter and a
+latency histogram by method and status code, and one structured log line
+(method, code, duration_ms, request_id from x-request-id, peer). One wrapper
+rather than two keeps the per-call cost down on the gateway's hot path.
+
+Services update their own gauges through the small functions below
+(`set_runs_by_status`, `add_episodes_ingested`, `set_pool_usage`,
+`set_workers_busy`) and never touch prometheus_client directly; `serve()`
+exposes everything over HTTP when METRICS_PORT is set (0 or unset: off).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from taxidriver.config import env_int
+from taxidriver.logs import request_id_var
+
+log = logging.getLogger("taxidriver.calls")
+
+REQUEST_ID_KEY = "x-request-id"
+RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+# grpc's own services (health probes every few seconds, reflection) log at DEBUG.
+QUIET_PREFIX = "/grpc."
+
+CALLS = Counter(
+    "taxidriver_grpc_server_handled",
+    "gRPC calls completed by the server, by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+)
+LATENCY = Histogram(
+    "taxidriver_grpc_server_handling_seconds",
+    "Time from the start of a call to its status, by method.",
+    ["grpc_service", "grpc_method", "grpc_type"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+RUNS = Gauge("taxidriver_runs", "Training runs by status, as last counted by the registry.", ["status"])
+EPISODES_INGESTED = Counter("taxidriver_episodes_ingested", "Episodes newly stored by the registry's ingest.")
+POOL_CONNECTIONS = Gauge(
+    "taxidriver_db_pool_connections", "Database pool connections by state (size, in_use, waiting).", ["state"]
+)
+WORKERS = Gauge("taxidriver_trainer_workers", "Trainer worker processes by state (total, busy).", ["state"])
+
+
+def set_runs_by_status(counts: Mapping[str, int]) -> None:
+    """Registry: the number of runs in each status; statuses absent from `counts` are 0."""
+    for status in RUN_STATUSES:
+        RUNS.labels(status=status).set(counts.get(status, 0))
+    for status, count in counts.items():
+        if status not in RUN_STATUSES:
+            RUNS.labels(status=status).set(count)
+
+
+def add_episodes_ingested(count: int) -> None:
+    """Registry: episodes durably stored by one ingest batch (0 for a replay)."""
+    if count > 0:
+        EPISODES_INGESTED.inc(count)
+
+
+def set_pool_usage(*, size: int, in_use: int, waiting: int = 0) -> None:
+    """Registry: connection pool occupancy (psycopg_pool's get_stats() has these numbers)."""
+    POOL_CONNECTIONS.labels(state="size").set(size)
+    POOL_CONNECTIONS.labels(state="in_use").set(in_use)
+    POOL_CONNECTIONS.labels(state="waiting").set(waiting)
+
+
+def set_workers_busy(*, busy: int, total: int) -> None:
+    """Trainer: worker processes running a training vs available."""
+    WORKERS.labels(state="busy").set(busy)
+    WORKERS.labels(state="total").set(total)
+
+
+def metrics_port_from_env() -> int:
+    """METRICS_PORT, 0 (off) when unset, so in-process test servers never clash on a port."""
+    return env_int("METRICS_PORT", 0)
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> int:
+    """Serves /metrics on a daemon thread; returns the bound port (port 0 picks one)."""
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    bound = int(server.server_port)
+    logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", addr, bound)
+    return bound
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service or "unknown", name or method
+
+
+def _code_name(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
+    code: Any = context.code()
+    if code is None:
+        return default.name
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate.name
+    return str(code)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return value
+    return ""
+
+
+class _CallRecord:
+    """Start time and labels of one call; `finish` records it exactly once."""
+
+    __slots__ = ("kind", "level", "method", "name", "peer", "request_id", "service", "started")
+
+    def __init__(self, method: str, kind: str, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
+        self.service, self.name = _split(method)
+        self.kind = kind
+        self.started = time.perf_counter()
+        # A caller without an id gets one, so the gateway's and the upstream's lines correlate.
+        self.request_id = _request_id(context) or new_request_id()
+        self.peer = context.peer()
+        self.level = logging.DEBUG if method.startswith(QUIET_PREFIX) else logging.INFO
+
+    def finish(self, code: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        CALLS.labels(self.service, self.name, self.kind, code).inc()
+        LATENCY.labels(self.service, self.name, self.kind).observe(elapsed)
+        if log.isEnabledFor(self.level):
+            log.log(
+                self.level,
+                "%s %s",
+                self.method,
+                code,
+                extra={
+                    "method": self.method,
+                    "code": code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "request_id": self.request_id,
+                    "peer": self.peer,
+                },
+            )
+
+
+def _outcome(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if exc is None:
+        return _code_name(context, grpc.StatusCode.OK)
+    if isinstance(exc, grpc.aio.AbortError):
+        return _code_name(context, grpc.StatusCode.UNKNOWN)
+    if isinstance(exc, BaseException) and exc.__class__.__name__ == "CancelledError":
+        return grpc.StatusCode.CANCELLED.name
+    return grpc.StatusCode.UNKNOWN.name
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, kind: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record = _CallRecord(method, kind, context)
+        token = request_id_var.set(record.request_id)
+        try:
+            response = await behavior(request, context)
+        except BaseException as exc:
+            record.finish(_outcome(context, exc))
+            raise
+        finally:
+            _reset(token)
+        record.finish(_outcome(context, None))
+        return response
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable[..., Any], method: str, kind: str) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # Coroutine-style streaming handlers (context.write), e.g. grpc's Health.Watch.
+        return _wrap_unary(behavior, method, kind)
+
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        record = _CallRecord(method, kind, context)
+        token = request_id_var.set(record.request_id)
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except BaseException as exc:
+            record.finish(_outcome(context, exc))
+            raise
+        finally:
+            _reset(token)
+        record.finish(_outcome(context, None))
+
+    return wrapped
+
+
+def _reset(token: contextvars.Token[str]) -> None:
+    try:
+        request_id_var.reset(token)
+    except ValueError:
+        # A stream closed from another context (cancellation): nothing to restore there.
+        pass
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    """Counts, times and logs every call; install it outermost to see final status codes."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method, "unary"), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method, "client_stream"), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method, "server_stream"), **kwargs
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method, "bidi_stream"), **kwargs
+            )
+        return handler
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex

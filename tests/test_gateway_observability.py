@@ -1,0 +1,150 @@
+"""Every server counts, times and logs its calls; gauges and /metrics are there for the services."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from gateway.app import start_gateway
+from gateway.settings import GatewaySettings
+from taxidriver import metrics
+from taxidriver.logs import JsonFormatter
+from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from taxidriver.server import RunningServer
+from tests.support import LoopThread, free_port, wait_for_health
+from tests.test_gateway_upstreams import REGISTRY as REGISTRY_SERVICE
+from tests.test_gateway_upstreams import Observations, start_fake_registry
+
+
+@dataclass
+class Servers:
+    upstream: RunningServer
+    gateway_target: str
+    seen: Observations
+
+
+@pytest.fixture(scope="module")
+def servers(loop_thread: LoopThread) -> Iterator[Servers]:
+    seen = Observations()
+    upstream = loop_thread.run(start_fake_registry(seen))
+    app = loop_thread.run(
+        start_gateway(
+            GatewaySettings(
+                address="127.0.0.1:0",
+                trainer_targets=(f"127.0.0.1:{free_port()}",),
+                registry_target=f"127.0.0.1:{upstream.port}",
+            )
+        )
+    )
+    target = f"127.0.0.1:{app.port}"
+    wait_for_health(target, REGISTRY_SERVICE, timeout=20)
+    yield Servers(upstream=upstream, gateway_target=target, seen=seen)
+    loop_thread.run(app.stop(0.5))
+    loop_thread.run(upstream.server.stop(0.1))
+
+
+def handled(method: str, code: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "taxidriver_grpc_server_handled_total",
+        {"grpc_service": REGISTRY_SERVICE, "grpc_method": method, "grpc_type": "unary", "grpc_code": code},
+    )
+    return value or 0.0
+
+
+def get_run(target: str, run_id: str, metadata: tuple[tuple[str, str], ...] = ()) -> grpc.StatusCode:
+    with grpc.insecure_channel(target) as channel:
+        stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        try:
+            stub.GetRun(registry_service_pb2.GetRunRequest(run_id=run_id), metadata=metadata, timeout=10)
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_calls_are_counted_by_method_and_code(servers: Servers) -> None:
+    ok_before, bad_before = handled("GetRun", "OK"), handled("GetRun", "INVALID_ARGUMENT")
+    missing_before = handled("GetRun", "NOT_FOUND")
+    direct = f"127.0.0.1:{servers.upstream.port}"
+    assert get_run(direct, "r-1") == grpc.StatusCode.OK
+    assert get_run(direct, "bad") == grpc.StatusCode.INVALID_ARGUMENT
+    assert get_run(direct, "missing") == grpc.StatusCode.NOT_FOUND
+    # The gateway counts its own hop too: each call through it is seen twice in this process.
+    assert get_run(servers.gateway_target, "r-2") == grpc.StatusCode.OK
+    assert handled("GetRun", "OK") == ok_before + 3
+    assert handled("GetRun", "INVALID_ARGUMENT") == bad_before + 1
+    assert handled("GetRun", "NOT_FOUND") == missing_before + 1
+
+
+def test_latency_is_observed(servers: Servers) -> None:
+    labels = {"grpc_service": REGISTRY_SERVICE, "grpc_method": "GetRun", "grpc_type": "unary"}
+    before = REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_count", labels) or 0.0
+    get_run(f"127.0.0.1:{servers.upstream.port}", "r-3")
+    after = REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_count", labels)
+    assert after == before + 1
+    assert (REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_sum", labels) or 0) > 0
+
+
+def test_each_call_is_logged_as_json_with_request_id(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="taxidriver.calls"):
+        get_run(f"127.0.0.1:{servers.upstream.port}", "bad", metadata=(("x-request-id", "trace-77"),))
+    records = [r for r in caplog.records if getattr(r, "request_id", "") == "trace-77"]
+    assert len(records) == 1
+    line = json.loads(JsonFormatter("registry").format(records[0]))
+    assert line["method"] == f"/{REGISTRY_SERVICE}/GetRun"
+    assert line["code"] == "INVALID_ARGUMENT"
+    assert line["request_id"] == "trace-77"
+    assert line["duration_ms"] >= 0
+    assert line["service"] == "registry"
+
+
+def test_gateway_gives_a_request_id_to_calls_without_one(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="taxidriver.calls"):
+        assert get_run(servers.gateway_target, "r-4") == grpc.StatusCode.OK
+    forwarded = servers.seen.metadata["GetRun"]["x-request-id"]
+    assert len(forwarded) == 32
+    logged = [r for r in caplog.records if getattr(r, "request_id", "") == forwarded]
+    # The same id on the gateway's line and on the upstream's line.
+    assert len(logged) == 2
+
+
+def test_health_probes_are_not_logged_at_info(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="taxidriver.calls"):
+        wait_for_health(servers.gateway_target, "", timeout=5)
+    assert not [r for r in caplog.records if "Health" in getattr(r, "method", "")]
+
+
+def test_gauges_are_plain_functions() -> None:
+    metrics.set_runs_by_status({"running": 2, "completed": 5})
+    assert REGISTRY.get_sample_value("taxidriver_runs", {"status": "running"}) == 2
+    assert REGISTRY.get_sample_value("taxidriver_runs", {"status": "failed"}) == 0
+    before = REGISTRY.get_sample_value("taxidriver_episodes_ingested_total") or 0
+    metrics.add_episodes_ingested(250)
+    metrics.add_episodes_ingested(0)
+    assert REGISTRY.get_sample_value("taxidriver_episodes_ingested_total") == before + 250
+    metrics.set_pool_usage(size=10, in_use=3)
+    assert REGISTRY.get_sample_value("taxidriver_db_pool_connections", {"state": "in_use"}) == 3
+    metrics.set_workers_busy(busy=1, total=2)
+    assert REGISTRY.get_sample_value("taxidriver_trainer_workers", {"state": "total"}) == 2
+
+
+def test_metrics_endpoint_serves_the_text_format(servers: Servers) -> None:
+    get_run(f"127.0.0.1:{servers.upstream.port}", "r-5")
+    port = metrics.start_metrics_server(0, addr="127.0.0.1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    assert 'taxidriver_grpc_server_handled_total{grpc_code="OK",grpc_method="GetRun"' in body
+    assert "taxidriver_grpc_server_handling_seconds_bucket" in body
+
+
+def test_metrics_port_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("METRICS_PORT", raising=False)
+    assert metrics.metrics_port_from_env() == 0
+    monkeypatch.setenv("METRICS_PORT", "9464")
+    assert metrics.metrics_port_from_env() == 9464
