@@ -18,13 +18,14 @@ log = logging.getLogger("registry_service")
 async def _main(settings: RegistrySettings) -> None:
     app = await start_registry(settings)
 
-    async def close_pool() -> None:
+    async def stop_background() -> None:
         for task in app._tasks:
             task.cancel()
 
     try:
-        await serve(app.running, grace=settings.shutdown_grace, on_shutdown=close_pool)
+        await serve(app.running, grace=settings.shutdown_grace, on_shutdown=stop_background)
     finally:
+        await app.hub.stop()
         await app.pool.close()
 
 

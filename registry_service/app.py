@@ -16,6 +16,7 @@ from registry_service.db import apply_migrations, open_pool
 from registry_service.ingest import IngestServicer
 from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
+from registry_service.watch import EventHub
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.server import RunningServer, ServiceBinding, create_server
@@ -42,6 +43,7 @@ class RegistryApp:
     settings: RegistrySettings
     running: RunningServer
     pool: AsyncConnectionPool
+    hub: EventHub
     serving: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -74,6 +76,7 @@ class RegistryApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.running.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.hub.stop()
         await self.pool.close()
 
 
@@ -89,8 +92,10 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
         max_size=settings.pool_max_size,
         wait_seconds=settings.connect_timeout,
     )
+    hub = EventHub(settings.database_url)
+    hub.start()
     ingest = IngestServicer(pool, settings)
-    queries = RegistryServicer(pool, settings)
+    queries = RegistryServicer(pool, settings, hub)
 
     def add_registry(server: grpc.aio.Server) -> None:
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(queries, server)
@@ -107,9 +112,10 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
             ],
         )
     except Exception:
+        await hub.stop()
         await pool.close()
         raise
-    app = RegistryApp(settings=settings, running=running, pool=pool)
+    app = RegistryApp(settings=settings, running=running, pool=pool, hub=hub)
     app._tasks.append(asyncio.create_task(app._watch_database(), name="registry-db-health"))
     log.info("registry listening on port %d", running.port)
     return app

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,6 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from registry_service import episodes
+from registry_service.artifacts import collect_upload, split_chunks, store_artifact
 from registry_service.convert import (
     ALGORITHMS,
     ARTIFACT_COLUMNS,
@@ -32,14 +32,13 @@ from registry_service.convert import (
     struct_to_dict,
 )
 from registry_service.settings import RegistrySettings
-from taxidriver.errors import Violations, bad_field, failed_precondition, not_found, resource_exhausted
+from taxidriver.errors import Violations, bad_field, failed_precondition, not_found
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.registry.v1 import resources_pb2
 
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "taxidriver_run_events"
-CHUNK_BYTES = 64 * 1024
 MAX_BATCH_EPISODES = 100_000
 MAX_NAME_CHARS = 200
 
@@ -57,23 +56,6 @@ FIND_REGISTERED = "SELECT run_id FROM training_runs WHERE run_id = %s OR (%s::te
 LOCK_RUN = "SELECT status, episodes_recorded, episodes_planned FROM training_runs WHERE run_id = %s FOR UPDATE"
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
-
-UPSERT_ARTIFACT = f"""
-INSERT INTO artifacts (artifact_id, run_id, kind, name, content_type, size, sha256, episode, metadata, data)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (run_id, kind, name) DO UPDATE SET
-    content_type = EXCLUDED.content_type, size = EXCLUDED.size, sha256 = EXCLUDED.sha256,
-    episode = EXCLUDED.episode, metadata = EXCLUDED.metadata, data = EXCLUDED.data, created_at = now()
-RETURNING {ARTIFACT_COLUMNS}
-"""
-
-UPSERT_SAVED_MODEL = """
-INSERT INTO saved_models (model_id, run_id, model_name, model_path, model_size, model_metadata, artifact_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (artifact_id) DO UPDATE SET
-    model_name = EXCLUDED.model_name, model_size = EXCLUDED.model_size,
-    model_metadata = EXCLUDED.model_metadata, created_at = now()
-"""
 
 LATEST_CHECKPOINT = f"""
 SELECT {ARTIFACT_COLUMNS}, data FROM artifacts
@@ -112,6 +94,19 @@ def _check_params(params: dict[str, Any], violations: Violations) -> None:
     for key in ("training_runs", "max_steps", "test_episodes", "seed"):
         if key in params and not isinstance(params[key], int):
             violations.add(f"params.{key}", "must be an integer")
+
+
+def _check_test_metrics(test_metrics: dict[str, Any]) -> None:
+    """The seed casts these with ::FLOAT (and our indexes too), so they must be numbers."""
+    violations = Violations()
+    for key in ("success_rate", "avg_steps", "avg_reward"):
+        value = test_metrics.get(key)
+        if key in test_metrics and (not isinstance(value, int | float) or isinstance(value, bool)):
+            violations.add(f"test_metrics.{key}", "must be a number")
+    rate = test_metrics.get("success_rate")
+    if isinstance(rate, int | float) and not isinstance(rate, bool) and not 0 <= rate <= 1:
+        violations.add("test_metrics.success_rate", "must be a fraction in [0, 1]")
+    violations.raise_if_any()
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -285,6 +280,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         if request.execution_time < 0:
             raise bad_field("execution_time", "must be >= 0")
         groups = {group: struct_to_dict(getattr(request, group)) for group in METRIC_GROUPS}
+        _check_test_metrics(groups["test_metrics"])
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(LOCK_RUN, (run_id,))
             row = await cursor.fetchone()
@@ -329,22 +325,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         request_iterator: AsyncIterator[ingest_service_pb2.UploadArtifactRequest],
         context: grpc.aio.ServicerContext,
     ) -> ingest_service_pb2.UploadArtifactResponse:
-        header: ingest_service_pb2.ArtifactHeader | None = None
-        parts: list[bytes] = []
-        size = 0
-        async for message in request_iterator:
-            which = message.WhichOneof("content")
-            if header is None:
-                if which != "header":
-                    raise bad_field("header", "the first message must carry the artifact header")
-                header = message.header
-                continue
-            if which != "chunk":
-                raise bad_field("header", "only the first message may carry a header")
-            size += len(message.chunk)
-            if size > self.settings.max_artifact_bytes:
-                raise resource_exhausted(f"artifact larger than {self.settings.max_artifact_bytes} bytes")
-            parts.append(message.chunk)
+        header, data = await collect_upload(request_iterator, "header", self.settings.max_artifact_bytes)
         if header is None:
             raise bad_field("header", "an upload starts with a header")
         run_id = parse_uuid(header.run_id, "header.run_id")
@@ -359,54 +340,21 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         if header.episode < 0:
             violations.add("header.episode", "must be >= 0")
         violations.raise_if_any()
-        data = b"".join(parts)
+        assert kind is not None
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
-            dict_cursor = conn.cursor(row_factory=dict_row)
-            await dict_cursor.execute(
-                UPSERT_ARTIFACT,
-                (
-                    uuid.uuid4(),
-                    run_id,
-                    kind,
-                    header.name,
-                    header.content_type or "application/octet-stream",
-                    len(data),
-                    hashlib.sha256(data).hexdigest(),
-                    header.episode,
-                    Jsonb(struct_to_dict(header.metadata)),
-                    data,
-                ),
+            artifact, _ = await store_artifact(
+                conn,
+                run_id=run_id,
+                kind=kind,
+                name=header.name,
+                content_type=header.content_type,
+                episode=header.episode,
+                metadata=struct_to_dict(header.metadata),
+                data=data,
             )
-            row = await dict_cursor.fetchone()
-            assert row is not None
-            artifact = artifact_from_row(row)
-            artifact_id = row["artifact_id"]
-            if kind == "model":
-                await conn.execute(
-                    UPSERT_SAVED_MODEL,
-                    (
-                        uuid.uuid4(),
-                        run_id,
-                        header.name[:100],
-                        f"artifacts/{artifact_id}",
-                        len(data),
-                        Jsonb(struct_to_dict(header.metadata)),
-                        artifact_id,
-                    ),
-                )
-                await conn.execute(
-                    "UPDATE training_runs SET model_path = %s, updated_at = now() WHERE run_id = %s",
-                    (f"artifacts/{artifact_id}", run_id),
-                )
-            elif kind == "plot":
-                await conn.execute(
-                    "UPDATE training_runs SET plots = plots || jsonb_build_object(%s::text, %s::text),"
-                    " updated_at = now() WHERE run_id = %s",
-                    (header.name, str(artifact_id), run_id),
-                )
         return ingest_service_pb2.UploadArtifactResponse(artifact=artifact)
 
     async def GetLatestCheckpoint(
@@ -470,8 +418,3 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 await notify(conn, run_id, "status")
             run = await fetch_run(conn, run_id)
         return ingest_service_pb2.RequestCancelResponse(run=run)
-
-
-def split_chunks(data: bytes, size: int = CHUNK_BYTES) -> Sequence[bytes]:
-    """At least one chunk, so an empty artifact still sends its metadata."""
-    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]

@@ -2,40 +2,165 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import grpc
+from psycopg import AsyncConnection, errors
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from registry_service import episodes
-from registry_service.convert import RUN_COLUMNS, curves_from_rows, parse_uuid, run_from_row
+from registry_service.artifacts import collect_upload, split_chunks, store_artifact
+from registry_service.convert import (
+    ALGORITHMS,
+    ANNOTATION_COLUMNS,
+    ARTIFACT_COLUMNS,
+    KIND_TO_DB,
+    METRIC_GROUPS,
+    MODEL_COLUMNS,
+    RUN_COLUMNS,
+    annotation_from_row,
+    artifact_from_row,
+    curves_from_rows,
+    model_from_row,
+    parse_uuid,
+    run_from_row,
+    struct_to_dict,
+    timestamp,
+    value_to_proto,
+)
+from registry_service.filters import (
+    METRICS,
+    Compiled,
+    Ordering,
+    compile_filter,
+    decode_page_token,
+    encode_page_token,
+    parse_order_by,
+)
 from registry_service.settings import RegistrySettings
-from taxidriver.errors import ServiceError, bad_field, not_found
-from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
+from taxidriver.errors import Violations, bad_field, not_found
+from taxidriver.registry.v1 import registry_service_pb2 as pb
+from taxidriver.registry.v1 import registry_service_pb2_grpc, resources_pb2
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+BEST_ORDER = "test_metrics.success_rate desc, test_metrics.avg_steps asc"
+MAX_ANNOTATION_CHARS = 10_000
+MAX_TAGS = 32
+TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+SUCCESS = METRICS["test_metrics.success_rate"].sql
+AVG_STEPS = METRICS["test_metrics.avg_steps"].sql
+AVG_REWARD = METRICS["test_metrics.avg_reward"].sql
+
+# Which direction is better, for metrics compared side by side; others get no best_run_id.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "success_rate": True,
+    "avg_reward": True,
+    "avg_steps": False,
+    "std_steps": False,
+    "std_reward": False,
+    "execution_time": False,
+    "optimality_gap": False,
+    "optimal_share": True,
+    "optimal_start_states": True,
+    "steps_per_second": True,
+    "episodes_per_second": True,
+    "convergence_episode": False,
+    "improvement": True,
+    "efficiency": True,
+    "success_rate_improvement": True,
+    "steps_improvement": True,
+    "reward_improvement": True,
+    "peak_rss_mb": False,
+    "cpu_percent": False,
+    "wall_time": False,
+}
+
+STATISTICS_BY_ALGORITHM = f"""
+WITH runs AS (SELECT r.* FROM training_runs r WHERE {{where}}),
+ranked AS (
+    SELECT DISTINCT ON (algorithm) algorithm, run_id, {SUCCESS.replace("r.", "")} AS best_success
+    FROM runs WHERE status = 'completed' AND {SUCCESS.replace("r.", "")} IS NOT NULL
+    ORDER BY algorithm, {SUCCESS.replace("r.", "")} DESC, {AVG_STEPS.replace("r.", "")} ASC NULLS LAST, run_id
+)
+SELECT runs.algorithm,
+       count(*) AS total_runs,
+       count(*) FILTER (WHERE status = 'completed') AS completed_runs,
+       avg({SUCCESS.replace("r.", "")}) FILTER (WHERE status = 'completed') AS avg_success_rate,
+       avg({AVG_STEPS.replace("r.", "")}) FILTER (WHERE status = 'completed') AS avg_steps,
+       avg({AVG_REWARD.replace("r.", "")}) FILTER (WHERE status = 'completed') AS avg_reward,
+       max(ranked.best_success) AS best_success_rate,
+       min({AVG_STEPS.replace("r.", "")}) FILTER (WHERE status = 'completed') AS best_avg_steps,
+       max(ranked.run_id::text) AS best_run_id,
+       avg(execution_time) FILTER (WHERE status = 'completed') AS avg_execution_time
+FROM runs LEFT JOIN ranked ON ranked.algorithm = runs.algorithm
+GROUP BY runs.algorithm
+ORDER BY runs.algorithm
+"""
+
+STATISTICS_BY_DAY = f"""
+SELECT date_trunc('day', r.created_at AT TIME ZONE 'UTC') AS day,
+       count(*) AS runs,
+       avg({SUCCESS}) AS avg_success_rate,
+       avg({AVG_STEPS}) AS avg_steps
+FROM training_runs r WHERE {{where}}
+GROUP BY 1 ORDER BY 1
+"""
 
 
-def unimplemented(method: str) -> ServiceError:
-    return ServiceError(
-        code=grpc.StatusCode.UNIMPLEMENTED,
-        message=f"{method} is not built yet in this registry version",
-        reason="NOT_BUILT",
-    )
-
-
-def page_size(value: int, field_name: str = "page_size") -> int:
+def page_size(value: int, field_name: str = "page_size", default: int = DEFAULT_PAGE_SIZE) -> int:
+    """AIP-158: negative is an error, zero means the default, above the maximum is clamped."""
     if value < 0:
         raise bad_field(field_name, "must be >= 0")
-    if value > MAX_PAGE_SIZE:
-        raise bad_field(field_name, f"must be at most {MAX_PAGE_SIZE}")
-    return value or DEFAULT_PAGE_SIZE
+    return min(value or default, MAX_PAGE_SIZE)
+
+
+def _number(value: Any) -> float:
+    return float(value) if value is not None else 0.0
+
+
+async def _fetch_runs(conn: AsyncConnection[Any], ids: list[uuid.UUID]) -> dict[uuid.UUID, resources_pb2.Run]:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(f"SELECT {RUN_COLUMNS} FROM training_runs r WHERE r.run_id = ANY(%s)", (ids,))
+    return {row["run_id"]: run_from_row(row) for row in await cursor.fetchall()}
+
+
+class SimpleToken:
+    """Keyset tokens over (created_at, id) for annotation and model listings."""
+
+    @staticmethod
+    def encode(scope: str, created_at: datetime, ident: uuid.UUID) -> str:
+        payload = {"s": hashlib.sha256(scope.encode()).hexdigest()[:16], "t": created_at.isoformat(), "id": str(ident)}
+        return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+    @staticmethod
+    def decode(scope: str, token: str) -> tuple[datetime, uuid.UUID] | None:
+        if not token:
+            return None
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+            if payload["s"] != hashlib.sha256(scope.encode()).hexdigest()[:16]:
+                raise ValueError("other listing")
+            moment = datetime.fromisoformat(payload["t"])
+            if moment.tzinfo is None:
+                raise ValueError("naive")
+            return moment, uuid.UUID(payload["id"])
+        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise bad_field("page_token", "is not a page token of this listing") from None
 
 
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
@@ -44,9 +169,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self.settings = settings
         self.hub = hub
 
-    async def GetRun(
-        self, request: registry_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
-    ) -> registry_service_pb2.GetRunResponse:
+    # ------------------------------------------------------------------ runs
+
+    async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.GetRunResponse:
         run_id = parse_uuid(request.run_id, "run_id")
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
@@ -57,74 +182,504 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             run = run_from_row(row)
             if request.view == resources_pb2.RUN_VIEW_FULL:
                 run.curves.CopyFrom(curves_from_rows(await episodes.read_chunks(conn, run_id)))
-        return registry_service_pb2.GetRunResponse(run=run)
+        return pb.GetRunResponse(run=run)
 
-    async def ListRuns(
-        self, request: registry_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
-    ) -> registry_service_pb2.ListRunsResponse:
+    async def _page(
+        self,
+        *,
+        scope: str,
+        where: Compiled,
+        binding_text: str,
+        ordering: Ordering,
+        token: str,
+        size: int,
+        full: bool,
+        count: bool,
+    ) -> tuple[list[resources_pb2.Run], str, int]:
+        """One keyset page of runs; the token is bound to `scope` + `binding_text` + ordering."""
+        after = decode_page_token(token, scope, binding_text, ordering) or Compiled("TRUE")
+        select = ordering.select_sql()
+        order = ordering.order_sql()
+        query = (
+            f"SELECT {RUN_COLUMNS}, {select.sql} FROM training_runs r"
+            f" WHERE ({where.sql}) AND ({after.sql}) ORDER BY {order.sql} LIMIT %s"
+        )
+        params = [*select.params, *where.params, *after.params, *order.params, size + 1]
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            try:
+                await cursor.execute(query, params)
+            except errors.DataError as exc:
+                # e.g. a seed-style ::FLOAT cast over a hand-written non-numeric value.
+                raise bad_field(
+                    "filter", f"cannot be evaluated on the stored data: {exc.diag.message_primary}"
+                ) from None
+            rows = await cursor.fetchall()
+            total = 0
+            if count:
+                counted = await (
+                    await conn.execute(f"SELECT count(*) FROM training_runs r WHERE {where.sql}", where.params)
+                ).fetchone()
+                total = counted[0] if counted else 0
+            runs = [run_from_row(row) for row in rows[:size]]
+            if full:
+                for run in runs:
+                    chunks = await episodes.read_chunks(conn, uuid.UUID(run.run_id))
+                    run.curves.CopyFrom(curves_from_rows(chunks))
+        next_token = encode_page_token(scope, binding_text, ordering, rows[size - 1]) if len(rows) > size else ""
+        return runs, next_token, total
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
         size = page_size(request.page_size)
-        if request.filter or request.order_by or request.page_token:
-            raise unimplemented("ListRuns filter/order_by/page_token")
+        where = compile_filter(request.filter)
+        ordering = parse_order_by(request.order_by)
+        runs, token, total = await self._page(
+            scope="runs",
+            where=where,
+            binding_text=request.filter,
+            ordering=ordering,
+            token=request.page_token,
+            size=size,
+            full=request.view == resources_pb2.RUN_VIEW_FULL,
+            count=True,
+        )
+        return pb.ListRunsResponse(runs=runs, next_page_token=token, total_size=total)
+
+    async def ListBestRuns(
+        self, request: pb.ListBestRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListBestRunsResponse:
+        violations = Violations()
+        if request.algorithm and request.algorithm not in ALGORITHMS:
+            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        if request.limit < 0:
+            violations.add("limit", "must be >= 0")
+        violations.raise_if_any()
+        size = page_size(request.limit, "limit", default=10)
+        extra = compile_filter(request.filter)
+        ordering = parse_order_by(request.order_by, default=BEST_ORDER)
+        parts = ["r.status = 'completed'", f"({extra.sql})"]
+        params = list(extra.params)
+        if request.algorithm:
+            parts.append("r.algorithm = %s")
+            params.append(request.algorithm)
+        runs, _, _ = await self._page(
+            scope="best",
+            where=Compiled(" AND ".join(parts), params),
+            binding_text=request.filter,
+            ordering=ordering,
+            token="",
+            size=size,
+            full=False,
+            count=False,
+        )
+        return pb.ListBestRunsResponse(runs=runs)
+
+    async def GetStatistics(
+        self, request: pb.GetStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatisticsResponse:
+        where = compile_filter(request.filter)
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params)
+            algorithms = await cursor.fetchall()
+            await cursor.execute(STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
+            days = await cursor.fetchall()
+        response = pb.GetStatisticsResponse(
+            total_runs=sum(a["total_runs"] for a in algorithms),
+            completed_runs=sum(a["completed_runs"] for a in algorithms),
+        )
+        for row in algorithms:
+            response.algorithms.append(
+                pb.AlgorithmStatistics(
+                    algorithm=row["algorithm"],
+                    total_runs=row["total_runs"],
+                    completed_runs=row["completed_runs"],
+                    avg_success_rate=_number(row["avg_success_rate"]),
+                    avg_steps=_number(row["avg_steps"]),
+                    avg_reward=_number(row["avg_reward"]),
+                    best_success_rate=_number(row["best_success_rate"]),
+                    best_avg_steps=_number(row["best_avg_steps"]),
+                    best_run_id=row["best_run_id"] or "",
+                    avg_execution_time=_number(row["avg_execution_time"]),
+                )
+            )
+        for row in days:
+            day = row["day"].replace(tzinfo=None)
+            response.daily.append(
+                pb.DailyStatistics(
+                    day=timestamp(day),
+                    runs=row["runs"],
+                    avg_success_rate=_number(row["avg_success_rate"]),
+                    avg_steps=_number(row["avg_steps"]),
+                )
+            )
+        return response
+
+    async def SearchRunsByParams(
+        self, request: pb.SearchRunsByParamsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchRunsByParamsResponse:
+        wanted = struct_to_dict(request.params)
+        if not wanted:
+            raise bad_field("params", "give at least one parameter to match")
+        size = page_size(request.page_size)
+        binding = json.dumps(wanted, sort_keys=True)
+        runs, token, _ = await self._page(
+            scope="search",
+            where=Compiled("r.params @> %s", [Jsonb(wanted)]),
+            binding_text=binding,
+            ordering=parse_order_by(""),
+            token=request.page_token,
+            size=size,
+            full=False,
+            count=False,
+        )
+        return pb.SearchRunsByParamsResponse(runs=runs, next_page_token=token)
+
+    async def CompareRuns(
+        self, request: pb.CompareRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompareRunsResponse:
+        if not 2 <= len(request.run_ids) <= 20:
+            raise bad_field("run_ids", "compare two to twenty runs")
+        violations = Violations()
+        ids: list[uuid.UUID] = []
+        for index, text in enumerate(request.run_ids):
+            try:
+                ids.append(uuid.UUID(text))
+            except ValueError:
+                violations.add(f"run_ids[{index}]", "must be a UUID")
+        violations.raise_if_any()
+        if len(set(ids)) != len(ids):
+            raise bad_field("run_ids", "each run may appear once")
+        async with self.pool.connection() as conn:
+            found = await _fetch_runs(conn, ids)
+        for run_id in ids:
+            if run_id not in found:
+                raise not_found("run", str(run_id))
+        runs = [found[run_id] for run_id in ids]
+        response = pb.CompareRunsResponse(runs=runs)
+        params = [struct_to_dict(run.params) for run in runs]
+        for key in sorted({k for p in params for k in p}):
+            values = [p.get(key) for p in params]
+            if any(v != values[0] for v in values[1:]):
+                response.param_differences.append(
+                    pb.ParamDifference(key=key, values=[value_to_proto(v) for v in values])
+                )
+        metric_values: dict[str, list[Any]] = {}
+        groups = [{g: struct_to_dict(getattr(run, g)) for g in METRIC_GROUPS} for run in runs]
+        for group in METRIC_GROUPS:
+            keys = sorted({k for g in groups for k, v in g[group].items() if _is_number(v)})
+            for key in keys:
+                metric_values[f"{group}.{key}"] = [g[group].get(key) for g in groups]
+        metric_values["execution_time"] = [run.execution_time for run in runs]
+        for metric, values in metric_values.items():
+            higher = HIGHER_IS_BETTER.get(metric.rsplit(".", 1)[-1])
+            comparison = pb.MetricComparison(
+                metric=metric,
+                values=[value_to_proto(v if _is_number(v) else None) for v in values],
+                higher_is_better=bool(higher),
+            )
+            candidates = [(v, i) for i, v in enumerate(values) if _is_number(v)]
+            if higher is not None and candidates:
+                best = max(candidates, key=lambda c: c[0]) if higher else min(candidates, key=lambda c: c[0])
+                comparison.best_run_id = runs[best[1]].run_id
+            response.metrics.append(comparison)
+        return response
+
+    # ------------------------------------------------------------------ annotations
+
+    async def CreateAnnotation(
+        self, request: pb.CreateAnnotationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateAnnotationResponse:
+        violations = Violations()
+        run_id: uuid.UUID | None = None
+        try:
+            run_id = parse_uuid(request.run_id, "run_id")
+        except Exception:  # noqa: BLE001 - collected with the other violations
+            violations.add("run_id", "must be a UUID")
+        if not request.annotation.strip():
+            violations.add("annotation", "is required")
+        if len(request.annotation) > MAX_ANNOTATION_CHARS:
+            violations.add("annotation", f"at most {MAX_ANNOTATION_CHARS} characters")
+        if len(request.tags) > MAX_TAGS:
+            violations.add("tags", f"at most {MAX_TAGS} tags")
+        for index, tag in enumerate(request.tags):
+            if not TAG.match(tag):
+                violations.add(f"tags[{index}]", "lower-case [a-z0-9_-], 1 to 64 characters")
+        if len(request.request_id) > 200:
+            violations.add("request_id", "at most 200 characters")
+        violations.raise_if_any()
+        assert run_id is not None
+        tags = list(dict.fromkeys(request.tags))
+        request_id = request.request_id or None
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(row_factory=dict_row)
+            if request_id is not None:
+                await cursor.execute(
+                    f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE request_id = %s", (request_id,)
+                )
+                existing = await cursor.fetchone()
+                if existing is not None:
+                    return pb.CreateAnnotationResponse(annotation=annotation_from_row(existing))
+            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
+            if await cursor.fetchone() is None:
+                raise not_found("run", str(run_id))
+            await cursor.execute(
+                f"INSERT INTO run_annotations (annotation_id, run_id, annotation, tags, request_id)"
+                f" VALUES (%s, %s, %s, %s, %s) RETURNING {ANNOTATION_COLUMNS}",
+                (uuid.uuid4(), run_id, request.annotation, tags, request_id),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+        return pb.CreateAnnotationResponse(annotation=annotation_from_row(row))
+
+    async def ListAnnotations(
+        self, request: pb.ListAnnotationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAnnotationsResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        size = page_size(request.page_size)
+        scope = f"annotations:{run_id}"
+        after = SimpleToken.decode(scope, request.page_token)
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s", (run_id,))
+            if await cursor.fetchone() is None:
+                raise not_found("run", str(run_id))
+            await cursor.execute(
+                f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE run_id = %s"
+                " AND (%s::timestamptz IS NULL OR (created_at, annotation_id) > (%s::timestamptz, %s::uuid))"
+                " ORDER BY created_at, annotation_id LIMIT %s",
+                (run_id, *(2 * [after[0] if after else None]), after[1] if after else None, size + 1),
+            )
+            rows = await cursor.fetchall()
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = SimpleToken.encode(scope, last["created_at"], last["annotation_id"])
+        return pb.ListAnnotationsResponse(
+            annotations=[annotation_from_row(r) for r in rows[:size]], next_page_token=token
+        )
+
+    # ------------------------------------------------------------------ deletion
+
+    async def DeleteRun(self, request: pb.DeleteRunRequest, context: grpc.aio.ServicerContext) -> pb.DeleteRunResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                """
+                SELECT
+                    (SELECT coalesce(sum(episode_count), 0) FROM run_episodes WHERE run_id = r.run_id),
+                    (SELECT count(*) FROM run_annotations WHERE run_id = r.run_id),
+                    (SELECT count(*) FROM saved_models WHERE run_id = r.run_id),
+                    (SELECT count(*) FROM artifacts WHERE run_id = r.run_id)
+                FROM training_runs r WHERE r.run_id = %s FOR UPDATE
+                """,
+                (run_id,),
+            )
+            counts = await cursor.fetchone()
+            if counts is None:
+                raise not_found("run", str(run_id))
+            await conn.execute("DELETE FROM training_runs WHERE run_id = %s", (run_id,))
+            await conn.execute(
+                "SELECT pg_notify('taxidriver_run_events', %s)",
+                (json.dumps({"run_id": str(run_id), "kind": "deleted"}),),
+            )
+        return pb.DeleteRunResponse(
+            run_id=str(run_id),
+            episodes_deleted=counts[0],
+            annotations_deleted=counts[1],
+            models_deleted=counts[2],
+            artifacts_deleted=counts[3],
+        )
+
+    async def PurgeRuns(self, request: pb.PurgeRunsRequest, context: grpc.aio.ServicerContext) -> pb.PurgeRunsResponse:
+        if request.older_than_days < 1:
+            raise bad_field("older_than_days", "must be at least 1")
+        purged, cutoff = await purge_runs(self.pool, request.older_than_days, validate_only=request.validate_only)
+        return pb.PurgeRunsResponse(purged_runs=purged, cutoff_time=timestamp(cutoff))
+
+    # ------------------------------------------------------------------ models and artifacts
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        run_id = parse_uuid(request.run_id, "run_id") if request.run_id else None
+        size = page_size(request.page_size)
+        scope = f"models:{run_id or ''}"
+        after = SimpleToken.decode(scope, request.page_token)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
-                f"SELECT {RUN_COLUMNS} FROM training_runs r ORDER BY r.created_at DESC, r.run_id DESC LIMIT %s",
-                (size,),
+                f"SELECT {MODEL_COLUMNS} FROM saved_models WHERE (%s::uuid IS NULL OR run_id = %s::uuid)"
+                " AND (%s::timestamptz IS NULL OR (created_at, model_id) > (%s::timestamptz, %s::uuid))"
+                " ORDER BY created_at, model_id LIMIT %s",
+                (
+                    run_id,
+                    run_id,
+                    *(2 * [after[0] if after else None]),
+                    after[1] if after else None,
+                    size + 1,
+                ),
             )
             rows = await cursor.fetchall()
-            total = await (await conn.execute("SELECT count(*) FROM training_runs")).fetchone()
-        return registry_service_pb2.ListRunsResponse(
-            runs=[run_from_row(r) for r in rows], total_size=total[0] if total else 0
+        token = ""
+        if len(rows) > size:
+            token = SimpleToken.encode(scope, rows[size - 1]["created_at"], rows[size - 1]["model_id"])
+        return pb.ListModelsResponse(models=[model_from_row(r) for r in rows[:size]], next_page_token=token)
+
+    async def _model_row(self, conn: AsyncConnection[Any], model_id: uuid.UUID, with_data: bool) -> dict[str, Any]:
+        cursor = conn.cursor(row_factory=dict_row)
+        columns = ", ".join(f"m.{c.strip()}" for c in MODEL_COLUMNS.split(","))
+        data = ", a.data" if with_data else ""
+        await cursor.execute(
+            f"SELECT {columns}{data} FROM saved_models m JOIN artifacts a USING (artifact_id) WHERE m.model_id = %s",
+            (model_id,),
         )
+        row = await cursor.fetchone()
+        if row is None:
+            raise not_found("model", str(model_id))
+        return row
 
-    async def ListBestRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("ListBestRuns")
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+        model_id = parse_uuid(request.model_id, "model_id")
+        async with self.pool.connection() as conn:
+            row = await self._model_row(conn, model_id, with_data=False)
+        return pb.GetModelResponse(model=model_from_row(row))
 
-    async def GetStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("GetStatistics")
+    async def ExportModel(
+        self, request: pb.ExportModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportModelResponse]:
+        model_id = parse_uuid(request.model_id, "model_id")
+        async with self.pool.connection() as conn:
+            row = await self._model_row(conn, model_id, with_data=True)
+        model = model_from_row(row)
+        for index, chunk in enumerate(split_chunks(bytes(row["data"]))):
+            yield pb.ExportModelResponse(model=model if index == 0 else None, chunk=chunk)
 
-    async def SearchRunsByParams(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("SearchRunsByParams")
+    async def ImportModel(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.ImportModelResponse:
+        header, data = await collect_upload(request_iterator, "header", self.settings.max_artifact_bytes)
+        if header is None:
+            raise bad_field("header", "an import starts with a header")
+        violations = Violations()
+        run_id: uuid.UUID | None = None
+        if header.run_id:
+            try:
+                run_id = uuid.UUID(header.run_id)
+            except ValueError:
+                violations.add("header.run_id", "must be a UUID or empty")
+        if not header.model_name or len(header.model_name) > 100:
+            violations.add("header.model_name", "is required, at most 100 characters")
+        if len(header.request_id) > 200:
+            violations.add("header.request_id", "at most 200 characters")
+        if not data:
+            violations.add("chunk", "a model needs at least one byte")
+        violations.raise_if_any()
+        request_id = header.request_id or None
+        async with self.pool.connection() as conn, conn.transaction():
+            if request_id is not None:
+                cursor = await conn.execute(
+                    "SELECT m.model_id FROM saved_models m JOIN artifacts a USING (artifact_id)"
+                    " WHERE a.request_id = %s",
+                    (request_id,),
+                )
+                existing = await cursor.fetchone()
+                if existing is not None:
+                    return pb.ImportModelResponse(model=model_from_row(await self._model_row(conn, existing[0], False)))
+            if run_id is not None:
+                cursor = await conn.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
+                if await cursor.fetchone() is None:
+                    raise not_found("run", str(run_id))
+            _, model_row = await store_artifact(
+                conn,
+                run_id=run_id,
+                kind="model",
+                name=header.model_name,
+                content_type="application/x-npy",
+                episode=0,
+                metadata=struct_to_dict(header.model_metadata),
+                data=data,
+                request_id=request_id,
+            )
+        assert model_row is not None
+        return pb.ImportModelResponse(model=model_from_row(model_row))
 
-    async def CompareRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("CompareRuns")
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListArtifactsResponse:
+        run_id = parse_uuid(request.run_id, "run_id")
+        kind = KIND_TO_DB.get(request.kind) if request.kind else None
+        if request.kind and kind is None:
+            raise bad_field("kind", "unknown artifact kind")
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s", (run_id,))
+            if await cursor.fetchone() is None:
+                raise not_found("run", str(run_id))
+            await cursor.execute(
+                f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = %s AND (%s::text IS NULL OR kind = %s)"
+                " ORDER BY kind, episode, name",
+                (run_id, kind, kind),
+            )
+            rows = await cursor.fetchall()
+        return pb.ListArtifactsResponse(artifacts=[artifact_from_row(r) for r in rows])
 
-    async def CreateAnnotation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("CreateAnnotation")
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        artifact_id = parse_uuid(request.artifact_id, "artifact_id")
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                f"SELECT {ARTIFACT_COLUMNS}, data FROM artifacts WHERE artifact_id = %s", (artifact_id,)
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            raise not_found("artifact", str(artifact_id))
+        artifact = artifact_from_row(row)
+        for index, chunk in enumerate(split_chunks(bytes(row["data"]))):
+            yield pb.DownloadArtifactResponse(artifact=artifact if index == 0 else None, chunk=chunk)
 
-    async def ListAnnotations(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("ListAnnotations")
+    # ------------------------------------------------------------------ watching
 
-    async def DeleteRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("DeleteRun")
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        from registry_service.watch import watch_one
 
-    async def PurgeRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("PurgeRuns")
-
-    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("ListModels")
-
-    async def GetModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("GetModel")
-
-    async def ExportModel(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        raise unimplemented("ExportModel")
-        yield  # pragma: no cover
-
-    async def ImportModel(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("ImportModel")
-
-    async def ListArtifacts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise unimplemented("ListArtifacts")
-
-    async def DownloadArtifact(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        raise unimplemented("DownloadArtifact")
-        yield  # pragma: no cover
-
-    async def WatchRun(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        raise unimplemented("WatchRun")
-        yield  # pragma: no cover
+        run_id = parse_uuid(request.run_id, "run_id")
+        if request.from_episode < 0:
+            raise bad_field("from_episode", "must be >= 0")
+        async for event in watch_one(self.pool, self.hub, run_id, request.from_episode, request.status_only):
+            yield pb.WatchRunResponse(event=event)
 
     async def WatchRuns(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        raise unimplemented("WatchRuns")
-        yield  # pragma: no cover
+        from registry_service.watch import watch_many
+
+        async for event in watch_many(self.pool, self.hub, request_iterator):
+            yield pb.WatchRunsResponse(event=event)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+PURGE_COUNT = (
+    "SELECT count(*), now() - make_interval(days => %s) FROM training_runs"
+    " WHERE created_at < now() - make_interval(days => %s) AND status NOT IN ('running', 'queued')"
+)
+PURGE_DELETE = """
+WITH gone AS (
+    DELETE FROM training_runs
+    WHERE created_at < now() - make_interval(days => %s) AND status NOT IN ('running', 'queued')
+    RETURNING 1
+)
+SELECT count(*), now() - make_interval(days => %s) FROM gone
+"""
+
+
+async def purge_runs(pool: AsyncConnectionPool, older_than_days: int, *, validate_only: bool) -> tuple[int, datetime]:
+    """The seed's 30-day cleanup; runs still queued or running are never purged under a trainer."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(PURGE_COUNT if validate_only else PURGE_DELETE, (older_than_days, older_than_days))
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0]), row[1]

@@ -1,0 +1,121 @@
+"""Storing and reading binary artifacts (models, checkpoints, plots) and saved_models rows."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection, errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from registry_service.convert import ARTIFACT_COLUMNS, MODEL_COLUMNS, artifact_from_row
+from taxidriver.errors import bad_field, resource_exhausted
+from taxidriver.registry.v1 import resources_pb2
+
+CHUNK_BYTES = 64 * 1024
+
+UPSERT_ARTIFACT = f"""
+INSERT INTO artifacts (artifact_id, run_id, kind, name, content_type, size, sha256, episode, metadata, data, request_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (run_id, kind, name) DO UPDATE SET
+    content_type = EXCLUDED.content_type, size = EXCLUDED.size, sha256 = EXCLUDED.sha256,
+    episode = EXCLUDED.episode, metadata = EXCLUDED.metadata, data = EXCLUDED.data, created_at = now()
+RETURNING {ARTIFACT_COLUMNS}
+"""
+
+UPSERT_SAVED_MODEL = f"""
+INSERT INTO saved_models (model_id, run_id, model_name, model_path, model_size, model_metadata, artifact_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (artifact_id) DO UPDATE SET
+    model_name = EXCLUDED.model_name, model_size = EXCLUDED.model_size,
+    model_metadata = EXCLUDED.model_metadata, created_at = now()
+RETURNING {MODEL_COLUMNS}
+"""
+
+
+async def store_artifact(
+    conn: AsyncConnection[Any],
+    *,
+    run_id: uuid.UUID | None,
+    kind: str,
+    name: str,
+    content_type: str,
+    episode: int,
+    metadata: dict[str, Any],
+    data: bytes,
+    request_id: str | None = None,
+) -> tuple[resources_pb2.Artifact, dict[str, Any] | None]:
+    """Upsert on (run_id, kind, name); a model also gets its saved_models row (returned)."""
+    cursor = conn.cursor(row_factory=dict_row)
+    try:
+        async with conn.transaction():
+            await cursor.execute(
+                UPSERT_ARTIFACT,
+                (
+                    uuid.uuid4(),
+                    run_id,
+                    kind,
+                    name,
+                    content_type or "application/octet-stream",
+                    len(data),
+                    hashlib.sha256(data).hexdigest(),
+                    episode,
+                    Jsonb(metadata),
+                    data,
+                    request_id,
+                ),
+            )
+    except errors.UniqueViolation:
+        raise bad_field("request_id", "was already used for another upload") from None
+    row = await cursor.fetchone()
+    assert row is not None
+    artifact = artifact_from_row(row)
+    artifact_id = row["artifact_id"]
+    model_row = None
+    if kind == "model":
+        await cursor.execute(
+            UPSERT_SAVED_MODEL,
+            (uuid.uuid4(), run_id, name[:100], f"artifacts/{artifact_id}", len(data), Jsonb(metadata), artifact_id),
+        )
+        model_row = await cursor.fetchone()
+        if run_id is not None:
+            await conn.execute(
+                "UPDATE training_runs SET model_path = %s, updated_at = now() WHERE run_id = %s",
+                (f"artifacts/{artifact_id}", run_id),
+            )
+    elif kind == "plot" and run_id is not None:
+        await conn.execute(
+            "UPDATE training_runs SET plots = plots || jsonb_build_object(%s::text, %s::text),"
+            " updated_at = now() WHERE run_id = %s",
+            (name, str(artifact_id), run_id),
+        )
+    return artifact, model_row
+
+
+async def collect_upload(messages: AsyncIterator[Any], header_field: str, limit: int) -> tuple[Any | None, bytes]:
+    """Read `header then chunks` from a client stream, refusing more than `limit` bytes."""
+    header = None
+    parts: list[bytes] = []
+    size = 0
+    async for message in messages:
+        which = message.WhichOneof("content")
+        if header is None:
+            if which != "header":
+                raise bad_field(header_field, "the first message must carry the header")
+            header = getattr(message, "header")  # noqa: B009 - same name on both upload messages
+            continue
+        if which != "chunk":
+            raise bad_field(header_field, "only the first message may carry a header")
+        size += len(message.chunk)
+        if size > limit:
+            raise resource_exhausted(f"upload larger than {limit} bytes", reason="UPLOAD_TOO_LARGE")
+        parts.append(message.chunk)
+    return header, b"".join(parts)
+
+
+def split_chunks(data: bytes, size: int = CHUNK_BYTES) -> Sequence[bytes]:
+    """At least one chunk, so an empty artifact still sends its metadata."""
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]

@@ -1,0 +1,473 @@
+"""AIP-160 filters and order_by clauses compiled to parametrised SQL.
+
+User text never reaches the SQL string: field names resolve through a
+whitelist to fixed SQL fragments, JSONB paths travel as `text[]` parameters,
+and every literal is a parameter. Precedence follows AIP-160: OR binds tighter
+than AND (`a AND b OR c` is `a AND (b OR c)`); NOT binds tightest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from taxidriver.errors import bad_field
+
+JSON_GROUPS = (
+    "params",
+    "training_metrics",
+    "test_metrics",
+    "system_metrics",
+    "learning_stability",
+    "brute_force_metrics",
+    "improvement_metrics",
+)
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_FILTER_CHARS = 4096
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Field:
+    """A filterable/sortable field: its SQL expression and the type of its values."""
+
+    name: str
+    sql: str  # fixed text from this module, or with one %s for a JSONB path parameter
+    kind: str  # text | uuid | status | timestamp | number | integer | json | metric
+    path: tuple[str, ...] = ()
+    nullable: bool = False
+
+
+COLUMNS: dict[str, Field] = {
+    "run_id": Field("run_id", "r.run_id", "uuid"),
+    "algorithm": Field("algorithm", "r.algorithm", "text"),
+    "status": Field("status", "r.status", "status"),
+    "mode": Field("mode", "r.mode", "text"),
+    "env_id": Field("env_id", "r.env_id", "text"),
+    "create_time": Field("create_time", "r.created_at", "timestamp"),
+    "update_time": Field("update_time", "r.updated_at", "timestamp"),
+    "execution_time": Field("execution_time", "r.execution_time", "number", nullable=True),
+    "episodes_recorded": Field("episodes_recorded", "r.episodes_recorded", "integer"),
+    "episodes_planned": Field("episodes_planned", "r.episodes_planned", "integer"),
+}
+
+# The seed's metrics, compiled to the exact expressions the indexes (and the seed's SQL) use.
+METRICS: dict[str, Field] = {
+    "test_metrics.success_rate": Field(
+        "test_metrics.success_rate", "((r.test_metrics->>'success_rate')::FLOAT)", "metric", nullable=True
+    ),
+    "test_metrics.avg_steps": Field(
+        "test_metrics.avg_steps", "((r.test_metrics->>'avg_steps')::FLOAT)", "metric", nullable=True
+    ),
+    "test_metrics.avg_reward": Field(
+        "test_metrics.avg_reward", "((r.test_metrics->>'avg_reward')::FLOAT)", "metric", nullable=True
+    ),
+}
+
+_STATUS_NAMES = {"queued", "running", "completed", "failed", "cancelled", "interrupted"}
+
+
+def resolve_field(name: str, field_name: str) -> Field:
+    """A whitelisted field, or INVALID_ARGUMENT naming `field_name` (filter / order_by)."""
+    if name in COLUMNS:
+        return COLUMNS[name]
+    if name in METRICS:
+        return METRICS[name]
+    group, _, rest = name.partition(".")
+    if group in JSON_GROUPS and rest:
+        path = tuple(rest.split("."))
+        if len(path) <= 8 and all(_KEY.match(part) for part in path):
+            # The group name comes from JSON_GROUPS (ours); the path is a parameter.
+            return Field(name, f"(r.{group} #> %s::text[])", "json", path=path, nullable=True)
+    raise bad_field(
+        field_name,
+        f"unknown field {name[:80]!r}; use one of {', '.join(COLUMNS)}, tags, "
+        f"or <group>.<key> with group in {', '.join(JSON_GROUPS)}",
+    )
+
+
+# ---------------------------------------------------------------- tokenizer
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<lparen>\()
+  | (?P<rparen>\))
+  | (?P<op><=|>=|!=|=|<|>|:)
+  | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z0-9_.:-]))
+  | (?P<word>[A-Za-z_][A-Za-z0-9_.-]*)
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    text: str
+    position: int
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens: list[Token] = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None:
+            raise bad_field("filter", f"unexpected character {text[position]!r} at position {position}")
+        kind = match.lastgroup or ""
+        if kind != "ws":
+            tokens.append(Token(kind, match.group(), position))
+        position = match.end()
+    return tokens
+
+
+def _unquote(text: str) -> str:
+    body = text[1:-1]
+    return re.sub(r"\\(.)", r"\1", body)
+
+
+# ---------------------------------------------------------------- parser
+
+
+@dataclass
+class Compiled:
+    """A SQL boolean expression and its parameters, in order."""
+
+    sql: str
+    params: list[Any] = field(default_factory=list)
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = tokenize(text)
+        self.index = 0
+        self.depth = 0
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self) -> Token:
+        token = self.peek()
+        if token is None:
+            raise bad_field("filter", "unexpected end of filter")
+        self.index += 1
+        return token
+
+    def keyword(self, word: str) -> bool:
+        token = self.peek()
+        if token is not None and token.kind == "word" and token.text == word:
+            self.index += 1
+            return True
+        return False
+
+    def parse(self) -> Compiled:
+        compiled = self.expression()
+        token = self.peek()
+        if token is not None:
+            raise bad_field("filter", f"unexpected {token.text[:40]!r} at position {token.position}")
+        return compiled
+
+    def expression(self) -> Compiled:
+        parts = [self.factor()]
+        while self.keyword("AND"):
+            parts.append(self.factor())
+        return _join(parts, "AND")
+
+    def factor(self) -> Compiled:
+        parts = [self.term()]
+        while self.keyword("OR"):
+            parts.append(self.term())
+        return _join(parts, "OR")
+
+    def term(self) -> Compiled:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise bad_field("filter", f"nested deeper than {MAX_DEPTH}")
+        try:
+            if self.keyword("NOT"):
+                inner = self.term()
+                return Compiled(f"NOT COALESCE(({inner.sql}), false)", inner.params)
+            token = self.peek()
+            if token is not None and token.kind == "lparen":
+                self.take()
+                inner = self.expression()
+                closing = self.take()
+                if closing.kind != "rparen":
+                    raise bad_field("filter", f"expected ')' at position {closing.position}")
+                return Compiled(f"({inner.sql})", inner.params)
+            return self.comparison()
+        finally:
+            self.depth -= 1
+
+    def comparison(self) -> Compiled:
+        name = self.take()
+        if name.kind != "word" or name.text in ("AND", "OR", "NOT"):
+            raise bad_field("filter", f"expected a field name at position {name.position}, got {name.text[:40]!r}")
+        operator = self.take()
+        if operator.kind != "op":
+            raise bad_field("filter", f"expected an operator after {name.text[:40]!r} at position {operator.position}")
+        value = self.take()
+        if value.kind not in ("string", "number", "word"):
+            raise bad_field("filter", f"expected a value at position {value.position}")
+        return compile_comparison(name.text, operator.text, value)
+
+
+def _join(parts: list[Compiled], word: str) -> Compiled:
+    if len(parts) == 1:
+        return parts[0]
+    params: list[Any] = []
+    for part in parts:
+        params.extend(part.params)
+    return Compiled("(" + f" {word} ".join(p.sql for p in parts) + ")", params)
+
+
+def _literal(token: Token) -> tuple[str, Any]:
+    """(type, value) of a literal: number, bool or string (bare words are strings, AIP-160 style)."""
+    if token.kind == "number":
+        number = float(token.text)
+        return "number", int(number) if re.fullmatch(r"[-+]?\d+", token.text) else number
+    if token.kind == "string":
+        return "string", _unquote(token.text)
+    if token.text in ("true", "false"):
+        return "bool", token.text == "true"
+    return "string", token.text
+
+
+_SQL_OPERATORS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def parse_timestamp(text: str, field_name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise bad_field(field_name, f"{text[:40]!r} is not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise bad_field(field_name, f"timestamp {text[:40]!r} needs a time zone (e.g. Z)")
+    return moment
+
+
+def compile_comparison(name: str, operator: str, token: Token) -> Compiled:
+    kind, value = _literal(token)
+    if name == "tags":
+        if operator not in (":", "=") or kind != "string":
+            raise bad_field("filter", 'tags are matched with tags:"name" or tags = "name"')
+        return Compiled("r.run_id IN (SELECT a.run_id FROM run_annotations a WHERE a.tags @> ARRAY[%s::text])", [value])
+    column = resolve_field(name, "filter")
+    if operator == ":":
+        raise bad_field("filter", f"':' (has) applies to tags only; compare {name[:40]} with =, !=, <, <=, > or >=")
+    sql_op = _SQL_OPERATORS[operator]
+    if column.kind in ("text", "status", "uuid"):
+        if kind != "string":
+            raise bad_field("filter", f"{name} compares with a string")
+        if column.kind == "status":
+            value = value.lower().removeprefix("run_status_")
+            if value not in _STATUS_NAMES:
+                raise bad_field("filter", f"unknown status {value[:40]!r}")
+        if column.kind == "uuid":
+            try:
+                value = uuid.UUID(value)
+            except ValueError:
+                raise bad_field("filter", f"run_id {value[:40]!r} is not a UUID") from None
+        return Compiled(f"{column.sql} {sql_op} %s", [value])
+    if column.kind == "timestamp":
+        if kind != "string":
+            raise bad_field("filter", f'{name} compares with a quoted timestamp, e.g. "2026-01-01T00:00:00Z"')
+        return Compiled(f"{column.sql} {sql_op} %s::timestamptz", [parse_timestamp(value, "filter")])
+    if column.kind in ("number", "integer", "metric"):
+        if kind != "number":
+            raise bad_field("filter", f"{name} compares with a number")
+        return Compiled(f"{column.sql} {sql_op} %s", [float(value)])
+    # A JSONB path: the literal's type decides how it compares.
+    path = list(column.path)
+    if kind == "number":
+        return Compiled(f"jsonb_number({column.sql}) {sql_op} %s::float8", [path, float(value)])
+    if kind == "bool":
+        if operator not in ("=", "!="):
+            raise bad_field("filter", f"booleans compare with = or != only ({name})")
+        return Compiled(f"{column.sql} {sql_op} %s::jsonb", [path, Jsonb(value)])
+    text_sql = column.sql.replace("#>", "#>>", 1)
+    return Compiled(f"{text_sql} {sql_op} %s::text", [path, value])
+
+
+def compile_filter(text: str) -> Compiled:
+    """The WHERE expression of a filter; TRUE for an empty one."""
+    if len(text) > MAX_FILTER_CHARS:
+        raise bad_field("filter", f"at most {MAX_FILTER_CHARS} characters")
+    if not text.strip():
+        return Compiled("TRUE")
+    return _Parser(text).parse()
+
+
+# ---------------------------------------------------------------- ordering and page tokens
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: Field
+    descending: bool
+
+    def expression(self) -> tuple[str, list[Any]]:
+        params: list[Any] = [list(self.field.path)] if self.field.kind == "json" else []
+        return self.field.sql, params
+
+
+@dataclass
+class Ordering:
+    keys: list[SortKey]
+    text: str
+
+    def order_sql(self) -> Compiled:
+        """ORDER BY with NULLs last in both directions, run_id as the final tie-breaker."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for key in self.keys:
+            sql, key_params = key.expression()
+            direction = "DESC" if key.descending else "ASC"
+            if key.field.nullable:
+                parts.append(f"({sql}) IS NULL")
+                params.extend(key_params)
+            parts.append(f"{sql} {direction}")
+            params.extend(key_params)
+        last_desc = self.keys[-1].descending if self.keys else True
+        parts.append(f"r.run_id {'DESC' if last_desc else 'ASC'}")
+        return Compiled(", ".join(parts), params)
+
+    def select_sql(self) -> Compiled:
+        """The sort values as extra columns, so the last row of a page yields its token."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for index, key in enumerate(self.keys):
+            sql, key_params = key.expression()
+            parts.append(f"{sql} AS sort_{index}")
+            params.extend(key_params)
+        return Compiled(", ".join(parts), params)
+
+    def after_sql(self, values: Sequence[Any], run_id: uuid.UUID) -> Compiled:
+        """Rows strictly after (values, run_id) in this ordering (keyset pagination)."""
+        conditions: list[tuple[Compiled, Compiled]] = []  # (greater, equal) per key
+        for key, value in zip(self.keys, values, strict=True):
+            sql, key_params = key.expression()
+            cast = _CASTS[key.field.kind]
+            if key.field.nullable:
+                is_null = value is None
+                flag = Compiled(f"(({sql}) IS NULL) > %s", [*key_params, is_null])
+                flag_eq = Compiled(f"(({sql}) IS NULL) = %s", [*key_params, is_null])
+                conditions.append((flag, flag_eq))
+                if is_null:
+                    continue
+            op = "<" if key.descending else ">"
+            bound = _to_param(key.field, value)
+            conditions.append(
+                (
+                    Compiled(f"{sql} {op} %s{cast}", [*key_params, bound]),
+                    Compiled(f"{sql} = %s{cast}", [*key_params, bound]),
+                )
+            )
+        last_desc = self.keys[-1].descending if self.keys else True
+        tail = Compiled(f"r.run_id {'<' if last_desc else '>'} %s", [run_id])
+        for greater, equal in reversed(conditions):
+            tail = Compiled(
+                f"({greater.sql} OR ({equal.sql} AND {tail.sql}))", [*greater.params, *equal.params, *tail.params]
+            )
+        return tail
+
+
+_CASTS = {
+    "text": "::text",
+    "status": "::text",
+    "uuid": "::uuid",
+    "timestamp": "::timestamptz",
+    "number": "::float8",
+    "integer": "::int",
+    "metric": "::float8",
+    "json": "::jsonb",
+}
+
+
+def _to_param(column: Field, value: Any) -> Any:
+    """A sort value read back from a token, checked against its field's type (tokens are user input)."""
+    kind = column.kind
+    if kind == "json":
+        return Jsonb(value)
+    if kind in ("number", "metric") and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in ("text", "status") and isinstance(value, str):
+        return value
+    if kind == "timestamp" and isinstance(value, str):
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return moment
+    if kind == "uuid" and isinstance(value, str):
+        return uuid.UUID(value)
+    raise ValueError(f"bad sort value for {column.name}")
+
+
+def token_value(column: Field, value: Any) -> Any:
+    """A sort value as JSON for a page token."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def parse_order_by(text: str, default: str = "create_time desc", field_name: str = "order_by") -> Ordering:
+    source = text.strip() or default
+    keys: list[SortKey] = []
+    for item in source.split(","):
+        words = item.split()
+        if not words or len(words) > 2:
+            raise bad_field(field_name, f"expected '<field> [asc|desc]', got {item.strip()[:80]!r}")
+        descending = False
+        if len(words) == 2:
+            if words[1].lower() not in ("asc", "desc"):
+                raise bad_field(field_name, f"direction must be asc or desc, got {words[1][:20]!r}")
+            descending = words[1].lower() == "desc"
+        if words[0] == "tags":
+            raise bad_field(field_name, "cannot order by tags")
+        keys.append(SortKey(resolve_field(words[0], field_name), descending))
+    if len(keys) > 8:
+        raise bad_field(field_name, "at most 8 sort fields")
+    return Ordering(keys, source)
+
+
+def _binding(scope: str, filter_text: str, ordering: Ordering) -> str:
+    digest = hashlib.sha256(json.dumps([scope, filter_text, ordering.text]).encode()).hexdigest()
+    return digest[:16]
+
+
+def encode_page_token(scope: str, filter_text: str, ordering: Ordering, row: dict[str, Any]) -> str:
+    values = [token_value(key.field, row[f"sort_{i}"]) for i, key in enumerate(ordering.keys)]
+    payload = {"b": _binding(scope, filter_text, ordering), "k": values, "id": str(row["run_id"])}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def decode_page_token(token: str, scope: str, filter_text: str, ordering: Ordering) -> Compiled | None:
+    """The keyset condition a token stands for; INVALID_ARGUMENT `page_token` if it is not ours."""
+    if not token:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        binding, values, run_id = payload["b"], payload["k"], uuid.UUID(payload["id"])
+        if not isinstance(values, list) or len(values) != len(ordering.keys):
+            raise ValueError("wrong number of sort values")
+        if binding != _binding(scope, filter_text, ordering):
+            raise bad_field("page_token", "was issued for a different filter or order_by")
+        return ordering.after_sql(values, run_id)
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise bad_field("page_token", "is not a page token of this listing") from None
