@@ -48,6 +48,8 @@ SPECS = {spec.name: spec for spec in PARAMETERS}
 TEST_EPISODES = ParameterSpec("test_episodes", "Greedy evaluation episodes.", "int32", 1, 100_000)
 DEFAULT_TEST_EPISODES = 100
 MAX_TIME_BUDGET_S = 3600.0
+# Seeds are stored in JSONB (params.seed), whose numbers are doubles: exact up to 2**53.
+MAX_SEED = 2**53
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class RunSpec:
             "training_runs": h.training_episodes,
             "max_steps": h.max_steps,
             "test_episodes": self.test_episodes,
-            "seed": str(self.seed),  # JSON numbers are doubles: a uint64 would lose bits
+            "seed": self.seed,  # at most 2**53: JSON numbers are doubles
             "checkpoint_every": self.checkpoint_every,
             "time_budget_s": self.time_budget_s,
             "env_id": self.env_id,
@@ -183,6 +185,8 @@ def resolve(request: trainer_service_pb2.StartRunRequest, random_seed: int) -> R
     test_episodes = request.test_episodes or DEFAULT_TEST_EPISODES
     if (problem := TEST_EPISODES.check(test_episodes)) is not None:
         violations.add("test_episodes", problem)
+    if request.HasField("seed") and request.seed > MAX_SEED:
+        violations.add("seed", f"must be at most 2**53 (stored exactly as a JSON number), got {request.seed}")
     if request.checkpoint_every < 0:
         violations.add("checkpoint_every", f"must be positive (0 for the default), got {request.checkpoint_every}")
     time_budget_s = 0.0

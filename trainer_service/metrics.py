@@ -1,0 +1,153 @@
+"""Metric groups under the seed's JSONB keys, computed in the worker from its numbers.
+
+System metrics are sampled without blocking: psutil's cpu_times() deltas between two
+instants (never cpu_percent(interval=...), which sleeps) and RSS read at chunk boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+
+from trainer_service.engine import EpisodeColumns
+from trainer_service.evaluation import EnvScore, Optimality, Optimum
+
+
+class SystemSampler:
+    """CPU time, wall time and peak RSS of this worker process over one run."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process(os.getpid())
+        self.started_wall = time.perf_counter()
+        self.started_cpu = self.process.cpu_times()
+        self.peak_rss = self.process.memory_info().rss
+
+    def sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def summary(self, training_seconds: float, training_steps: int) -> dict[str, Any]:
+        self.sample()
+        wall = time.perf_counter() - self.started_wall
+        cpu = self.process.cpu_times()
+        user = cpu.user - self.started_cpu.user
+        system = cpu.system - self.started_cpu.system
+        return {
+            "wall_time_s": wall,
+            "training_time_s": training_seconds,
+            "cpu_user_s": user,
+            "cpu_system_s": system,
+            "cpu_percent": 100.0 * (user + system) / wall if wall > 0 else 0.0,
+            "peak_rss_mb": self.peak_rss / 2**20,
+            "training_steps": training_steps,
+            "steps_per_second": training_steps / training_seconds if training_seconds > 0 else 0.0,
+            "cpu_count": psutil.cpu_count() or 0,
+            "pid": self.process.pid,
+        }
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    if len(values) < window:
+        return values.astype(np.float64)
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def training_summary(history: EpisodeColumns) -> dict[str, Any]:
+    n = len(history)
+    if n == 0:
+        return {"episodes": 0}
+    last = slice(max(0, n - 100), n)
+    return {
+        "episodes": n,
+        "total_steps": int(history.steps.sum()),
+        "avg_reward": float(history.rewards.mean()),
+        "avg_steps": float(history.steps.mean()),
+        "success_rate": float(history.successes.mean()),
+        "last100_avg_reward": float(history.rewards[last].mean()),
+        "last100_avg_steps": float(history.steps[last].mean()),
+        "last100_success_rate": float(history.successes[last].mean()),
+        "best_reward": float(history.rewards.max()),
+        "worst_reward": float(history.rewards.min()),
+        "final_epsilon": float(history.epsilons[-1]),
+        "avg_td_error": float(history.td_errors.mean()),
+        "final_td_error": float(history.td_errors[last].mean()),
+        # Curves themselves are stored per episode by the registry (RUN_VIEW_FULL).
+        "curves": "episodes table",
+    }
+
+
+def learning_stability(
+    q: np.ndarray,
+    history: EpisodeColumns,
+    convergence_episode: int | None,
+    q_changes: list[tuple[int, float]],
+) -> dict[str, Any]:
+    n = len(history)
+    last = history.rewards[max(0, n - 100) :]
+    return {
+        "final_q_variance": float(q.var()),
+        "final_q_mean": float(q.mean()),
+        # First episode count (checked every chunk) at which the greedy policy was optimal
+        # on every start state; null if never.
+        "convergence_episode": convergence_episode,
+        "reward_std_last100": float(last.std()) if len(last) else 0.0,
+        "steps_std_last100": float(history.steps[max(0, n - 100) :].std()) if n else 0.0,
+        # Mean |Q_k - Q_{k-1}| between consecutive checkpoints, as (episode, change).
+        "q_change_between_checkpoints": [{"episode": e, "mean_abs_change": c} for e, c in q_changes],
+    }
+
+
+def test_metrics(score: EnvScore, optimality: Optimality, best: Optimum, seed_set: str) -> dict[str, Any]:
+    return {
+        **score.as_dict(),
+        "test_seed_set": seed_set,
+        # Exact scores on the transition table, from each of the start states.
+        "optimal_start_state_fraction": optimality.optimal_fraction,
+        "optimality_gap_steps": optimality.steps_gap,
+        "optimality_gap_reward": optimality.reward_gap,
+        "greedy_mean_steps_all_starts": optimality.mean_steps,
+        "greedy_mean_reward_all_starts": optimality.mean_reward,
+        "greedy_success_rate_all_starts": optimality.success_rate,
+        "optimal_mean_steps": best.mean_steps,
+        "optimal_mean_reward": best.mean_reward,
+    }
+
+
+def brute_force_metrics(agent: EnvScore, random_agent: EnvScore) -> dict[str, Any]:
+    """The seed's comparison with a random agent on the same test seeds."""
+    reward_gain = agent.avg_reward - random_agent.avg_reward
+    return {
+        "random_success_rate": random_agent.success_rate,
+        "random_avg_steps": random_agent.avg_steps,
+        "random_avg_reward": random_agent.avg_reward,
+        "random_episodes": random_agent.episodes,
+        "improvement_percent": 100.0 * reward_gain / abs(random_agent.avg_reward) if random_agent.avg_reward else 0.0,
+        # How many times fewer steps the agent needs than chance.
+        "efficiency_gain": random_agent.avg_steps / agent.avg_steps if agent.avg_steps else 0.0,
+        "success_rate_gain": agent.success_rate - random_agent.success_rate,
+    }
+
+
+def improvement_metrics(history: EpisodeColumns) -> dict[str, Any]:
+    """How training improved: first vs last tenth of the episodes."""
+    n = len(history)
+    if n == 0:
+        return {}
+    tenth = max(1, n // 10)
+    first_reward, last_reward = float(history.rewards[:tenth].mean()), float(history.rewards[-tenth:].mean())
+    first_steps, last_steps = float(history.steps[:tenth].mean()), float(history.steps[-tenth:].mean())
+    smoothed = _moving_average(history.rewards, min(100, n))
+    return {
+        "window_episodes": tenth,
+        "first_window_avg_reward": first_reward,
+        "last_window_avg_reward": last_reward,
+        "reward_improvement": last_reward - first_reward,
+        "first_window_avg_steps": first_steps,
+        "last_window_avg_steps": last_steps,
+        "steps_reduction": first_steps - last_steps,
+        "best_moving_avg_reward_100": float(smoothed.max()),
+    }

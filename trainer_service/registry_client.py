@@ -1,0 +1,153 @@
+"""The trainer's thin client for the registry's internal ingest API.
+
+Unary calls retry on UNAVAILABLE / DEADLINE_EXCEEDED with capped backoff: a registry that
+restarts must not fail a run that trained fine. Every other error is the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+
+from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from taxidriver.registry.v1 import resources_pb2
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+ARTIFACT_CHUNK_BYTES = 64 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+class RegistryClient:
+    def __init__(self, target: str, *, call_timeout: float = 10.0, retry_for: float = 60.0) -> None:
+        self.target = target
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = ingest_service_pb2_grpc.IngestServiceStub(self.channel)
+        self.call_timeout = call_timeout
+        self.retry_for = retry_for
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or loop.time() + delay > deadline:
+                    raise
+                log.warning("%s: registry %s (%s); retrying in %.2fs", what, error.code().name, error.details(), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def register_run(
+        self, request: ingest_service_pb2.RegisterRunRequest
+    ) -> ingest_service_pb2.RegisterRunResponse:
+        return await self._retry(lambda: self.stub.RegisterRun(request, timeout=self.call_timeout), "RegisterRun")
+
+    async def update_status(
+        self, run_id: str, status: int, *, trainer_id: str = "", stop_reason: str = "", error_message: str = ""
+    ) -> resources_pb2.Run:
+        request = ingest_service_pb2.UpdateRunStatusRequest(
+            run_id=run_id, status=status, trainer_id=trainer_id, stop_reason=stop_reason, error_message=error_message
+        )
+        reply = await self._retry(
+            lambda: self.stub.UpdateRunStatus(request, timeout=self.call_timeout), "UpdateRunStatus"
+        )
+        return reply.run
+
+    async def complete_run(self, request: ingest_service_pb2.CompleteRunRequest) -> resources_pb2.Run:
+        reply = await self._retry(lambda: self.stub.CompleteRun(request, timeout=self.call_timeout), "CompleteRun")
+        return reply.run
+
+    async def upload_artifact(
+        self,
+        run_id: str,
+        kind: int,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        episode: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> resources_pb2.Artifact:
+        header = ingest_service_pb2.ArtifactHeader(
+            run_id=run_id,
+            kind=kind,
+            name=name,
+            content_type=content_type,
+            episode=episode,
+            metadata=to_struct(metadata or {}),
+        )
+
+        async def requests() -> AsyncIterator[ingest_service_pb2.UploadArtifactRequest]:
+            yield ingest_service_pb2.UploadArtifactRequest(header=header)
+            for start in range(0, len(data), ARTIFACT_CHUNK_BYTES):
+                yield ingest_service_pb2.UploadArtifactRequest(chunk=data[start : start + ARTIFACT_CHUNK_BYTES])
+
+        reply = await self._retry(
+            lambda: self.stub.UploadArtifact(requests(), timeout=self.call_timeout * 3), f"UploadArtifact {name}"
+        )
+        return reply.artifact
+
+    async def get_run(self, run_id: str) -> resources_pb2.Run:
+        request = ingest_service_pb2.GetRunSpecRequest(run_id=run_id)
+        reply = await self._retry(lambda: self.stub.GetRunSpec(request, timeout=self.call_timeout), "GetRunSpec")
+        return reply.run
+
+    async def latest_checkpoint(self, run_id: str) -> tuple[resources_pb2.Artifact, bytes] | None:
+        """The newest checkpoint and its bytes; None when the run has none."""
+
+        async def fetch() -> tuple[resources_pb2.Artifact, bytes] | None:
+            artifact: resources_pb2.Artifact | None = None
+            chunks: list[bytes] = []
+            try:
+                async for message in self.stub.GetLatestCheckpoint(
+                    ingest_service_pb2.GetLatestCheckpointRequest(run_id=run_id), timeout=self.call_timeout * 3
+                ):
+                    if message.HasField("artifact"):
+                        artifact = message.artifact
+                    chunks.append(message.chunk)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND and "checkpoint" in (error.details() or ""):
+                    return None
+                raise
+            if artifact is None:
+                return None
+            return artifact, b"".join(chunks)
+
+        return await self._retry(fetch, "GetLatestCheckpoint")
+
+    async def heartbeat(self, run_id: str, trainer_id: str, episodes_done: int) -> bool:
+        """True when a cancel was requested; one attempt (the next beat retries)."""
+        reply = await self.stub.Heartbeat(
+            ingest_service_pb2.HeartbeatRequest(run_id=run_id, trainer_id=trainer_id, episodes_done=episodes_done),
+            timeout=self.call_timeout,
+        )
+        return bool(reply.cancel_requested)
+
+    async def request_cancel(self, run_id: str) -> resources_pb2.Run:
+        request = ingest_service_pb2.RequestCancelRequest(run_id=run_id)
+        reply = await self._retry(lambda: self.stub.RequestCancel(request, timeout=self.call_timeout), "RequestCancel")
+        return reply.run

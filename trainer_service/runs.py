@@ -1,0 +1,408 @@
+"""The parent side of a run: register, queue, stream, checkpoint, complete, cancel, resume.
+
+Each active run has one task that consumes its worker's messages in order, so the
+registry always sees: episodes (streamed concurrently by the EpisodeStreamer), then
+the model, then CompleteRun, then the plots (never on the critical path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from taxidriver.errors import ServiceError, bad_field, failed_precondition, unavailable
+from taxidriver.ingest.v1 import ingest_service_pb2
+from taxidriver.logs import run_id_var
+from taxidriver.registry.v1 import resources_pb2
+from taxidriver.trainer.v1 import trainer_service_pb2
+from trainer_service.engine import EpisodeColumns, load_checkpoint
+from trainer_service.params import RunSpec, resolve
+from trainer_service.pool import Message, WorkerPool
+from trainer_service.registry_client import RegistryClient, to_struct
+from trainer_service.streamer import EpisodeStreamer
+from trainer_service.worker import Job
+
+log = logging.getLogger(__name__)
+
+STATUS = resources_pb2
+TERMINAL = {STATUS.RUN_STATUS_COMPLETED, STATUS.RUN_STATUS_FAILED, STATUS.RUN_STATUS_CANCELLED}
+
+
+@contextlib.asynccontextmanager
+async def registry_errors(what: str) -> AsyncIterator[None]:
+    """Registry failures as the caller should see them (never INTERNAL for NOT_FOUND etc.)."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise ServiceError(code=code, message=details, reason="RUN_NOT_FOUND") from error
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            raise failed_precondition(f"{what}: {details}") from error
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+            raise ServiceError(code=code, message=f"{what}: {details}", reason=code.name) from error
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise unavailable(
+                f"{what}: the registry is unreachable ({details})", reason="REGISTRY_UNAVAILABLE"
+            ) from error
+        raise
+
+
+def struct_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message)
+
+
+@dataclass
+class ActiveRun:
+    run_id: str
+    spec: RunSpec
+    streamer: EpisodeStreamer
+    messages: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
+    episodes_done: int = 0
+    status: int = STATUS.RUN_STATUS_QUEUED
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None] | None = None
+
+
+class RunManager:
+    def __init__(
+        self,
+        client: RegistryClient,
+        workers: int,
+        *,
+        heartbeat_interval: float = 2.0,
+        spill_dir: Path | None = None,
+        max_buffered_episodes: int = 200_000,
+    ) -> None:
+        self.client = client
+        self.trainer_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.heartbeat_interval = heartbeat_interval
+        self.spill_dir = spill_dir
+        self.max_buffered_episodes = max_buffered_episodes
+        self.active: dict[str, ActiveRun] = {}
+        self.pool = WorkerPool(size=workers, on_message=self._on_message, on_worker_lost=self._on_worker_lost)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    # ---- RPC behaviours -------------------------------------------------------------
+
+    async def start_run(self, request: trainer_service_pb2.StartRunRequest) -> trainer_service_pb2.StartRunResponse:
+        spec = resolve(request, random_seed=secrets.randbits(52))
+        run_id = str(uuid.uuid4())
+        register = ingest_service_pb2.RegisterRunRequest(
+            run_id=run_id,
+            request_id=request.request_id,
+            algorithm=spec.algorithm,
+            mode=spec.mode,
+            env_id=spec.env_id,
+            params=to_struct(spec.to_params()),
+            episodes_planned=spec.hyperparameters.training_episodes,
+            trainer_id=self.trainer_id,
+        )
+        async with registry_errors("registering the run"):
+            reply = await self.client.register_run(register)
+        if not reply.created:
+            # A retry of an earlier StartRun: answer with that run, do not train twice.
+            existing = reply.run
+            resolved = RunSpec.from_params(
+                existing.algorithm, existing.mode, existing.env_id, struct_dict(existing.params)
+            )
+            return trainer_service_pb2.StartRunResponse(
+                run_id=existing.run_id,
+                status=existing.status,
+                hyperparameters=resolved.hyperparameters.to_proto(),
+                seed=resolved.seed,
+            )
+        self._launch(run_id, spec, checkpoint=None, recorded=0)
+        log.info("run %s queued: %s %s", run_id, spec.algorithm, spec.mode, extra={"run_id": run_id})
+        return trainer_service_pb2.StartRunResponse(
+            run_id=run_id,
+            status=STATUS.RUN_STATUS_QUEUED,
+            hyperparameters=spec.hyperparameters.to_proto(),
+            seed=spec.seed,
+        )
+
+    async def cancel_run(self, run_id: str) -> trainer_service_pb2.CancelRunResponse:
+        _check_uuid(run_id)
+        run = self.active.get(run_id)
+        if run is None:
+            # Not here: another replica may run it; it sees the request on its next heartbeat.
+            async with registry_errors("cancelling the run"):
+                remote = await self.client.request_cancel(run_id)
+            return trainer_service_pb2.CancelRunResponse(run_id=run_id, status=remote.status)
+        if self.pool.withdraw(run_id):
+            run.messages.put_nowait(("cancelled", run_id, {"episodes": run.episodes_done}))
+        else:
+            self.pool.signal(run_id, cancel=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.finished.wait(), 10.0)
+        return trainer_service_pb2.CancelRunResponse(run_id=run_id, status=run.status)
+
+    async def resume_run(self, run_id: str) -> trainer_service_pb2.ResumeRunResponse:
+        _check_uuid(run_id)
+        if run_id in self.active:
+            raise failed_precondition(f"run {run_id} is already active on this trainer", reason="RUN_ACTIVE")
+        async with registry_errors("reading the run"):
+            registered = await self.client.get_run(run_id)
+        if registered.status not in (STATUS.RUN_STATUS_INTERRUPTED, STATUS.RUN_STATUS_FAILED):
+            name = STATUS.RunStatus.Name(registered.status)
+            raise failed_precondition(
+                f"only INTERRUPTED or FAILED runs can be resumed; run {run_id} is {name}",
+                reason="RUN_NOT_RESUMABLE",
+                status=name,
+            )
+        spec = RunSpec.from_params(
+            registered.algorithm, registered.mode, registered.env_id, struct_dict(registered.params)
+        )
+        async with registry_errors("reading the latest checkpoint"):
+            latest = await self.client.latest_checkpoint(run_id)
+        data = latest[1] if latest is not None else None
+        history = load_checkpoint(data)[1] if data is not None else EpisodeColumns.empty(0, 0)
+        async with registry_errors("re-queueing the run"):
+            await self.client.update_status(run_id, STATUS.RUN_STATUS_QUEUED, trainer_id=self.trainer_id)
+        self._launch(run_id, spec, checkpoint=data, recorded=registered.episodes_recorded, history=history)
+        log.info("run %s resumed from episode %d", run_id, len(history), extra={"run_id": run_id})
+        return trainer_service_pb2.ResumeRunResponse(
+            run_id=run_id, resumed_from_episode=len(history), status=STATUS.RUN_STATUS_QUEUED
+        )
+
+    # ---- run lifecycle --------------------------------------------------------------
+
+    def _launch(
+        self,
+        run_id: str,
+        spec: RunSpec,
+        *,
+        checkpoint: bytes | None,
+        recorded: int,
+        history: EpisodeColumns | None = None,
+    ) -> None:
+        streamer = EpisodeStreamer(
+            self.client, run_id, max_buffered_episodes=self.max_buffered_episodes, spill_dir=self.spill_dir
+        )
+        streamer.acked = recorded
+        streamer.sent_until = recorded
+        if history is not None and len(history) > recorded:
+            # Episodes the checkpoint holds but the registry never acknowledged.
+            streamer.add(
+                EpisodeColumns(
+                    recorded,
+                    history.rewards[recorded:],
+                    history.steps[recorded:],
+                    history.epsilons[recorded:],
+                    history.td_errors[recorded:],
+                    history.successes[recorded:],
+                )
+            )
+        run = ActiveRun(run_id=run_id, spec=spec, streamer=streamer, episodes_done=len(history or ()))
+        self.active[run_id] = run
+        streamer.start()
+        run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"run-{run_id}")
+        run.heartbeat = asyncio.get_running_loop().create_task(self._heartbeats(run), name=f"heartbeat-{run_id}")
+        self.pool.submit(Job(run_id=run_id, spec=spec, checkpoint=checkpoint))
+
+    def _on_message(self, message: Message) -> None:
+        run = self.active.get(message[1])
+        if run is None:
+            log.warning("message %s for unknown run %s", message[0], message[1])
+            return
+        if message[0] == "episodes":
+            # Straight to the streamer: ordering with the rest does not matter, latency does.
+            run.streamer.add(message[2])
+            run.episodes_done = message[2].first_episode + len(message[2])
+            return
+        run.messages.put_nowait(message)
+
+    def _on_worker_lost(self, run_id: str) -> None:
+        run = self.active.get(run_id)
+        if run is not None:
+            run.messages.put_nowait(("failed", run_id, {"error": "worker process died"}))
+
+    async def _drive(self, run: ActiveRun) -> None:
+        run_id_var.set(run.run_id)
+        completed = False
+        try:
+            while True:
+                kind, _, payload = await run.messages.get()
+                if kind == "started":
+                    run.status = STATUS.RUN_STATUS_RUNNING
+                    await self.client.update_status(run.run_id, STATUS.RUN_STATUS_RUNNING, trainer_id=self.trainer_id)
+                elif kind == "checkpoint":
+                    await self._upload_checkpoint(run, payload)
+                elif kind == "done":
+                    await self._complete(run, payload)
+                    completed = True
+                    run.finished.set()  # plots follow, off the critical path
+                elif kind == "plots":
+                    await self._upload_plots(run, payload)
+                    return
+                elif kind == "cancelled":
+                    await self._finish(run, STATUS.RUN_STATUS_CANCELLED, payload["episodes"], "cancelled")
+                    return
+                elif kind == "interrupted":
+                    await run.streamer.flush(wait_s=30.0)
+                    run.status = STATUS.RUN_STATUS_INTERRUPTED
+                    await self.client.update_status(
+                        run.run_id, run.status, trainer_id=self.trainer_id, stop_reason="interrupted"
+                    )
+                    return
+                elif kind == "failed":
+                    if completed:
+                        log.error("run %s: after completion: %s", run.run_id, payload["error"])
+                        return
+                    await self._fail(run, payload["error"])
+                    return
+        except Exception as exc:
+            log.exception("run %s: could not report to the registry", run.run_id)
+            if not completed:
+                with contextlib.suppress(Exception):
+                    await self._fail(run, f"trainer could not report the run: {type(exc).__name__}: {exc}")
+        finally:
+            run.finished.set()
+            if run.heartbeat is not None:
+                run.heartbeat.cancel()
+            await run.streamer.close()
+            self.active.pop(run.run_id, None)
+
+    async def _upload_checkpoint(self, run: ActiveRun, payload: dict[str, Any]) -> None:
+        episode = int(payload["episode"])
+        try:
+            await self.client.upload_artifact(
+                run.run_id,
+                STATUS.ARTIFACT_KIND_CHECKPOINT,
+                f"episode-{episode:09d}",
+                payload["data"],
+                content_type="application/x-npz",
+                episode=episode,
+                metadata={"epsilon": payload["epsilon"], "format": 1},
+            )
+        except grpc.aio.AioRpcError as error:
+            # A missed checkpoint only costs recomputation on resume; the run goes on.
+            log.warning("run %s: checkpoint %d not stored: %s", run.run_id, episode, error.details())
+
+    async def _complete(self, run: ActiveRun, result: dict[str, Any]) -> None:
+        recorded = await run.streamer.flush()
+        if recorded != result["episodes"]:
+            raise RuntimeError(f"{recorded} episodes acknowledged, {result['episodes']} trained")
+        await self.client.upload_artifact(
+            run.run_id,
+            STATUS.ARTIFACT_KIND_MODEL,
+            "q_table.npy",
+            result["model"],
+            content_type="application/x-npy",
+            episode=result["episodes"],
+            metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, "shape": [500, 6]},
+        )
+        request = ingest_service_pb2.CompleteRunRequest(
+            run_id=run.run_id,
+            status=STATUS.RUN_STATUS_COMPLETED,
+            episodes_total=result["episodes"],
+            training_metrics=to_struct(result["training_metrics"]),
+            test_metrics=to_struct(result["test_metrics"]),
+            system_metrics=to_struct(
+                {
+                    **result["system_metrics"],
+                    "stream_reconnects": run.streamer.reconnects,
+                    "stream_spilled_batches": run.streamer.spilled_batches,
+                }
+            ),
+            learning_stability=to_struct(result["learning_stability"]),
+            brute_force_metrics=to_struct(result["brute_force_metrics"]),
+            improvement_metrics=to_struct(result["improvement_metrics"]),
+            execution_time=result["execution_time"],
+            stop_reason=result["stop_reason"],
+        )
+        await self.client.complete_run(request)
+        run.status = STATUS.RUN_STATUS_COMPLETED
+        log.info("run %s completed", run.run_id, extra={"run_id": run.run_id})
+
+    async def _upload_plots(self, run: ActiveRun, plots: dict[str, bytes]) -> None:
+        for name, png in plots.items():
+            try:
+                await self.client.upload_artifact(
+                    run.run_id, STATUS.ARTIFACT_KIND_PLOT, name, png, content_type="image/png"
+                )
+            except grpc.aio.AioRpcError as error:
+                log.warning("run %s: plot %s not stored: %s", run.run_id, name, error.details())
+
+    async def _finish(self, run: ActiveRun, status: int, episodes: int, reason: str, error: str = "") -> None:
+        recorded = await run.streamer.flush(wait_s=60.0)
+        await self.client.complete_run(
+            ingest_service_pb2.CompleteRunRequest(
+                run_id=run.run_id,
+                status=status,
+                episodes_total=recorded,
+                stop_reason=reason,
+                error_message=error,
+                training_metrics=to_struct({"episodes": episodes, "stop_reason": reason}),
+            )
+        )
+        run.status = status
+
+    async def _fail(self, run: ActiveRun, error: str) -> None:
+        log.error("run %s failed: %s", run.run_id, error, extra={"run_id": run.run_id})
+        with contextlib.suppress(Exception):
+            await run.streamer.flush(wait_s=10.0)
+        run.status = STATUS.RUN_STATUS_FAILED
+        await self.client.update_status(
+            run.run_id, STATUS.RUN_STATUS_FAILED, trainer_id=self.trainer_id, error_message=error[:2000]
+        )
+
+    async def _heartbeats(self, run: ActiveRun) -> None:
+        """Keeps the lease; a cancel asked through the registry (any replica) stops the run."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                cancel = await self.client.heartbeat(run.run_id, self.trainer_id, run.episodes_done)
+            except grpc.aio.AioRpcError as error:
+                log.warning("run %s: heartbeat failed: %s", run.run_id, error.code().name)
+                continue
+            if cancel:
+                log.info("run %s: cancel requested through the registry", run.run_id)
+                if self.pool.withdraw(run.run_id):
+                    run.messages.put_nowait(("cancelled", run.run_id, {"episodes": run.episodes_done}))
+                else:
+                    self.pool.signal(run.run_id, cancel=True)
+                return
+
+    # ---- shutdown -------------------------------------------------------------------
+
+    async def shutdown(self, grace: float) -> None:
+        """SIGTERM: running runs checkpoint and become INTERRUPTED; queued ones too."""
+        for job in self.pool.queued_jobs():
+            if self.pool.withdraw(job.run_id):
+                run = self.active.get(job.run_id)
+                if run is not None:
+                    run.messages.put_nowait(("interrupted", job.run_id, {"episodes": run.episodes_done}))
+        self.pool.interrupt_all()
+        runs = list(self.active.values())
+        if runs:
+            _, pending = await asyncio.wait([asyncio.ensure_future(r.finished.wait()) for r in runs], timeout=grace)
+            for waiter in pending:
+                waiter.cancel()
+        # Plot uploads may still be in flight: give the run tasks a moment, then stop.
+        tasks = [r.task for r in runs if r.task is not None and not r.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        await self.pool.stop()
+
+
+def _check_uuid(run_id: str) -> None:
+    try:
+        uuid.UUID(run_id)
+    except ValueError as exc:
+        raise bad_field("run_id", f"must be a UUID, got {run_id!r}") from exc
