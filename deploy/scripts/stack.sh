@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The compose stack with plain `docker run` on a user network, for engines without a compose
+# tool (and for the smoke test, which must not depend on one). Mirrors deploy/compose.yaml:
+# postgres -> migrate (must exit 0) -> registry (healthy) -> trainer (healthy) -> gateway (healthy).
+#   deploy/scripts/stack.sh up|down|status
+# Env: DOCKER, PROJECT (container/network prefix, default taxidriver), TAG (default dev),
+#      GATEWAY_PORT (loopback port, default 50051), POSTGRES_PASSWORD, TRAINER_WORKERS,
+#      KEEP_VOLUME=1 keeps the database volume on down.
+set -euo pipefail
+DOCKER=${DOCKER:-docker}
+PROJECT=${PROJECT:-taxidriver}
+TAG=${TAG:-dev}
+PREFIX=${IMAGE_PREFIX:-taxidriver}
+GATEWAY_PORT=${GATEWAY_PORT:-50051}
+POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-taxidriver-dev}
+TRAINER_WORKERS=${TRAINER_WORKERS:-2}
+HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-120}
+NET="$PROJECT"
+VOLUME="$PROJECT-pgdata"
+DATABASE_URL="postgresql://taxidriver:$POSTGRES_PASSWORD@postgres:5432/taxidriver"
+HARDENING=(--read-only --tmpfs /tmp:rw,size=512m --cap-drop ALL --security-opt no-new-privileges:true --init)
+
+run() { # run NAME IMAGE [docker run args...] -- [command args...]
+  local name=$1 image=$2
+  shift 2
+  $DOCKER run --detach --name "$PROJECT-$name" --hostname "$name" --network "$NET" --network-alias "$name" \
+    --label "taxidriver.project=$PROJECT" --restart unless-stopped "${HARDENING[@]}" "$@" >/dev/null
+  echo "stack: started $PROJECT-$name ($image)"
+}
+
+wait_healthy() {
+  local name="$PROJECT-$1" deadline=$((SECONDS + HEALTH_TIMEOUT)) state
+  while :; do
+    state=$($DOCKER inspect --format '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$name")
+    case "$state" in
+      running/healthy) echo "stack: $name healthy after ${SECONDS}s"; return 0 ;;
+      exited/* | dead/* | */unhealthy)
+        echo "stack: $name is $state" >&2; $DOCKER logs --tail 50 "$name" >&2; return 1 ;;
+    esac
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "stack: $name not healthy after ${HEALTH_TIMEOUT}s ($state)" >&2; $DOCKER logs --tail 50 "$name" >&2; return 1
+    fi
+    sleep 1
+  done
+}
+
+up() {
+  $DOCKER network inspect "$NET" >/dev/null 2>&1 || $DOCKER network create --label "taxidriver.project=$PROJECT" "$NET" >/dev/null
+  $DOCKER volume inspect "$VOLUME" >/dev/null 2>&1 || $DOCKER volume create "$VOLUME" >/dev/null
+  run postgres "$PREFIX/postgres:$TAG" -e POSTGRES_PASSWORD="$POSTGRES_PASSWORD" \
+    -v "$VOLUME:/var/lib/postgresql/data" "$PREFIX/postgres:$TAG"
+  wait_healthy postgres
+  echo "stack: migrating"
+  $DOCKER run --rm --name "$PROJECT-migrate" --network "$NET" --label "taxidriver.project=$PROJECT" "${HARDENING[@]}" \
+    -e DATABASE_URL="$DATABASE_URL" --entrypoint python "$PREFIX/registry:$TAG" -m registry_service.migrate
+  run registry "$PREFIX/registry:$TAG" -e DATABASE_URL="$DATABASE_URL" -e REGISTRY_ADDRESS=0.0.0.0:50053 \
+    --health-cmd "grpc-health-probe --service taxidriver.registry.v1.RegistryService 127.0.0.1:50053" \
+    --health-interval 2s --health-retries 30 "$PREFIX/registry:$TAG"
+  wait_healthy registry
+  run trainer "$PREFIX/trainer:$TAG" -e TRAINER_ADDRESS=0.0.0.0:50052 -e REGISTRY_TARGET=registry:50053 \
+    -e TRAINER_WORKERS="$TRAINER_WORKERS" --shm-size 256m \
+    --health-cmd "grpc-health-probe --service taxidriver.trainer.v1.TrainerService 127.0.0.1:50052" \
+    --health-interval 2s --health-retries 30 "$PREFIX/trainer:$TAG"
+  wait_healthy trainer
+  run gateway "$PREFIX/gateway:$TAG" -e GATEWAY_ADDRESS=0.0.0.0:50051 -e TRAINER_TARGETS=trainer:50052 \
+    -e REGISTRY_TARGET=registry:50053 -p "127.0.0.1:$GATEWAY_PORT:50051" \
+    --health-cmd "grpc-health-probe 127.0.0.1:50051" --health-interval 2s --health-retries 30 "$PREFIX/gateway:$TAG"
+  wait_healthy gateway
+  echo "stack: up; gateway at 127.0.0.1:$GATEWAY_PORT"
+}
+
+down() {
+  local ids
+  ids=$($DOCKER ps --all --quiet --filter "label=taxidriver.project=$PROJECT")
+  if [ -n "$ids" ]; then
+    # SIGTERM first (graceful drain), then removal.
+    # shellcheck disable=SC2086
+    $DOCKER stop --time 20 $ids >/dev/null
+    # shellcheck disable=SC2086
+    $DOCKER rm --force --volumes $ids >/dev/null
+  fi
+  $DOCKER network rm "$NET" >/dev/null 2>&1 || true
+  [ -n "${KEEP_VOLUME:-}" ] || $DOCKER volume rm "$VOLUME" >/dev/null 2>&1 || true
+  echo "stack: $PROJECT down"
+}
+
+status() { $DOCKER ps --all --filter "label=taxidriver.project=$PROJECT"; }
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
