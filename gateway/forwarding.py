@@ -219,13 +219,15 @@ def _forward_stream_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandle
     return grpc.stream_unary_rpc_method_handler(handle)
 
 
-async def _pipe_responses(
-    call: Any, context: grpc.aio.ServicerContext, upstream: Upstream, index: int
-) -> AsyncIterator[bytes]:
+async def _pipe_responses(call: Any, context: grpc.aio.ServicerContext, upstream: Upstream, index: int) -> None:
+    """Relays the upstream's responses with read()/write(): no generator layer per message."""
     try:
         await _relay_initial(context, call)
-        async for response in call:
-            yield response
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                break
+            await context.write(response)
     except grpc.aio.AioRpcError as error:
         await _relay_error(context, error, upstream, index)
     finally:
@@ -236,27 +238,25 @@ async def _pipe_responses(
 
 
 def _forward_unary_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
-    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> None:
         index = upstream.pick()
         call = upstream.multicallable(index, "unary_stream", path)(
             request, timeout=context.time_remaining(), metadata=request_metadata(context.invocation_metadata())
         )
-        async for response in _pipe_responses(call, context, upstream, index):
-            yield response
+        await _pipe_responses(call, context, upstream, index)
 
     return grpc.unary_stream_rpc_method_handler(handle)
 
 
 def _forward_stream_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
-    async def handle(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def handle(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         index = upstream.pick()
         call = upstream.multicallable(index, "stream_stream", path)(
             request_iterator,
             timeout=context.time_remaining(),
             metadata=request_metadata(context.invocation_metadata()),
         )
-        async for response in _pipe_responses(call, context, upstream, index):
-            yield response
+        await _pipe_responses(call, context, upstream, index)
 
     return grpc.stream_stream_rpc_method_handler(handle)
 

@@ -118,37 +118,55 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-class _CallRecord:
-    """Start time and labels of one call; `finish` records it exactly once."""
+class _MethodStats:
+    """Label children of one method, resolved once: `labels()` per call is not free."""
 
-    __slots__ = ("kind", "level", "method", "name", "peer", "request_id", "service", "started")
+    __slots__ = ("by_code", "kind", "latency", "level", "method", "name", "service")
 
-    def __init__(self, method: str, kind: str, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, method: str, kind: str) -> None:
         self.method = method
         self.service, self.name = _split(method)
         self.kind = kind
+        self.latency = LATENCY.labels(self.service, self.name, kind)
+        self.by_code: dict[str, Any] = {}
+        self.level = logging.DEBUG if method.startswith(QUIET_PREFIX) else logging.INFO
+
+    def counter(self, code: str) -> Any:
+        child = self.by_code.get(code)
+        if child is None:
+            child = self.by_code[code] = CALLS.labels(self.service, self.name, self.kind, code)
+        return child
+
+
+class _CallRecord:
+    """Start time and request id of one call; `finish` records it exactly once."""
+
+    __slots__ = ("context", "request_id", "started", "stats")
+
+    def __init__(self, stats: _MethodStats, context: grpc.aio.ServicerContext) -> None:
+        self.stats = stats
+        self.context = context
         self.started = time.perf_counter()
         # A caller without an id gets one, so the gateway's and the upstream's lines correlate.
         self.request_id = _request_id(context) or new_request_id()
-        self.peer = context.peer()
-        self.level = logging.DEBUG if method.startswith(QUIET_PREFIX) else logging.INFO
 
     def finish(self, code: str) -> None:
         elapsed = time.perf_counter() - self.started
-        CALLS.labels(self.service, self.name, self.kind, code).inc()
-        LATENCY.labels(self.service, self.name, self.kind).observe(elapsed)
-        if log.isEnabledFor(self.level):
+        stats = self.stats
+        stats.counter(code).inc()
+        stats.latency.observe(elapsed)
+        if log.isEnabledFor(stats.level):
             log.log(
-                self.level,
+                stats.level,
                 "%s %s",
-                self.method,
+                stats.method,
                 code,
                 extra={
-                    "method": self.method,
+                    "method": stats.method,
                     "code": code,
                     "duration_ms": round(elapsed * 1000, 3),
                     "request_id": self.request_id,
-                    "peer": self.peer,
+                    "peer": self.context.peer(),
                 },
             )
 
@@ -163,9 +181,9 @@ def _outcome(context: grpc.aio.ServicerContext, exc: BaseException | None) -> st
     return grpc.StatusCode.UNKNOWN.name
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, kind: str) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], stats: _MethodStats) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        record = _CallRecord(method, kind, context)
+        record = _CallRecord(stats, context)
         token = request_id_var.set(record.request_id)
         try:
             response = await behavior(request, context)
@@ -180,13 +198,14 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, kind: str)
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str, kind: str) -> Callable[..., Any]:
+def _wrap_stream(behavior: Callable[..., Any], stats: _MethodStats) -> Callable[..., Any]:
     if not inspect.isasyncgenfunction(behavior):
-        # Coroutine-style streaming handlers (context.write), e.g. grpc's Health.Watch.
-        return _wrap_unary(behavior, method, kind)
+        # Coroutine-style streaming handlers (context.write), e.g. grpc's Health.Watch
+        # and the gateway's forwarders.
+        return _wrap_unary(behavior, stats)
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        record = _CallRecord(method, kind, context)
+        record = _CallRecord(stats, context)
         token = request_id_var.set(record.request_id)
         try:
             async for response in behavior(request, context):
@@ -210,7 +229,20 @@ def _reset(token: contextvars.Token[str]) -> None:
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Counts, times and logs every call; install it outermost to see final status codes."""
+    """Counts, times and logs every call; install it outermost to see final status codes.
+
+    The handler is re-wrapped per call (inner interceptors may answer per call),
+    but each method's label children are resolved once.
+    """
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], _MethodStats] = {}
+
+    def _stats_for(self, method: str, kind: str) -> _MethodStats:
+        stats = self._stats.get((method, kind))
+        if stats is None:
+            stats = self._stats[(method, kind)] = _MethodStats(method, kind)
+        return stats
 
     async def intercept_service(
         self,
@@ -226,19 +258,17 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method, "unary"), **kwargs)
+            stats = self._stats_for(method, "unary")
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, stats), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, "client_stream"), **kwargs
-            )
+            stats = self._stats_for(method, "client_stream")
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, stats), **kwargs)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, "server_stream"), **kwargs
-            )
+            stats = self._stats_for(method, "server_stream")
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, stats), **kwargs)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method, "bidi_stream"), **kwargs
-            )
+            stats = self._stats_for(method, "bidi_stream")
+            return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, stats), **kwargs)
         return handler
 
 
