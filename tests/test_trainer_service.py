@@ -212,7 +212,9 @@ def test_model_artifact_is_the_trained_q_table(
     artifact_id = run.model_path.removeprefix("artifacts/")
     data = b"".join(
         message.chunk
-        for message in registry_stub.DownloadArtifact(registry_service_pb2.DownloadArtifactRequest(artifact_id=artifact_id))
+        for message in registry_stub.DownloadArtifact(
+            registry_service_pb2.DownloadArtifactRequest(artifact_id=artifact_id)
+        )
     )
     q = np.load(io.BytesIO(data))
     assert q.shape == (500, 6)

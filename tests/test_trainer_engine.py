@@ -1,0 +1,87 @@
+"""The engine: algorithms learn, the PRNG and checkpoints make runs exactly reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer_service.algorithms import ALGORITHMS
+from trainer_service.engine import (
+    EpisodeColumns,
+    TrainingParams,
+    TrainingState,
+    checkpoint_bytes,
+    load_checkpoint,
+    model_q,
+    train_chunk,
+)
+from trainer_service.envs import transition_table
+from trainer_service.evaluation import evaluate_on_env, optimum, policy_optimality
+
+TABLE = transition_table("Taxi-v3")
+BEST = optimum(TABLE)
+
+
+def train(algorithm: str, episodes: int, seed: int = 1, params: TrainingParams | None = None) -> TrainingState:
+    state = TrainingState.fresh(TABLE, seed, 1.0)
+    train_chunk(algorithm, TABLE, params or TrainingParams(0.9, 0.99, 0.1, 0.99, 200), state, episodes)
+    return state
+
+
+@pytest.mark.parametrize("algorithm", ["q_learning", "sarsa", "expected_sarsa", "double_q_learning"])
+def test_td_algorithms_reach_a_good_policy(algorithm: str) -> None:
+    state = train(algorithm, 5000, params=TrainingParams(0.5, 0.99, 0.01, 0.999, 200))
+    optimality = policy_optimality(model_q(algorithm, state), TABLE, BEST)
+    assert optimality.success_rate == 1.0
+    assert optimality.optimal_fraction >= 0.9
+    score = evaluate_on_env("Taxi-v3", 50, model_q(algorithm, state))
+    assert score.success_rate == 1.0
+    assert score.avg_steps < 16
+
+
+def test_monte_carlo_learns_to_deliver() -> None:
+    state = train("monte_carlo", 50_000, params=TrainingParams(0.1, 0.95, 0.1, 0.999, 200))
+    optimality = policy_optimality(state.q, TABLE, BEST)
+    assert optimality.success_rate >= 0.9
+
+
+def test_brute_force_learns_nothing() -> None:
+    state = train("brute_force", 200)
+    assert not state.q.any()
+
+
+def test_same_seed_same_q_table_and_different_seed_differs() -> None:
+    a, b, c = train("q_learning", 300, seed=5), train("q_learning", 300, seed=5), train("q_learning", 300, seed=6)
+    assert np.array_equal(a.q, b.q) and a.rng[0] == b.rng[0]
+    assert not np.array_equal(a.q, c.q)
+
+
+def test_epsilon_decays_per_episode_down_to_its_floor() -> None:
+    state = TrainingState.fresh(TABLE, 1, 1.0)
+    columns = train_chunk("q_learning", TABLE, TrainingParams(0.5, 0.9, 0.2, 0.5, 50), state, 5)
+    assert columns.epsilons.tolist() == [1.0, 0.5, 0.25, 0.2, 0.2]
+    assert state.epsilon == 0.2
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_chunked_training_equals_one_go_after_a_checkpoint_round_trip(algorithm: str) -> None:
+    params = TrainingParams(0.5, 0.95, 0.05, 0.99, 200)
+    whole = TrainingState.fresh(TABLE, 42, 1.0)
+    all_columns = train_chunk(algorithm, TABLE, params, whole, 700)
+    part = TrainingState.fresh(TABLE, 42, 1.0)
+    first = train_chunk(algorithm, TABLE, params, part, 300)
+    restored, history = load_checkpoint(checkpoint_bytes(part, first))
+    assert len(history) == 300
+    rest = train_chunk(algorithm, TABLE, params, restored, 400)
+    assert restored.episode == 700 and rest.first_episode == 300
+    assert np.array_equal(restored.q, whole.q) and np.array_equal(restored.q2, whole.q2)
+    assert restored.rng[0] == whole.rng[0] and restored.epsilon == whole.epsilon
+    joined = EpisodeColumns.concat([first, rest])
+    assert np.array_equal(joined.rewards, all_columns.rewards)
+    assert np.array_equal(joined.steps, all_columns.steps)
+
+
+def test_optimal_q_is_scored_optimal_everywhere() -> None:
+    optimality = policy_optimality(BEST.q, TABLE, BEST)
+    assert optimality.optimal_fraction == 1.0
+    assert optimality.steps_gap == 0.0 and optimality.reward_gap == 0.0

@@ -1,0 +1,61 @@
+"""Measuring hyper-parameters: how often, and how fast, a preset reaches the exact optimum.
+
+Used by bench/sweep_presets.py (to choose presets) and bench/bench_trainer.py (to report them).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from trainer_service.engine import TrainingParams, TrainingState, model_q, train_chunk
+from trainer_service.envs import transition_table
+from trainer_service.evaluation import is_optimal_everywhere, optimum
+from trainer_service.params import Hyperparameters
+
+CHECK_EVERY = 100
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    seed: int
+    optimal_at_end: bool
+    first_optimal_episode: int | None
+    time_to_optimal_s: float | None  # training time (checks excluded) until first optimal
+
+
+@dataclass(frozen=True)
+class Measurement:
+    outcomes: list[SeedOutcome]
+
+    @property
+    def optimal_fraction(self) -> float:
+        return sum(o.optimal_at_end for o in self.outcomes) / len(self.outcomes)
+
+    @property
+    def median_time_to_optimal_s(self) -> float | None:
+        times = [o.time_to_optimal_s for o in self.outcomes]
+        if sum(t is not None for t in times) * 2 <= len(times):
+            return None  # the median seed never got there
+        return statistics.median([t if t is not None else float("inf") for t in times])
+
+
+def measure(algorithm: str, hp: Hyperparameters, seeds: range | list[int], env_id: str = "Taxi-v3") -> Measurement:
+    table = transition_table(env_id)
+    best = optimum(table)
+    params = TrainingParams(hp.alpha, hp.gamma, hp.epsilon_min, hp.epsilon_decay, hp.max_steps)
+    outcomes = []
+    for seed in seeds:
+        state = TrainingState.fresh(table, seed, hp.epsilon)
+        training, first, first_time = 0.0, None, None
+        optimal = False
+        while state.episode < hp.training_episodes:
+            started = time.perf_counter()
+            train_chunk(algorithm, table, params, state, min(CHECK_EVERY, hp.training_episodes - state.episode))
+            training += time.perf_counter() - started
+            optimal = is_optimal_everywhere(model_q(algorithm, state), table, best)
+            if optimal and first is None:
+                first, first_time = state.episode, training
+        outcomes.append(SeedOutcome(seed, optimal, first, first_time))
+    return Measurement(outcomes)
