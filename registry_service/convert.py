@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -177,7 +177,7 @@ def annotation_from_row(row: Mapping[str, Any]) -> resources_pb2.Annotation:
     )
 
 
-def curves_from_rows(rows: list[Mapping[str, Any]], first_episode: int = 0) -> resources_pb2.EpisodeCurves:
+def curves_from_rows(rows: Sequence[Mapping[str, Any]], first_episode: int = 0) -> resources_pb2.EpisodeCurves:
     """Concatenate stored chunks (ordered by first_episode), keeping episodes >= first_episode."""
     curves = resources_pb2.EpisodeCurves(first_episode=first_episode)
     for row in rows:

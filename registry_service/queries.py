@@ -494,7 +494,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     async def PurgeRuns(self, request: pb.PurgeRunsRequest, context: grpc.aio.ServicerContext) -> pb.PurgeRunsResponse:
         if request.older_than_days < 1:
             raise bad_field("older_than_days", "must be at least 1")
-        purged, cutoff = await purge_runs(self.pool, request.older_than_days, validate_only=request.validate_only)
+        async with self.pool.connection() as conn:
+            purged, cutoff = await purge_runs(conn, request.older_than_days, validate_only=request.validate_only)
         return pb.PurgeRunsResponse(purged_runs=purged, cutoff_time=timestamp(cutoff))
 
     # ------------------------------------------------------------------ models and artifacts
@@ -676,10 +677,9 @@ SELECT count(*), now() - make_interval(days => %s) FROM gone
 """
 
 
-async def purge_runs(pool: AsyncConnectionPool, older_than_days: int, *, validate_only: bool) -> tuple[int, datetime]:
+async def purge_runs(conn: AsyncConnection[Any], older_than_days: int, *, validate_only: bool) -> tuple[int, datetime]:
     """The seed's 30-day cleanup; runs still queued or running are never purged under a trainer."""
-    async with pool.connection() as conn:
-        cursor = await conn.execute(PURGE_COUNT if validate_only else PURGE_DELETE, (older_than_days, older_than_days))
-        row = await cursor.fetchone()
+    cursor = await conn.execute(PURGE_COUNT if validate_only else PURGE_DELETE, (older_than_days, older_than_days))
+    row = await cursor.fetchone()
     assert row is not None
     return int(row[0]), row[1]
