@@ -81,8 +81,10 @@ PRESETS: dict[str, Preset] = {
         "Random baseline: nothing to tune; 100 episodes of 200 steps.",
     ),
     "q_learning": Preset(
-        Hyperparameters(0.9, 1.0, 1.0, 0.0, 0.99, 2000, 200),
-        "Not yet measured.",
+        Hyperparameters(1.0, 0.9, 1.0, 0.2, 0.995, 20000, 200),
+        "bench/sweep_presets.py, 20 seeds: greedy policy exactly optimal on all 300 start states at the end"
+        " for 20/20 seeds; median training time to the optimum 0.018 s. A floor of 0 stalls at 85-98% of"
+        " start states (zero-initialised Q is pessimistic on Taxi, exploration must come from epsilon).",
     ),
     "sarsa": Preset(
         Hyperparameters(0.9, 1.0, 1.0, 0.0, 0.99, 3000, 200),
