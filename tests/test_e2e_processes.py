@@ -1,0 +1,159 @@
+"""End to end with real processes: `make run`'s stack trains through the gateway.
+
+Runs `python -m taxidriver.devstack --once` (what `make run` runs) against the
+session's database on free ports: registry, trainer and gateway start as
+separate processes, SARSA trains in optimized mode with 250 test episodes
+through the gateway, then the stack stops. The stored rows are then checked in
+PostgreSQL directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from tests.support import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+SEED_QUERIES = {
+    "per_algorithm": """
+SELECT
+    algorithm,
+    COUNT(*) as total_runs,
+    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success,
+    AVG((test_metrics->>'avg_steps')::FLOAT) as avg_steps
+FROM training_runs
+WHERE status = 'completed'
+GROUP BY algorithm;
+""",
+    "per_day": """
+SELECT
+    DATE_TRUNC('day', created_at) as day,
+    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success
+FROM training_runs
+GROUP BY day
+ORDER BY day;
+""",
+    "best_params": """
+SELECT
+    params->>'alpha' as alpha,
+    params->>'gamma' as gamma,
+    test_metrics->>'success_rate' as success_rate
+FROM training_runs
+WHERE (test_metrics->>'success_rate')::FLOAT > 0.9
+ORDER BY (test_metrics->>'avg_steps')::FLOAT ASC;
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def first_training(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    data_dir = tmp_path_factory.mktemp("devstack")
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taxidriver.devstack",
+            "--once",
+            "--gateway-port",
+            str(free_port()),
+            "--trainer-port",
+            str(free_port()),
+            "--registry-port",
+            str(free_port()),
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in (data_dir / "logs").glob("*.log"))
+    assert result.returncode == 0, f"devstack failed:\n{result.stdout}\n{result.stderr}\n{logs}"
+    match = re.search(r"run ([0-9a-f-]{36}) completed", result.stdout)
+    assert match, result.stdout
+    return match.group(1), result.stdout
+
+
+def test_first_training_prints_its_test_metrics(first_training: tuple[str, str]) -> None:
+    _, output = first_training
+    assert re.search(r"success_rate = (0(\.\d+)?|1(\.0+)?)\b", output)
+    assert re.search(r"avg_steps = \d+(\.\d+)?", output)
+    assert "grpcurl -plaintext" in output
+    # Each service drained and exited cleanly on SIGTERM.
+    for service in ("gateway", "trainer_service", "registry_service"):
+        assert f"{service} stopped (exit code 0)" in output
+
+
+def test_run_row_holds_the_seed_keys(first_training: tuple[str, str], database_url: str) -> None:
+    run_id, output = first_training
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            """
+            SELECT algorithm, status, params, test_metrics, episodes_recorded
+            FROM training_runs WHERE run_id = %s
+            """,
+            (run_id,),
+        ).fetchone()
+    assert row is not None
+    algorithm, status, params, test_metrics, episodes_recorded = row
+    assert (algorithm, status) == ("sarsa", "completed")
+    assert params["training_runs"] == episodes_recorded > 0
+    for key in ("alpha", "gamma", "epsilon", "epsilon_min", "epsilon_decay", "max_steps"):
+        assert isinstance(params[key], int | float), key
+    assert params["test_episodes"] == 250
+    assert 0.0 <= test_metrics["success_rate"] <= 1.0
+    assert test_metrics["avg_steps"] > 0
+    printed = float(re.search(r"success_rate = ([0-9.]+)", output).group(1))  # type: ignore[union-attr]
+    assert printed == pytest.approx(test_metrics["success_rate"])
+    # The optimized preset must actually solve Taxi.
+    assert test_metrics["success_rate"] == 1.0
+
+
+def test_every_episode_is_stored_exactly_once(first_training: tuple[str, str], database_url: str) -> None:
+    run_id, _ = first_training
+    with psycopg.connect(database_url) as conn:
+        planned = conn.execute(
+            "SELECT (params->>'training_runs')::int FROM training_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()[0]  # type: ignore[index]
+        rows = conn.execute(
+            """
+            SELECT e.first_episode + i - 1
+            FROM run_episodes e, generate_subscripts(e.rewards, 1) AS i
+            WHERE e.run_id = %s
+            ORDER BY 1
+            """,
+            (run_id,),
+        ).fetchall()
+        lengths_agree = conn.execute(
+            """
+            SELECT bool_and(cardinality(rewards) = episode_count AND cardinality(steps) = episode_count
+                            AND cardinality(successes) = episode_count)
+            FROM run_episodes WHERE run_id = %s
+            """,
+            (run_id,),
+        ).fetchone()[0]  # type: ignore[index]
+    assert [row[0] for row in rows] == list(range(planned))
+    assert lengths_agree is True
+
+
+def test_seed_queries_run_verbatim(first_training: tuple[str, str], database_url: str) -> None:
+    run_id, _ = first_training
+    with psycopg.connect(database_url) as conn:
+        per_algorithm = {row[0]: row for row in conn.execute(SEED_QUERIES["per_algorithm"]).fetchall()}
+        assert per_algorithm["sarsa"][1] >= 1
+        assert 0.0 <= per_algorithm["sarsa"][2] <= 1.0
+        per_day = conn.execute(SEED_QUERIES["per_day"]).fetchall()
+        assert len(per_day) >= 1
+        best = conn.execute(SEED_QUERIES["best_params"]).fetchall()
+        alpha = conn.execute("SELECT params->>'alpha' FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+        assert alpha is not None and alpha[0] in {row[0] for row in best}
