@@ -33,7 +33,7 @@ docker-engine-stop:
 
 deploy/.wheelhouse/.complete: deploy/requirements.runtime.txt deploy/requirements.build.txt deploy/requirements.postgres.txt
 	@mkdir -p deploy/.wheelhouse
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir deploy/.wheelhouse \
+	$(PY) -m pip wheel --quiet --quiet --disable-pip-version-check --wheel-dir deploy/.wheelhouse \
 		-r deploy/requirements.runtime.txt -r deploy/requirements.build.txt -r deploy/requirements.postgres.txt
 	@touch $@
 
