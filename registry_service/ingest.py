@@ -57,6 +57,13 @@ LOCK_RUN = "SELECT status, episodes_recorded, episodes_planned FROM training_run
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
+RECORD_EPISODES = """
+WITH recorded AS (
+    UPDATE training_runs SET episodes_recorded = %s, updated_at = now() WHERE run_id = %s RETURNING run_id
+)
+SELECT pg_notify(%s, %s) FROM recorded
+"""
+
 LATEST_CHECKPOINT = f"""
 SELECT {ARTIFACT_COLUMNS}, data FROM artifacts
 WHERE run_id = %s AND kind = 'checkpoint'
@@ -238,7 +245,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 violations.add(name, f"must be empty or have one value per episode ({count})")
         violations.raise_if_any()
         first = batch.first_episode
-        async with self.pool.connection() as conn, conn.transaction():
+        # Pipeline mode: BEGIN + the row lock travel together, then insert + update + NOTIFY +
+        # COMMIT in one more round trip. The row lock makes concurrent or replayed batches exactly-once.
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             cursor = await conn.execute(LOCK_RUN, (run_id,))
             row = await cursor.fetchone()
             if row is None:
@@ -262,10 +271,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             skip = recorded - first
             await episodes.insert_chunk(conn, run_id, recorded, batch, skip)
             await conn.execute(
-                "UPDATE training_runs SET episodes_recorded = %s, updated_at = now() WHERE run_id = %s",
-                (end, run_id),
+                RECORD_EPISODES, (end, run_id, EVENTS_CHANNEL, json.dumps({"run_id": str(run_id), "kind": "episodes"}))
             )
-            await notify(conn, run_id, "episodes")
         return ingest_service_pb2.IngestEpisodesResponse(run_id=str(run_id), episodes_recorded=end, stored=count - skip)
 
     async def CompleteRun(
