@@ -82,8 +82,9 @@ def test_interrupted_run_resumes_to_exactly_the_same_q_table(
     assert run.status == resources_pb2.RUN_STATUS_INTERRUPTED
     assert 0 < run.episodes_recorded < 300_000
     resumed = trainer_stub.ResumeRun(trainer_service_pb2.ResumeRunRequest(run_id=interrupted))
+    # The newest checkpoint: a periodic one (a multiple of 20,000) or the one
+    # taken when the run was interrupted; never beyond what was stored.
     assert 20_000 <= resumed.resumed_from_episode <= run.episodes_recorded
-    assert resumed.resumed_from_episode % 20_000 == 0
     straight = trainer_stub.StartRun(long_request(seed=11)).run_id
     first = wait_terminal(registry_stub, interrupted)
     second = wait_terminal(registry_stub, straight)
