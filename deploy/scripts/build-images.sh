@@ -29,7 +29,7 @@ rsync -a --exclude '__pycache__' --exclude '*.pyc' \
   --exclude '/taxidriver/registry' --exclude '/taxidriver/trainer' --exclude '/taxidriver/ingest' \
   protos taxidriver "${packages[@]}" "$CTX/"
 cp deploy/requirements.*.txt "$CTX/deploy/"
-cp deploy/scripts/grpc_health_probe.py "$CTX/deploy/scripts/"
+cp deploy/scripts/grpc_health_probe.py deploy/scripts/import_check.py "$CTX/deploy/scripts/"
 cp deploy/postgres/entrypoint.sh "$CTX/deploy/postgres/"
 # Hard links: the wheelhouse is large and read-only here.
 cp -al deploy/.wheelhouse "$CTX/deploy/.wheelhouse" 2>/dev/null || cp -a deploy/.wheelhouse "$CTX/deploy/.wheelhouse"

@@ -55,6 +55,13 @@ phase stack_up $t
 t=$SECONDS
 $PY deploy/scripts/smoke_client.py --target "127.0.0.1:$GATEWAY_PORT"
 phase training $t
+# The CronJobs' commands, in the registry image under the same hardening (read-only root).
+t=$SECONDS
+deploy/scripts/stack.sh task /bin/sh -c \
+  'python -m registry_service.backup dump --file /backups/smoke.dump && test -s /backups/smoke.dump \
+   && echo "smoke: backup = $(wc -c < /backups/smoke.dump) bytes"'
+deploy/scripts/stack.sh task python -m registry_service.purge --older-than-days 30
+phase backup_and_purge $t
 # Graceful drain: the gateway must exit 0 on SIGTERM.
 t=$SECONDS
 $DOCKER stop --time 30 "$PROJECT-gateway" >/dev/null

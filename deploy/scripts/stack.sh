@@ -2,7 +2,7 @@
 # The compose stack with plain `docker run` on a user network, for engines without a compose
 # tool (and for the smoke test, which must not depend on one). Mirrors deploy/compose.yaml:
 # postgres -> migrate (must exit 0) -> registry (healthy) -> trainer (healthy) -> gateway (healthy).
-#   deploy/scripts/stack.sh up|down|status
+#   deploy/scripts/stack.sh up|down|status|task COMMAND [ARGS...]
 # Env: DOCKER, PROJECT (container/network prefix, default taxidriver), TAG (default dev),
 #      GATEWAY_PORT (loopback port, default 50051), POSTGRES_PASSWORD, TRAINER_WORKERS,
 #      KEEP_VOLUME=1 keeps the database volume on down.
@@ -84,11 +84,20 @@ down() {
   echo "stack: $PROJECT down"
 }
 
+# A one-off command in the registry image on the stack's network, like the Kubernetes Job and
+# CronJobs (migrate, purge, backup): `stack.sh task python -m registry_service.purge`.
+task() {
+  [ $# -ge 1 ] || { echo "usage: $0 task COMMAND [ARGS...]" >&2; return 2; }
+  $DOCKER run --rm --network "$NET" --label "taxidriver.project=$PROJECT" "${HARDENING[@]}" \
+    --tmpfs /backups:rw,mode=1777 -e DATABASE_URL="$DATABASE_URL" --entrypoint "$1" "$PREFIX/registry:$TAG" "${@:2}"
+}
+
 status() { $DOCKER ps --all --filter "label=taxidriver.project=$PROJECT"; }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  task) shift; task "$@" ;;
+  *) echo "usage: $0 up|down|status|task COMMAND [ARGS...]" >&2; exit 2 ;;
 esac
