@@ -1,0 +1,57 @@
+"""AuthService: resolves an API key's hash to its user and role for the gateway.
+
+The registry owns the users table, so it answers; the gateway caches answers
+briefly and enforces roles. Keys never travel: only their SHA-256 does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+from psycopg_pool import AsyncConnectionPool
+
+from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from taxidriver.errors import ServiceError, bad_field
+
+ROLES = {
+    "reader": auth_service_pb2.ROLE_READER,
+    "trainer": auth_service_pb2.ROLE_TRAINER,
+    "admin": auth_service_pb2.ROLE_ADMIN,
+}
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+FIND_KEY = """
+SELECT u.user_id, u.username, u.role, k.key_id
+FROM api_keys k JOIN users u USING (user_id)
+WHERE k.key_sha256 = %s AND k.revoked_at IS NULL AND NOT u.disabled
+"""
+# At most one write a minute per key: reads must not turn into a write storm.
+TOUCH_KEY = """
+UPDATE api_keys SET last_used_at = now()
+WHERE key_id = %s AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+"""
+
+
+class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def Authenticate(
+        self, request: auth_service_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.AuthenticateResponse:
+        if not _SHA256_HEX.match(request.key_sha256):
+            raise bad_field("key_sha256", "must be the lower-case hex SHA-256 of the API key (64 characters)")
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(FIND_KEY, (request.key_sha256,))).fetchone()
+            if row is None:
+                raise ServiceError(
+                    code=grpc.StatusCode.UNAUTHENTICATED,
+                    message="unknown, revoked or disabled API key",
+                    reason="API_KEY_INVALID",
+                )
+            user_id, username, role, key_id = row
+            await conn.execute(TOUCH_KEY, (key_id,))
+        return auth_service_pb2.AuthenticateResponse(
+            user_id=str(user_id), username=username, role=ROLES[role], key_id=str(key_id)
+        )

@@ -1,0 +1,151 @@
+"""`python -m registry_service.users`: users, roles and API keys.
+
+    python -m registry_service.users create alice --role admin   # prints alice's first key
+    python -m registry_service.users issue-key alice              # another key
+    python -m registry_service.users list
+    python -m registry_service.users revoke <key_id>
+    python -m registry_service.users disable alice
+
+An operator's command against the registry database (DATABASE_URL, or the
+embedded server of `make run`). A key is printed once and stored only as its
+SHA-256; losing it means issuing a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import secrets
+import sys
+import uuid
+
+import psycopg
+
+from registry_service.backup import BackupError, database_url
+
+ROLE_NAMES = ("reader", "trainer", "admin")
+KEY_PREFIX = "tdk_"
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+
+
+class UserError(RuntimeError):
+    """A user command could not be carried out; the message says why."""
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_user(conn: psycopg.Connection, username: str, role: str, email: str | None = None) -> uuid.UUID:
+    if not _USERNAME.match(username):
+        raise UserError("username must be 1-100 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+    if role not in ROLE_NAMES:
+        raise UserError(f"role must be one of {', '.join(ROLE_NAMES)}")
+    user_id = uuid.uuid4()
+    try:
+        conn.execute(
+            "INSERT INTO users (user_id, username, email, role) VALUES (%s, %s, %s, %s)",
+            (user_id, username, email, role),
+        )
+    except psycopg.errors.UniqueViolation as exc:
+        raise UserError(f"user {username!r} already exists") from exc
+    return user_id
+
+
+def issue_key(conn: psycopg.Connection, username: str) -> tuple[uuid.UUID, str]:
+    row = conn.execute("SELECT user_id FROM users WHERE username = %s", (username,)).fetchone()
+    if row is None:
+        raise UserError(f"no user {username!r}")
+    api_key = new_key()
+    key_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO api_keys (key_id, user_id, key_sha256, key_prefix) VALUES (%s, %s, %s, %s)",
+        (key_id, row[0], hash_key(api_key), api_key[: len(KEY_PREFIX) + 6]),
+    )
+    return key_id, api_key
+
+
+def ensure_user_with_key(conn: psycopg.Connection, username: str, role: str) -> str:
+    """The user (created if missing, role set) and a fresh key for it: what `make run` prints."""
+    with conn.transaction():
+        exists = conn.execute("SELECT 1 FROM users WHERE username = %s", (username,)).fetchone()
+        if exists:
+            conn.execute("UPDATE users SET role = %s, disabled = false WHERE username = %s", (role, username))
+        else:
+            create_user(conn, username, role)
+        return issue_key(conn, username)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m registry_service.users", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a user and print its first API key")
+    create.add_argument("username")
+    create.add_argument("--role", choices=ROLE_NAMES, required=True)
+    create.add_argument("--email")
+    issue = commands.add_parser("issue-key", help="print a new API key for a user")
+    issue.add_argument("username")
+    commands.add_parser("list", help="users, roles and their keys")
+    revoke = commands.add_parser("revoke", help="revoke an API key by its id")
+    revoke.add_argument("key_id")
+    disable = commands.add_parser("disable", help="refuse every key of a user")
+    disable.add_argument("username")
+    args = parser.parse_args(argv)
+    try:
+        with psycopg.connect(database_url(), autocommit=True) as conn:
+            if args.command == "create":
+                with conn.transaction():
+                    create_user(conn, args.username, args.role, args.email)
+                    key_id, api_key = issue_key(conn, args.username)
+                print(f"user {args.username} ({args.role}) created; key {key_id}:\n{api_key}")
+            elif args.command == "issue-key":
+                key_id, api_key = issue_key(conn, args.username)
+                print(f"key {key_id} for {args.username}:\n{api_key}")
+            elif args.command == "list":
+                rows = conn.execute(
+                    """
+                    SELECT u.username, u.role, u.disabled, k.key_id, k.key_prefix, k.created_at, k.revoked_at,
+                           k.last_used_at
+                    FROM users u LEFT JOIN api_keys k USING (user_id)
+                    ORDER BY u.username, k.created_at
+                    """
+                ).fetchall()
+                for username, role, disabled, key_id, prefix, created, revoked, used in rows:
+                    state = "disabled" if disabled else "active"
+                    key = f"{key_id} {prefix}… created {created:%Y-%m-%d}" if key_id else "no keys"
+                    if revoked:
+                        key += " REVOKED"
+                    elif used:
+                        key += f" last used {used:%Y-%m-%d %H:%M}"
+                    print(f"{username:20} {role:8} {state:8} {key}")
+            elif args.command == "revoke":
+                try:
+                    key_id = uuid.UUID(args.key_id)
+                except ValueError as exc:
+                    raise UserError(f"key_id must be a UUID, got {args.key_id!r}") from exc
+                updated = conn.execute(
+                    "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL", (key_id,)
+                ).rowcount
+                if not updated:
+                    raise UserError(f"no active key {args.key_id}")
+                print(f"key {args.key_id} revoked")
+            elif args.command == "disable":
+                updated = conn.execute(
+                    "UPDATE users SET disabled = true WHERE username = %s", (args.username,)
+                ).rowcount
+                if not updated:
+                    raise UserError(f"no user {args.username!r}")
+                print(f"user {args.username} disabled")
+    except (UserError, BackupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
