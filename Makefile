@@ -64,5 +64,5 @@ restore: $(STAMPS)/protos
 	$(PY) -m registry_service.backup restore --file $(FILE)
 
 clean:
-	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest
+	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth
 -include deploy/deploy.mk
