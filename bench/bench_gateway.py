@@ -74,7 +74,7 @@ async def serve_upstream(port_file: Path) -> None:
             )
         ],
     )
-    port_file.write_text(str(running.port))
+    port_file.write_text(str(running.port))  # noqa: ASYNC240 - once, before serving
     await serve(running, grace=0.5)
 
 
