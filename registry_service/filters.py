@@ -61,17 +61,11 @@ COLUMNS: dict[str, Field] = {
     "episodes_planned": Field("episodes_planned", "r.episodes_planned", "integer"),
 }
 
-# The seed's metrics, compiled to the exact expressions the indexes (and the seed's SQL) use.
+# The seed's test metrics read from their generated columns (migration 0004): indexed, no JSON parsing.
 METRICS: dict[str, Field] = {
-    "test_metrics.success_rate": Field(
-        "test_metrics.success_rate", "((r.test_metrics->>'success_rate')::FLOAT)", "metric", nullable=True
-    ),
-    "test_metrics.avg_steps": Field(
-        "test_metrics.avg_steps", "((r.test_metrics->>'avg_steps')::FLOAT)", "metric", nullable=True
-    ),
-    "test_metrics.avg_reward": Field(
-        "test_metrics.avg_reward", "((r.test_metrics->>'avg_reward')::FLOAT)", "metric", nullable=True
-    ),
+    "test_metrics.success_rate": Field("test_metrics.success_rate", "r.success_rate", "metric", nullable=True),
+    "test_metrics.avg_steps": Field("test_metrics.avg_steps", "r.avg_steps", "metric", nullable=True),
+    "test_metrics.avg_reward": Field("test_metrics.avg_reward", "r.avg_reward", "metric", nullable=True),
 }
 
 _STATUS_NAMES = {"queued", "running", "completed", "failed", "cancelled", "interrupted"}
@@ -291,10 +285,17 @@ def compile_comparison(name: str, operator: str, token: Token) -> Compiled:
         return Compiled(f"{column.sql} {sql_op} %s", [float(value)])
     # A JSONB path: the literal's type decides how it compares.
     path = list(column.path)
+    if operator == "=":
+        # Containment of {"a": {"b": value}}: exact (numbers numerically) and served by the GIN index on params.
+        nested: Any = value
+        for key in reversed(path):
+            nested = {key: nested}
+        group = name.partition(".")[0]
+        return Compiled(f"r.{group} @> %s::jsonb", [Jsonb(nested)])
     if kind == "number":
         return Compiled(f"jsonb_number({column.sql}) {sql_op} %s::float8", [path, float(value)])
     if kind == "bool":
-        if operator not in ("=", "!="):
+        if operator != "!=":
             raise bad_field("filter", f"booleans compare with = or != only ({name})")
         return Compiled(f"{column.sql} {sql_op} %s::jsonb", [path, Jsonb(value)])
     text_sql = column.sql.replace("#>", "#>>", 1)
@@ -335,14 +336,13 @@ class Ordering:
         for key in self.keys:
             sql, key_params = key.expression()
             direction = "DESC" if key.descending else "ASC"
-            if key.field.nullable:
-                parts.append(f"({sql}) IS NULL")
-                params.extend(key_params)
-            parts.append(f"{sql} {direction}")
+            parts.append(f"{sql} {direction} NULLS LAST" if key.field.nullable else f"{sql} {direction}")
             params.extend(key_params)
-        last_desc = self.keys[-1].descending if self.keys else True
-        parts.append(f"r.run_id {'DESC' if last_desc else 'ASC'}")
+        parts.append(f"r.run_id {'DESC' if self._run_id_descending() else 'ASC'}")
         return Compiled(", ".join(parts), params)
+
+    def _run_id_descending(self) -> bool:
+        return self.keys[-1].descending if self.keys else True
 
     def select_sql(self) -> Compiled:
         """The sort values as extra columns, so the last row of a page yields its token."""
@@ -356,30 +356,38 @@ class Ordering:
 
     def after_sql(self, values: Sequence[Any], run_id: uuid.UUID) -> Compiled:
         """Rows strictly after (values, run_id) in this ordering (keyset pagination)."""
-        conditions: list[tuple[Compiled, Compiled]] = []  # (greater, equal) per key
-        for key, value in zip(self.keys, values, strict=True):
-            sql, key_params = key.expression()
-            cast = _CASTS[key.field.kind]
-            if key.field.nullable:
-                is_null = value is None
-                flag = Compiled(f"(({sql}) IS NULL) > %s", [*key_params, is_null])
-                flag_eq = Compiled(f"(({sql}) IS NULL) = %s", [*key_params, is_null])
-                conditions.append((flag, flag_eq))
-                if is_null:
-                    continue
-            op = "<" if key.descending else ">"
-            bound = _to_param(key.field, value)
-            conditions.append(
-                (
-                    Compiled(f"{sql} {op} %s{cast}", [*key_params, bound]),
-                    Compiled(f"{sql} = %s{cast}", [*key_params, bound]),
-                )
+        last_desc = self._run_id_descending()
+        bounds = [_to_param(key.field, value) for key, value in zip(self.keys, values, strict=True)]
+        if all(not k.field.nullable and k.descending == last_desc for k in self.keys):
+            # One direction, no NULLs: a row comparison the (key..., run_id) index answers directly.
+            columns, params, casts = [], [], []
+            for key in self.keys:
+                sql, key_params = key.expression()
+                columns.append(sql)
+                params.extend(key_params)
+                casts.append(f"%s{_CASTS[key.field.kind]}")
+            op = "<" if last_desc else ">"
+            return Compiled(
+                f"({', '.join([*columns, 'r.run_id'])}) {op} ({', '.join([*casts, '%s::uuid'])})",
+                [*params, *bounds, run_id],
             )
-        last_desc = self.keys[-1].descending if self.keys else True
-        tail = Compiled(f"r.run_id {'<' if last_desc else '>'} %s", [run_id])
-        for greater, equal in reversed(conditions):
+        tail = Compiled(f"r.run_id {'<' if last_desc else '>'} %s::uuid", [run_id])
+        for key, bound in reversed(list(zip(self.keys, bounds, strict=True))):
+            sql, key_params = key.expression()
+            if bound is None:
+                # In the NULL group (sorted last): only NULL rows can follow, ordered by what comes next.
+                tail = Compiled(f"({sql} IS NULL AND {tail.sql})", [*key_params, *tail.params])
+                continue
+            op = "<" if key.descending else ">"
+            cast = _CASTS[key.field.kind]
+            after = f"{sql} {op} %s{cast}"
+            after_params = [*key_params, bound]
+            if key.field.nullable:
+                after = f"{after} OR {sql} IS NULL"
+                after_params += key_params
             tail = Compiled(
-                f"({greater.sql} OR ({equal.sql} AND {tail.sql}))", [*greater.params, *equal.params, *tail.params]
+                f"({after} OR ({sql} = %s{cast} AND {tail.sql}))",
+                [*after_params, *key_params, bound, *tail.params],
             )
         return tail
 
@@ -399,6 +407,8 @@ _CASTS = {
 def _to_param(column: Field, value: Any) -> Any:
     """A sort value read back from a token, checked against its field's type (tokens are user input)."""
     kind = column.kind
+    if value is None and column.nullable:
+        return None
     if kind == "json":
         return Jsonb(value)
     if kind in ("number", "metric") and isinstance(value, int | float) and not isinstance(value, bool):

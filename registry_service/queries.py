@@ -40,7 +40,6 @@ from registry_service.convert import (
     value_to_proto,
 )
 from registry_service.filters import (
-    METRICS,
     Compiled,
     Ordering,
     compile_filter,
@@ -62,9 +61,6 @@ MAX_ANNOTATION_CHARS = 10_000
 MAX_TAGS = 32
 TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
 
-SUCCESS = METRICS["test_metrics.success_rate"].sql
-AVG_STEPS = METRICS["test_metrics.avg_steps"].sql
-AVG_REWARD = METRICS["test_metrics.avg_reward"].sql
 
 # Which direction is better, for metrics compared side by side; others get no best_run_id.
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -90,36 +86,77 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "wall_time": False,
 }
 
-STATISTICS_BY_ALGORITHM = f"""
-WITH runs AS (SELECT r.* FROM training_runs r WHERE {{where}}),
+# Filtered statistics: aggregated over the matching runs, reading the generated metric columns.
+STATISTICS_BY_ALGORITHM = """
+WITH runs AS (SELECT r.* FROM training_runs r WHERE {where}),
 ranked AS (
-    SELECT DISTINCT ON (algorithm) algorithm, run_id, {SUCCESS.replace("r.", "")} AS best_success
-    FROM runs WHERE status = 'completed' AND {SUCCESS.replace("r.", "")} IS NOT NULL
-    ORDER BY algorithm, {SUCCESS.replace("r.", "")} DESC, {AVG_STEPS.replace("r.", "")} ASC NULLS LAST, run_id
+    SELECT DISTINCT ON (algorithm) algorithm, run_id, success_rate AS best_success
+    FROM runs WHERE status = 'completed' AND success_rate IS NOT NULL
+    ORDER BY algorithm, success_rate DESC, avg_steps ASC NULLS LAST, run_id
+),
+totals AS (
+    SELECT algorithm,
+           count(*) AS total_runs,
+           count(*) FILTER (WHERE status = 'completed') AS completed_runs,
+           avg(success_rate) FILTER (WHERE status = 'completed') AS avg_success_rate,
+           avg(avg_steps) FILTER (WHERE status = 'completed') AS avg_steps,
+           avg(avg_reward) FILTER (WHERE status = 'completed') AS avg_reward,
+           min(avg_steps) FILTER (WHERE status = 'completed') AS best_avg_steps,
+           avg(execution_time) FILTER (WHERE status = 'completed') AS avg_execution_time
+    FROM runs GROUP BY algorithm
 )
-SELECT runs.algorithm,
-       count(*) AS total_runs,
-       count(*) FILTER (WHERE status = 'completed') AS completed_runs,
-       avg({SUCCESS.replace("r.", "")}) FILTER (WHERE status = 'completed') AS avg_success_rate,
-       avg({AVG_STEPS.replace("r.", "")}) FILTER (WHERE status = 'completed') AS avg_steps,
-       avg({AVG_REWARD.replace("r.", "")}) FILTER (WHERE status = 'completed') AS avg_reward,
-       max(ranked.best_success) AS best_success_rate,
-       min({AVG_STEPS.replace("r.", "")}) FILTER (WHERE status = 'completed') AS best_avg_steps,
-       max(ranked.run_id::text) AS best_run_id,
-       avg(execution_time) FILTER (WHERE status = 'completed') AS avg_execution_time
-FROM runs LEFT JOIN ranked ON ranked.algorithm = runs.algorithm
-GROUP BY runs.algorithm
-ORDER BY runs.algorithm
+SELECT totals.*, ranked.best_success AS best_success_rate, ranked.run_id::text AS best_run_id
+FROM totals LEFT JOIN ranked USING (algorithm)
+ORDER BY algorithm
 """
 
-STATISTICS_BY_DAY = f"""
+STATISTICS_BY_DAY = """
 SELECT date_trunc('day', r.created_at AT TIME ZONE 'UTC') AS day,
        count(*) AS runs,
-       avg({SUCCESS}) AS avg_success_rate,
-       avg({AVG_STEPS}) AS avg_steps
-FROM training_runs r WHERE {{where}}
+       avg(r.success_rate) AS avg_success_rate,
+       avg(r.avg_steps) AS avg_steps
+FROM training_runs r WHERE {where}
 GROUP BY 1 ORDER BY 1
 """
+
+# Unfiltered statistics: the trigger-maintained run_statistics sums, plus one index probe per
+# algorithm for its best run; a few hundred rows read whatever the number of runs.
+ALL_STATISTICS_BY_ALGORITHM = """
+WITH totals AS (
+    SELECT algorithm,
+           sum(runs)::bigint AS total_runs,
+           coalesce(sum(runs) FILTER (WHERE status = 'completed'), 0)::bigint AS completed_runs,
+           sum(success_sum) FILTER (WHERE status = 'completed')
+               / nullif(sum(success_count) FILTER (WHERE status = 'completed'), 0) AS avg_success_rate,
+           sum(steps_sum) FILTER (WHERE status = 'completed')
+               / nullif(sum(steps_count) FILTER (WHERE status = 'completed'), 0) AS avg_steps,
+           sum(reward_sum) FILTER (WHERE status = 'completed')
+               / nullif(sum(reward_count) FILTER (WHERE status = 'completed'), 0) AS avg_reward,
+           sum(execution_sum) FILTER (WHERE status = 'completed')
+               / nullif(sum(execution_count) FILTER (WHERE status = 'completed'), 0) AS avg_execution_time
+    FROM run_statistics GROUP BY algorithm HAVING sum(runs) > 0
+)
+SELECT totals.*, best.success_rate AS best_success_rate, best.run_id::text AS best_run_id,
+       (SELECT min(f.avg_steps) FROM training_runs f
+        WHERE f.status = 'completed' AND f.algorithm = totals.algorithm) AS best_avg_steps
+FROM totals
+LEFT JOIN LATERAL (
+    SELECT b.run_id, b.success_rate FROM training_runs b
+    WHERE b.status = 'completed' AND b.algorithm = totals.algorithm AND b.success_rate IS NOT NULL
+    ORDER BY b.success_rate DESC NULLS LAST, b.avg_steps ASC NULLS LAST, b.run_id ASC
+    LIMIT 1
+) best ON true
+ORDER BY algorithm
+"""
+
+ALL_STATISTICS_BY_DAY = """
+SELECT day::timestamp AS day, sum(runs)::bigint AS runs,
+       sum(success_sum) / nullif(sum(success_count), 0) AS avg_success_rate,
+       sum(steps_sum) / nullif(sum(steps_count), 0) AS avg_steps
+FROM run_statistics GROUP BY day HAVING sum(runs) > 0 ORDER BY day
+"""
+
+COUNT_ALL_RUNS = "SELECT coalesce(sum(runs), 0)::bigint FROM run_statistics"
 
 
 def page_size(value: int, field_name: str = "page_size", default: int = DEFAULT_PAGE_SIZE) -> int:
@@ -217,9 +254,12 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             rows = await cursor.fetchall()
             total = 0
             if count:
-                counted = await (
-                    await conn.execute(f"SELECT count(*) FROM training_runs r WHERE {where.sql}", where.params)
-                ).fetchone()
+                counting = (
+                    (f"SELECT count(*) FROM training_runs r WHERE {where.sql}", where.params)
+                    if where.params or where.sql != "TRUE"
+                    else (COUNT_ALL_RUNS, [])
+                )
+                counted = await (await conn.execute(*counting)).fetchone()
                 total = counted[0] if counted else 0
             runs = [run_from_row(row) for row in rows[:size]]
             if full:
@@ -280,10 +320,16 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         where = compile_filter(request.filter)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params)
-            algorithms = await cursor.fetchall()
-            await cursor.execute(STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
-            days = await cursor.fetchall()
+            if request.filter.strip():
+                await cursor.execute(STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params)
+                algorithms = await cursor.fetchall()
+                await cursor.execute(STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
+                days = await cursor.fetchall()
+            else:
+                await cursor.execute(ALL_STATISTICS_BY_ALGORITHM)
+                algorithms = await cursor.fetchall()
+                await cursor.execute(ALL_STATISTICS_BY_DAY)
+                days = await cursor.fetchall()
         response = pb.GetStatisticsResponse(
             total_runs=sum(a["total_runs"] for a in algorithms),
             completed_runs=sum(a["completed_runs"] for a in algorithms),

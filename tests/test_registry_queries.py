@@ -417,3 +417,28 @@ def test_watch_run_replays_then_follows_live_until_terminal(ingest, queries, mar
     assert events[0].episodes.first_episode == 6
     assert list(events[0].episodes.rewards) == [6.0, 7.0, 8.0, 9.0]
     assert events[-1].status_change.status == resources_pb2.RUN_STATUS_COMPLETED
+
+
+def test_unfiltered_statistics_match_a_full_scan(ingest, queries, marker) -> None:
+    """The trigger-maintained sums agree with aggregating every run, after inserts, updates and deletes."""
+    make_run(ingest, marker, algorithm="expected_sarsa", success=0.7, steps=20)
+    gone = make_run(ingest, marker, algorithm="expected_sarsa", success=0.9, steps=18)
+    make_run(ingest, marker, algorithm="double_q_learning", complete=False)
+    queries.DeleteRun(pb.DeleteRunRequest(run_id=gone))
+    summary = queries.GetStatistics(pb.GetStatisticsRequest())
+    scan = queries.GetStatistics(pb.GetStatisticsRequest(filter='create_time > "1900-01-01T00:00:00Z"'))
+    assert (summary.total_runs, summary.completed_runs) == (scan.total_runs, scan.completed_runs)
+    assert len(summary.algorithms) == len(scan.algorithms)
+    for fast, slow in zip(summary.algorithms, scan.algorithms, strict=True):
+        assert (fast.algorithm, fast.total_runs, fast.completed_runs, fast.best_run_id) == (
+            slow.algorithm,
+            slow.total_runs,
+            slow.completed_runs,
+            slow.best_run_id,
+        )
+        for name in ("avg_success_rate", "avg_steps", "avg_reward", "best_success_rate", "best_avg_steps"):
+            assert getattr(fast, name) == pytest.approx(getattr(slow, name)), name
+        assert fast.avg_execution_time == pytest.approx(slow.avg_execution_time)
+    assert [(d.day.seconds, d.runs) for d in summary.daily] == [(d.day.seconds, d.runs) for d in scan.daily]
+    total = queries.ListRuns(pb.ListRunsRequest(page_size=1)).total_size
+    assert total == summary.total_runs
