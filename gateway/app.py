@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
+from gateway.auth import AuthInterceptor, KeyAuthenticator, required_roles
 from gateway.forwarding import Upstream, forwarding_handler, refusing_handler
 from gateway.settings import GatewaySettings
 from gateway.upstream_health import HealthMirror
+from taxidriver.config import SettingsError
 from taxidriver.ingest.v1 import ingest_service_pb2
 from taxidriver.registry.v1 import registry_service_pb2
 from taxidriver.server import RunningServer, ServiceBinding, create_server
@@ -31,6 +34,7 @@ class GatewayApp:
     trainer: Upstream
     registry: Upstream
     mirror: HealthMirror
+    authenticator: KeyAuthenticator | None = None
 
     @property
     def port(self) -> int:
@@ -46,11 +50,32 @@ class GatewayApp:
         await self.mirror.stop()
         await self.trainer.close()
         await self.registry.close()
+        if self.authenticator is not None:
+            await self.authenticator.close()
+
+
+def tls_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    """Server credentials from the PEM files, read once at start-up (a Secret mounted as files)."""
+    if not settings.tls_cert_file:
+        return None
+    try:
+        key = Path(settings.tls_key_file).read_bytes()
+        chain = Path(settings.tls_cert_file).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"cannot read the gateway's TLS certificate or key: {exc}") from exc
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 async def start_gateway(settings: GatewaySettings) -> GatewayApp:
     trainer = Upstream(name="trainer", service=TRAINER_SERVICE.full_name, targets=settings.trainer_targets)
     registry = Upstream(name="registry", service=REGISTRY_SERVICE.full_name, targets=(settings.registry_target,))
+
+    authenticator: KeyAuthenticator | None = None
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.auth_required:
+        authenticator = KeyAuthenticator(settings.registry_target, ttl=settings.auth_cache_seconds)
+        interceptors.append(AuthInterceptor(authenticator, required_roles([TRAINER_SERVICE, REGISTRY_SERVICE])))
+    credentials = tls_credentials(settings)
 
     def add(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], None]:
         return lambda server: server.add_generic_rpc_handlers((handler,))
@@ -71,15 +96,19 @@ async def start_gateway(settings: GatewaySettings) -> GatewayApp:
         # Upstream statuses pass through untouched; there is no domain error to map here.
         error_mapping=False,
         serving=False,
+        interceptors=interceptors,
+        credentials=credentials,
     )
     # The gateway itself is alive; each public service follows its upstream.
     await running.health.set("", health_pb2.HealthCheckResponse.SERVING)
     mirror = HealthMirror(running.health, [trainer, registry], retry_max=settings.health_retry_max)
     await mirror.start()
     log.info(
-        "gateway on port %d: trainer -> %s, registry -> %s",
+        "gateway on port %d (%s, %s): trainer -> %s, registry -> %s",
         running.port,
+        "TLS" if credentials else "plaintext",
+        "API keys required" if authenticator else "no authentication",
         ",".join(settings.trainer_targets),
         settings.registry_target,
     )
-    return GatewayApp(running=running, trainer=trainer, registry=registry, mirror=mirror)
+    return GatewayApp(running=running, trainer=trainer, registry=registry, mirror=mirror, authenticator=authenticator)

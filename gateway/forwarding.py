@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from gateway.auth import CALLER_KEY, CALLER_ROLE_KEY, ROLE_NAMES, current_principal
 from taxidriver.logs import request_id_var
 from taxidriver.metrics import REQUEST_ID_KEY
 from taxidriver.server import MAX_MESSAGE_BYTES
@@ -43,6 +44,8 @@ HOP_BY_HOP = frozenset(
         "user-agent",
     }
 )
+# Never forwarded: the API key (checked here), and identity only the gateway may assert.
+SECRET_OR_TRUSTED = frozenset({"authorization", CALLER_KEY, CALLER_ROLE_KEY})
 # The one reserved trailing key a proxy must relay: the rich google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -64,13 +67,20 @@ def request_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Meta
     """The caller's metadata that belongs to the call, not to the hop.
 
     A call without x-request-id gets the one the gateway logged it under, so the
-    upstream's log lines carry the same id.
+    upstream's log lines carry the same id. The API key stops here; the
+    authenticated caller travels as x-caller (a client cannot set it).
     """
     kept = tuple(
         (key, value)
         for key, value in metadata or ()
-        if key not in HOP_BY_HOP and not key.startswith("grpc-") and not key.startswith(":")
+        if key not in HOP_BY_HOP
+        and key not in SECRET_OR_TRUSTED
+        and not key.startswith("grpc-")
+        and not key.startswith(":")
     )
+    principal = current_principal.get()
+    if principal is not None:
+        kept = (*kept, (CALLER_KEY, principal.user_id), (CALLER_ROLE_KEY, ROLE_NAMES.get(principal.role, "")))
     if any(key == REQUEST_ID_KEY for key, _ in kept):
         return kept
     request_id = request_id_var.get()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from taxidriver.config import SettingsError, env_float, env_str
+from taxidriver.config import SettingsError, env_bool, env_float, env_str
 
 
 def _targets(raw: str) -> tuple[str, ...]:
@@ -31,12 +31,22 @@ class GatewaySettings:
     # Longest pause between two attempts to watch an unreachable upstream's health.
     health_retry_max: float = 5.0
     log_level: str = field(default="INFO")
+    # Require an API key (authorization: Bearer <key>) on every public call.
+    # Off only for trusted setups such as in-process tests.
+    auth_required: bool = True
+    # Seconds an API key's answer (user and role, or refusal) is cached.
+    auth_cache_seconds: float = 30.0
+    # PEM certificate chain and private key: both set -> the public port speaks TLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.trainer_targets:
             raise SettingsError("trainer_targets must list at least one trainer address")
         if self.shutdown_grace < 0:
             raise SettingsError("shutdown_grace must be >= 0")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE must be set together")
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -47,4 +57,8 @@ class GatewaySettings:
             shutdown_grace=env_float("GATEWAY_SHUTDOWN_GRACE", 10.0),
             health_retry_max=env_float("GATEWAY_HEALTH_RETRY_MAX", 5.0),
             log_level=env_str("LOG_LEVEL", "INFO"),
+            auth_required=env_bool("GATEWAY_AUTH_REQUIRED", True),
+            auth_cache_seconds=env_float("GATEWAY_AUTH_CACHE_SECONDS", 30.0),
+            tls_cert_file=env_str("GATEWAY_TLS_CERT_FILE", ""),
+            tls_key_file=env_str("GATEWAY_TLS_KEY_FILE", ""),
         )

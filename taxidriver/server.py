@@ -138,6 +138,7 @@ async def create_server(
     serving: bool = True,
     error_mapping: bool = True,
     telemetry: bool = True,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Build and start a server on `address` ("host:port", port 0 for any).
 
@@ -159,7 +160,8 @@ async def create_server(
         reflection.SERVICE_NAME,
     ]
     reflection.enable_server_reflection(reflected, server, pool=ReflectedPool(reflected))
-    port = server.add_insecure_port(address)
+    # TLS when credentials are given (the gateway's public port); plaintext inside the cluster.
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()

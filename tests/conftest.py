@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from tests.support import ROOT, InProcessService, LoopThread
 from taxidriver.embedded_pg import EmbeddedPostgres
+from tests.support import ROOT, InProcessService, LoopThread
 
 
 @pytest.fixture(scope="session")
@@ -88,13 +88,15 @@ def trainer(loop_thread: LoopThread, registry: InProcessService) -> Iterator[InP
 
 
 @pytest.fixture(scope="session")
-def gateway(loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService) -> Iterator[InProcessService]:
+def gateway(
+    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
+) -> Iterator[InProcessService]:
     """The gateway in-process, in front of the session's trainer and registry."""
     from gateway.app import start_gateway
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings(
-        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target
+        auth_required=False, address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target
     )
     service = InProcessService(loop_thread, lambda: start_gateway(settings))
     yield service

@@ -40,6 +40,7 @@ def stack(loop_thread: LoopThread) -> Iterator[Stack]:
     registry = loop_thread.run(start_fake_registry(seen))
     trainers = [loop_thread.run(start_fake_trainer(label, seen)) for label in ("a", "b")]
     settings = GatewaySettings(
+        auth_required=False,
         address="127.0.0.1:0",
         trainer_targets=tuple(f"127.0.0.1:{t.port}" for t in trainers),
         registry_target=f"127.0.0.1:{registry.port}",
@@ -217,7 +218,9 @@ def test_health_mirrors_upstreams(stack: Stack) -> None:
 def test_unreachable_upstream_is_unavailable_naming_it(loop_thread: LoopThread) -> None:
     dead = f"127.0.0.1:{free_port()}"
     app = loop_thread.run(
-        start_gateway(GatewaySettings(address="127.0.0.1:0", trainer_targets=(dead,), registry_target=dead))
+        start_gateway(
+            GatewaySettings(address="127.0.0.1:0", trainer_targets=(dead,), registry_target=dead, auth_required=False)
+        )
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -243,6 +246,7 @@ def test_health_follows_an_upstream_that_goes_away(loop_thread: LoopThread) -> N
     app = loop_thread.run(
         start_gateway(
             GatewaySettings(
+                auth_required=False,
                 address="127.0.0.1:0",
                 trainer_targets=(f"127.0.0.1:{trainer.port}",),
                 registry_target=f"127.0.0.1:{registry.port}",
@@ -279,6 +283,7 @@ def test_one_target_with_several_addresses_is_balanced(loop_thread: LoopThread) 
     app = loop_thread.run(
         start_gateway(
             GatewaySettings(
+                auth_required=False,
                 address="127.0.0.1:0",
                 trainer_targets=(f"ipv4:{addresses}",),
                 registry_target=f"127.0.0.1:{registry.port}",

@@ -37,6 +37,7 @@ def servers(loop_thread: LoopThread) -> Iterator[Servers]:
     app = loop_thread.run(
         start_gateway(
             GatewaySettings(
+                auth_required=False,
                 address="127.0.0.1:0",
                 trainer_targets=(f"127.0.0.1:{free_port()}",),
                 registry_target=f"127.0.0.1:{upstream.port}",

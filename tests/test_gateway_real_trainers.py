@@ -27,6 +27,7 @@ def test_runs_are_spread_over_two_trainers(
         loop_thread,
         lambda: start_gateway(
             GatewaySettings(
+                auth_required=False,
                 address="127.0.0.1:0",
                 trainer_targets=(trainer.target, second.target),
                 registry_target=registry.target,

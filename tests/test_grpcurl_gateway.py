@@ -50,6 +50,8 @@ def gateway_process(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFa
         "gateway",
         {
             "GATEWAY_ADDRESS": f"127.0.0.1:{port}",
+            # Stand-in upstreams have no AuthService; authentication is tested in test_gateway_auth.py.
+            "GATEWAY_AUTH_REQUIRED": "false",
             "TRAINER_TARGETS": f"127.0.0.1:{trainer.port}",
             "REGISTRY_TARGET": f"127.0.0.1:{registry.port}",
             "GATEWAY_SHUTDOWN_GRACE": "1",
@@ -125,6 +127,8 @@ def test_sigterm_drains_and_exits_zero(loop_thread: LoopThread, tmp_path: Path) 
         "gateway",
         {
             "GATEWAY_ADDRESS": f"127.0.0.1:{port}",
+            # Stand-in upstreams have no AuthService; authentication is tested in test_gateway_auth.py.
+            "GATEWAY_AUTH_REQUIRED": "false",
             "TRAINER_TARGETS": f"127.0.0.1:{free_port()}",
             "REGISTRY_TARGET": f"127.0.0.1:{registry.port}",
             "GATEWAY_SHUTDOWN_GRACE": "1",

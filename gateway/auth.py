@@ -1,0 +1,187 @@
+"""API keys and roles, checked once at the gateway for every public call.
+
+Callers send `authorization: Bearer <key>`. The gateway hashes the key, asks the
+registry's internal AuthService who it belongs to (answers cached briefly),
+and lets the call through only if the user's role covers the method:
+reading needs reader, starting/cancelling/resuming runs and annotating need
+trainer, deleting/purging runs and importing models need admin. Health and
+reflection stay open (probes and `grpcurl list`). The caller's identity
+travels upstream as `x-caller` (user id), never the key.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from taxidriver.errors import ServiceError
+
+READER = auth_service_pb2.ROLE_READER
+TRAINER = auth_service_pb2.ROLE_TRAINER
+ADMIN = auth_service_pb2.ROLE_ADMIN
+ROLE_NAMES = {READER: "reader", TRAINER: "trainer", ADMIN: "admin"}
+
+# Methods that need more than reading, by short name; everything else public needs reader.
+ELEVATED = {
+    "StartRun": TRAINER,
+    "CancelRun": TRAINER,
+    "ResumeRun": TRAINER,
+    "CreateAnnotation": TRAINER,
+    "DeleteRun": ADMIN,
+    "PurgeRuns": ADMIN,
+    "ImportModel": ADMIN,
+}
+
+CALLER_KEY = "x-caller"
+CALLER_ROLE_KEY = "x-caller-role"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    user_id: str
+    username: str
+    role: int
+
+
+# The authenticated caller of the current call, read by the forwarding handlers.
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def required_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
+    """Full method path -> the least role allowed to call it."""
+    return {
+        f"/{service.full_name}/{method.name}": ELEVATED.get(method.name, READER)
+        for service in services
+        for method in service.methods
+    }
+
+
+def _unauthenticated(message: str, reason: str) -> ServiceError:
+    return ServiceError(code=grpc.StatusCode.UNAUTHENTICATED, message=message, reason=reason)
+
+
+class KeyAuthenticator:
+    """Resolves bearer keys through the registry, caching answers for `ttl` seconds."""
+
+    def __init__(self, registry_target: str, *, ttl: float = 30.0, max_entries: int = 10_000) -> None:
+        self.channel = grpc.aio.insecure_channel(registry_target)
+        self.stub = auth_service_pb2_grpc.AuthServiceStub(self.channel)
+        self.registry_target = registry_target
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[float, Principal | ServiceError]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise _unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'", "API_KEY_MISSING")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthenticated("authorization metadata must be 'Bearer <key>'", "API_KEY_MALFORMED")
+        digest = hashlib.sha256(key.strip().encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            if isinstance(cached[1], ServiceError):
+                raise cached[1]
+            return cached[1]
+        try:
+            reply = await self.stub.Authenticate(auth_service_pb2.AuthenticateRequest(key_sha256=digest), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                refusal = _unauthenticated("unknown, revoked or disabled API key", "API_KEY_INVALID")
+                self._remember(digest, refusal, now + min(self.ttl, 5.0))
+                raise refusal from error
+            raise ServiceError(
+                code=grpc.StatusCode.UNAVAILABLE,
+                message=f"cannot check API keys: registry {self.registry_target} answered {error.code().name}",
+                reason="AUTH_BACKEND_UNAVAILABLE",
+            ) from error
+        principal = Principal(user_id=reply.user_id, username=reply.username, role=reply.role)
+        self._remember(digest, principal, now + self.ttl)
+        return principal
+
+    def _remember(self, digest: str, answer: Principal | ServiceError, expires: float) -> None:
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[digest] = (expires, answer)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def _refusing(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort_with_status(error.to_status())
+
+    return _same_kind(handler, lambda behavior: refuse)
+
+
+def _as(principal: Principal, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def bind(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            current_principal.set(principal)  # this call's task only
+            return await behavior(request, context)
+
+        return run
+
+    return _same_kind(handler, bind)
+
+
+def _same_kind(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED without a valid key, PERMISSION_DENIED below the method's role."""
+
+    def __init__(self, authenticator: KeyAuthenticator, roles: dict[str, int]) -> None:
+        self.authenticator = authenticator
+        self.roles = roles
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        required = self.roles.get(handler_call_details.method)
+        if handler is None or required is None:
+            return handler  # health, reflection, and methods nobody routes
+        metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
+        authorization = metadata.get("authorization")
+        try:
+            principal = await self.authenticator.authenticate(authorization if isinstance(authorization, str) else None)
+        except ServiceError as error:
+            return _refusing(handler, error)
+        if principal.role < required:
+            method = handler_call_details.method.rsplit("/", 1)[-1]
+            return _refusing(
+                handler,
+                ServiceError(
+                    code=grpc.StatusCode.PERMISSION_DENIED,
+                    message=(
+                        f"{method} needs the {ROLE_NAMES[required]} role; "
+                        f"{principal.username} has {ROLE_NAMES.get(principal.role, 'none')}"
+                    ),
+                    reason="ROLE_TOO_LOW",
+                    metadata={"required_role": ROLE_NAMES[required], "method": method},
+                ),
+            )
+        return _as(principal, handler)
