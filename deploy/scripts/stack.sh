@@ -75,7 +75,7 @@ down() {
   if [ -n "$ids" ]; then
     # SIGTERM first (graceful drain), then removal.
     # shellcheck disable=SC2086
-    $DOCKER stop --time 20 $ids >/dev/null
+    $DOCKER stop --time 30 $ids >/dev/null
     # shellcheck disable=SC2086
     $DOCKER rm --force --volumes $ids >/dev/null
   fi

@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 K8S_VERSION=${K8S_VERSION:-1.37.0}
-RENDER_DIR=${RENDER_DIR:-$(mktemp -d)}
+if [ -z "${RENDER_DIR:-}" ]; then
+  RENDER_DIR=$(mktemp -d)
+  trap 'rm -rf "$RENDER_DIR"' EXIT
+fi
 mkdir -p "$RENDER_DIR"
 
 for kustomization in deploy/k8s/base deploy/k8s/overlays/*; do
@@ -18,6 +21,11 @@ for kustomization in deploy/k8s/base deploy/k8s/overlays/*; do
   objects=$(grep -c '^kind:' "$out" || true)
   "$BIN/kubernetes-validate" --strict --quiet --kubernetes-version "$K8S_VERSION" "$out"
   echo "deploy-validate: $kustomization renders $objects objects, all valid for Kubernetes $K8S_VERSION (strict)"
+done
+
+for job in deploy/k8s/jobs/*.yaml; do
+  "$BIN/kubernetes-validate" --strict --quiet --kubernetes-version "$K8S_VERSION" "$job"
+  echo "deploy-validate: $job valid for Kubernetes $K8S_VERSION (strict)"
 done
 
 for dockerfile in deploy/*/Dockerfile; do
