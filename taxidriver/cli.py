@@ -511,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gateway", default=None, help="gateway address (default: $TAXI_DRIVER_GATEWAY or 127.0.0.1:50051)"
     )
+    parser.add_argument(
+        "--api-key", default=None, help="API key sent as 'authorization: Bearer <key>' (default: $TAXI_DRIVER_API_KEY)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -616,7 +619,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     handler: Callable[[TaxiDriverClient, argparse.Namespace, Output], int] = args.handler
     gateway = args.gateway or gateway_from_env()
     try:
-        with TaxiDriverClient(gateway, timeout=args.timeout) as client:
+        with TaxiDriverClient(gateway, timeout=args.timeout, api_key=args.api_key) as client:
             return handler(client, args, output)
     except ClientError as error:
         if args.json:
@@ -631,6 +634,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             print(json.dumps(body, indent=2), file=err)
         else:
             print(f"error: {error}", file=err)
+            if error.code.name == "UNAUTHENTICATED":
+                print("(pass --api-key or set TAXI_DRIVER_API_KEY)", file=err)
             if error.code.name == "UNAVAILABLE":
                 print(f"(is the gateway running at {gateway}? set --gateway or TAXI_DRIVER_GATEWAY)", file=err)
         return 1

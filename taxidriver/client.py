@@ -44,6 +44,47 @@ def gateway_from_env() -> str:
     return os.environ.get("TAXI_DRIVER_GATEWAY") or DEFAULT_GATEWAY
 
 
+def api_key_from_env() -> str:
+    return os.environ.get("TAXI_DRIVER_API_KEY", "")
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str | bytes]]) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class BearerKey(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <key>` to every call: the gateway's API key check."""
+
+    def __init__(self, api_key: str) -> None:
+        self.header = ("authorization", f"Bearer {api_key}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(details, [*(details.metadata or ()), self.header])
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+
 def status_name(status: int) -> str:
     """RUN_STATUS_COMPLETED -> "completed", the word stored in training_runs.status."""
     return resources_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
@@ -95,12 +136,17 @@ def _stream(iterator_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
 class RawClient:
     """A channel to the gateway (or a service) and the generated stubs."""
 
-    def __init__(self, target: str | None = None, *, channel: grpc.Channel | None = None) -> None:
+    def __init__(
+        self, target: str | None = None, *, channel: grpc.Channel | None = None, api_key: str | None = None
+    ) -> None:
         self.target = target or gateway_from_env()
         self.channel = channel or grpc.insecure_channel(
             self.target,
             options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
+        key = api_key_from_env() if api_key is None else api_key
+        if key:
+            self.channel = grpc.intercept_channel(self.channel, BearerKey(key))
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.trainer = trainer_service_pb2_grpc.TrainerServiceStub(self.channel)
 
@@ -123,8 +169,15 @@ def to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
 class TaxiDriverClient:
     """The public API for people: plain arguments, whole results, one error type."""
 
-    def __init__(self, target: str | None = None, *, timeout: float = 30.0, raw: RawClient | None = None) -> None:
-        self.raw = raw or RawClient(target)
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float = 30.0,
+        raw: RawClient | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.raw = raw or RawClient(target, api_key=api_key)
         self.timeout = timeout
 
     def close(self) -> None:

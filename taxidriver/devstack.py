@@ -71,8 +71,19 @@ def start_service(module: str, env: dict[str, str], log_dir: Path) -> tuple[subp
     return process, log_path
 
 
-def first_training(gateway: str, test_episodes: int) -> resources_pb2.Run:
+def dev_api_key(database_url: str) -> str:
+    """A fresh admin key for the `dev` user (the registry has migrated the schema by now)."""
+    import psycopg
+
+    from registry_service.users import ensure_user_with_key
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return ensure_user_with_key(conn, "dev", "admin")
+
+
+def first_training(gateway: str, test_episodes: int, api_key: str) -> resources_pb2.Run:
     """SARSA, optimized mode, 250 test episodes: the seed's `POST /sarsa` example."""
+    auth = (("authorization", f"Bearer {api_key}"),)
     with grpc.insecure_channel(gateway) as channel:
         trainer = trainer_service_pb2_grpc.TrainerServiceStub(channel)
         registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
@@ -84,12 +95,15 @@ def first_training(gateway: str, test_episodes: int) -> resources_pb2.Run:
                 test_episodes=test_episodes,
             ),
             timeout=30,
+            metadata=auth,
         )
         say(f"started run {started.run_id} (sarsa, optimized, {test_episodes} test episodes)")
         deadline = time.monotonic() + 600
         last_print = 0.0
         while time.monotonic() < deadline:
-            run = registry.GetRun(registry_service_pb2.GetRunRequest(run_id=started.run_id), timeout=10).run
+            run = registry.GetRun(
+                registry_service_pb2.GetRunRequest(run_id=started.run_id), timeout=10, metadata=auth
+            ).run
             if run.status in TERMINAL:
                 return run
             if time.monotonic() - last_print > 1.0:
@@ -155,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_serving(target, module, process, log_path, timeout=120)
             say(f"{module} SERVING on {target} (log: {log_path})")
 
-        run = first_training(gateway_target, args.test_episodes)
+        api_key = dev_api_key(database_url)
+        say("API key of the 'dev' user (admin role), printed once; the gateway requires one on every call:")
+        say(f"  {api_key}")
+        run = first_training(gateway_target, args.test_episodes, api_key)
         status = resources_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
         say(f"run {run.run_id} {status} in {run.execution_time:.2f}s")
         if run.status != resources_pb2.RUN_STATUS_COMPLETED:
@@ -170,15 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  {key} = {value}")
         say(f"gateway: {gateway_target}")
         say("try:")
+        say(f"  export TAXI_DRIVER_API_KEY={api_key}")
         say(f"  .venv/bin/grpcurl -plaintext {gateway_target} list")
         say(
-            f"  .venv/bin/grpcurl -plaintext -d '{{\"run_id\": \"{run.run_id}\"}}' {gateway_target} "
-            "taxidriver.registry.v1.RegistryService/GetRun"
+            f'  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TAXI_DRIVER_API_KEY" '
+            f'-d \'{{"run_id": "{run.run_id}"}}\' {gateway_target} taxidriver.registry.v1.RegistryService/GetRun'
         )
         say(
-            f"  .venv/bin/grpcurl -plaintext -d '{{\"algorithm\": \"q_learning\", \"mode\": \"TRAINING_MODE_OPTIMIZED\", "
-            f"\"test_episodes\": 250}}' {gateway_target} taxidriver.trainer.v1.TrainerService/StartRun"
+            f'  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TAXI_DRIVER_API_KEY" '
+            f'-d \'{{"algorithm": "q_learning", "mode": "TRAINING_MODE_OPTIMIZED", "test_episodes": 250}}\' '
+            f"{gateway_target} taxidriver.trainer.v1.TrainerService/StartRun"
         )
+        say(f"  .venv/bin/taxi-driver --gateway {gateway_target} runs list")
         if args.once:
             return 0
         say("the stack is up; Ctrl-C stops it")

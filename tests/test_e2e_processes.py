@@ -157,3 +157,19 @@ def test_seed_queries_run_verbatim(first_training: tuple[str, str], database_url
         best = conn.execute(SEED_QUERIES["best_params"]).fetchall()
         alpha = conn.execute("SELECT params->>'alpha' FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
         assert alpha is not None and alpha[0] in {row[0] for row in best}
+
+
+def test_the_printed_dev_key_is_an_admin_key_stored_as_a_hash(
+    first_training: tuple[str, str], database_url: str
+) -> None:
+    from registry_service.users import hash_key
+
+    _, output = first_training
+    match = re.search(r"^\[make run\]\s+(tdk_\S+)$", output, re.MULTILINE)
+    assert match, output
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT u.username, u.role FROM api_keys k JOIN users u USING (user_id) WHERE k.key_sha256 = %s",
+            (hash_key(match.group(1)),),
+        ).fetchone()
+    assert row == ("dev", "admin")

@@ -204,3 +204,24 @@ def test_the_gateway_serves_tls_when_given_a_certificate(
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
     finally:
         service.stop()
+
+
+def test_the_cli_sends_its_api_key(secured_gateway: InProcessService, keys: dict[str, str]) -> None:
+    import io
+
+    from taxidriver.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    assert (
+        main(
+            ["--gateway", secured_gateway.target, "--api-key", keys["reader"], "--json", "algorithms"],
+            stdout=out,
+            stderr=err,
+        )
+        == 0
+    )
+    assert "q_learning" in out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--gateway", secured_gateway.target, "--api-key", "", "algorithms"], stdout=out, stderr=err) == 1
+    assert "UNAUTHENTICATED" in err.getvalue()
+    assert "TAXI_DRIVER_API_KEY" in err.getvalue()
