@@ -88,7 +88,10 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 # Filtered statistics: aggregated over the matching runs, reading the generated metric columns.
 STATISTICS_BY_ALGORITHM = """
-WITH runs AS (SELECT r.* FROM training_runs r WHERE {where}),
+WITH runs AS MATERIALIZED (
+    SELECT r.run_id, r.algorithm, r.status, r.success_rate, r.avg_steps, r.avg_reward, r.execution_time
+    FROM training_runs r WHERE {where}
+),
 ranked AS (
     SELECT DISTINCT ON (algorithm) algorithm, run_id, success_rate AS best_success
     FROM runs WHERE status = 'completed' AND success_rate IS NOT NULL

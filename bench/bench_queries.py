@@ -1,0 +1,211 @@
+"""Query latency at 100k runs: p50/p99 of the registry's query RPCs over gRPC.
+
+Seeds 100,000 runs (and 10,000 annotations) with COPY into a database it
+creates and drops ($DATABASE_URL's server, or an embedded server in a temporary
+folder), starts a registry process on it and times each RPC from a client.
+Prints `bench: query_p99_ms_<name>` (and p50) lines; the target is p99 <= 20 ms.
+Reference figures: the seed's own SQL run directly with psycopg on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import psycopg
+from google.protobuf import struct_pb2
+from psycopg import conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from registry_service.db import apply_migrations  # noqa: E402
+from taxidriver.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
+from taxidriver.registry.v1 import registry_service_pb2 as pb  # noqa: E402
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
+from tests.support import wait_for_health  # noqa: E402
+
+RUNS = int(os.environ.get("BENCH_RUNS", "100000"))
+CALLS = 200
+ALGORITHMS = ["brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo"]
+STATUSES = ["completed"] * 17 + ["failed", "cancelled", "running"]
+
+
+def seed(url: str) -> None:
+    rng = random.Random(42)
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        with conn.cursor() as cursor:
+            columns = (
+                "run_id, algorithm, status, mode, env_id, params, training_metrics, test_metrics, "
+                "execution_time, created_at, updated_at, episodes_recorded, episodes_planned, stop_reason"
+            )
+            annotated: list[uuid.UUID] = []
+            with cursor.copy(f"COPY training_runs ({columns}) FROM STDIN") as copy:
+                for index in range(RUNS):
+                    run_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+                    if index % 10 == 0:
+                        annotated.append(run_id)
+                    algorithm = rng.choice(ALGORITHMS)
+                    status = rng.choice(STATUSES)
+                    episodes = rng.choice([1000, 2000, 6000, 10000])
+                    params = {
+                        "alpha": rng.choice([0.05, 0.1, 0.12, 0.2, 0.5]),
+                        "gamma": rng.choice([0.9, 0.95, 0.99]),
+                        "epsilon": 1.0,
+                        "epsilon_min": 0.01,
+                        "epsilon_decay": 0.995,
+                        "training_runs": episodes,
+                        "max_steps": 200,
+                        "test_episodes": 100,
+                        "seed": index,
+                    }
+                    completed = status == "completed"
+                    success = min(1.0, max(0.0, rng.gauss(0.9, 0.1))) if completed else None
+                    test_metrics = (
+                        {"success_rate": success, "avg_steps": rng.uniform(12.5, 60), "avg_reward": rng.uniform(-5, 8)}
+                        if completed
+                        else None
+                    )
+                    created = now - timedelta(seconds=rng.uniform(0, 90 * 86400))
+                    copy.write_row(
+                        (
+                            run_id,
+                            algorithm,
+                            status,
+                            rng.choice(["user", "optimized", "time_budget"]),
+                            "Taxi-v3",
+                            json.dumps(params),
+                            json.dumps({"mean_reward": rng.uniform(-50, 8)}) if completed else None,
+                            json.dumps(test_metrics) if test_metrics else None,
+                            rng.uniform(1, 60) if completed else None,
+                            created,
+                            created,
+                            episodes if completed else episodes // 2,
+                            episodes,
+                            "episodes_done" if completed else "",
+                        )
+                    )
+            with cursor.copy("COPY run_annotations (annotation_id, run_id, annotation, tags) FROM STDIN") as copy:
+                for run_id in annotated:
+                    tags = rng.sample(["optimized", "best_performance", "baseline", "sweep", "bug"], 2)
+                    copy.write_row((uuid.uuid4(), run_id, "seeded annotation", "{" + ",".join(tags) + "}"))
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    print(f"  seeded {RUNS} runs with COPY in {time.perf_counter() - started:.1f}s")
+
+
+def timed(call: Callable[[], object], calls: int) -> tuple[float, float]:
+    for _ in range(5):
+        call()
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def measure(target: str, url: str) -> None:
+    params = struct_pb2.Struct()
+    params.update({"alpha": 0.1, "gamma": 0.99, "training_runs": 6000})
+    with grpc.insecure_channel(target) as channel:
+        stub = registry_grpc.RegistryServiceStub(channel)
+        first_page = stub.ListRuns(pb.ListRunsRequest(page_size=50))
+        cases: dict[str, Callable[[], object]] = {
+            "list": lambda: stub.ListRuns(pb.ListRunsRequest(page_size=50)),
+            "list_next_page": lambda: stub.ListRuns(
+                pb.ListRunsRequest(page_size=50, page_token=first_page.next_page_token)
+            ),
+            "list_filtered": lambda: stub.ListRuns(
+                pb.ListRunsRequest(
+                    filter='algorithm = "sarsa" AND test_metrics.success_rate > 0.95 AND params.alpha = 0.1',
+                    order_by="test_metrics.avg_steps asc",
+                    page_size=50,
+                )
+            ),
+            "list_tag": lambda: stub.ListRuns(pb.ListRunsRequest(filter='tags:"best_performance"', page_size=50)),
+            "best": lambda: stub.ListBestRuns(pb.ListBestRunsRequest(limit=10)),
+            "best_sarsa": lambda: stub.ListBestRuns(pb.ListBestRunsRequest(algorithm="sarsa", limit=10)),
+            "stats": lambda: stub.GetStatistics(pb.GetStatisticsRequest()),
+            "stats_filtered": lambda: stub.GetStatistics(pb.GetStatisticsRequest(filter='algorithm = "sarsa"')),
+            "search": lambda: stub.SearchRunsByParams(pb.SearchRunsByParamsRequest(params=params, page_size=50)),
+        }
+        for name, call in cases.items():
+            calls = CALLS if not name.startswith("stats") else 50
+            p50, p99 = timed(call, calls)
+            print(f"bench: query_p50_ms_{name} = {p50:.2f} ms")
+            print(f"bench: query_p99_ms_{name} = {p99:.2f} ms")
+    # Reference: the seed's statistics query, straight SQL, no gRPC.
+    with psycopg.connect(url) as conn:
+        seed_sql = (
+            "SELECT algorithm, COUNT(*) as total_runs, AVG((test_metrics->>'success_rate')::FLOAT) as avg_success,"
+            " AVG((test_metrics->>'avg_steps')::FLOAT) as avg_steps FROM training_runs"
+            " WHERE status = 'completed' GROUP BY algorithm"
+        )
+        p50, p99 = timed(lambda: conn.execute(seed_sql).fetchall(), 50)
+        print(f"  reference: the seed's statistics SQL directly: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+
+def main() -> int:
+    temp = None
+    server = None
+    admin = None
+    name = f"bench_queries_{uuid.uuid4().hex[:8]}"
+    if os.environ.get("DATABASE_URL"):
+        admin = conninfo.make_conninfo(os.environ["DATABASE_URL"], dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = conninfo.make_conninfo(os.environ["DATABASE_URL"], dbname=name)
+    else:
+        temp = Path(tempfile.mkdtemp(prefix="bench-queries-", dir=ROOT / ".data"))
+        server = EmbeddedPostgres(data_dir=temp, durable=False)
+        url = server.start()
+    registry = None
+    log = open(ROOT / ".data" / "bench-queries-registry.log", "wb")
+    try:
+        import asyncio
+
+        asyncio.run(apply_migrations(url))
+        seed(url)
+        port = free_port()
+        registry = subprocess.Popen(
+            [sys.executable, "-m", "registry_service"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url, "REGISTRY_ADDRESS": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_health(f"127.0.0.1:{port}", "taxidriver.registry.v1.RegistryService")
+        measure(f"127.0.0.1:{port}", url)
+    finally:
+        if registry is not None:
+            registry.terminate()
+            registry.wait(30)
+        log.close()
+        if server is not None:
+            server.stop()
+            shutil.rmtree(temp, ignore_errors=True)
+        if admin is not None:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
