@@ -8,6 +8,7 @@ handler is logged and answered INTERNAL without leaking internals.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -140,7 +141,12 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    # A streaming handler is either an async generator or a coroutine that
+    # writes with context.write() (as grpc's own Health.Watch does).
+    if not inspect.isasyncgenfunction(behavior):
+        return _wrap_unary(behavior, method)
+
     async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request_or_iterator, context):

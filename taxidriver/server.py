@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -39,12 +40,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 class DomainErrorInterceptor(ErrorInterceptor):
-    """ErrorInterceptor for our services only.
-
-    grpc's own services (health, reflection) map their errors themselves, and the
-    aio Health.Watch is a coroutine writing with context.write(), which the
-    async-generator wrapper of ErrorInterceptor would break.
-    """
+    """ErrorInterceptor for our services only: grpc's own services (health,
+    reflection) report their statuses themselves and need no mapping."""
 
     async def intercept_service(
         self,
@@ -68,6 +65,8 @@ class ReflectedPool:
     def __init__(self, service_names: Sequence[str]) -> None:
         self._pool = descriptor_pool.Default()
         self._files: set[str] = set()
+        # The rich error details every service sends, so grpcurl can decode them.
+        self._add_file(error_details_pb2.DESCRIPTOR)
         for name in service_names:
             try:
                 self._add_file(self._pool.FindServiceByName(name).file)

@@ -181,6 +181,10 @@ def test_bad_input_names_the_field(gateway: InProcessService) -> None:
     stderr = grpcurl_error(gateway, f"{R}/GetRun", {"run_id": "nope"})
     assert "Code: InvalidArgument" in stderr
     assert "run_id" in stderr
+    # Reflection serves google/rpc/error_details.proto, so grpcurl decodes the details.
+    assert "is not recognized" not in stderr
+    assert 'type.googleapis.com/google.rpc.BadRequest","field_violations"' in stderr
+    assert '{"field":"run_id"' in stderr
 
 
 def test_purge_validate_only_and_delete(gateway: InProcessService, runs: list[str]) -> None:
