@@ -46,6 +46,7 @@ async def start_trainer(settings: TrainerSettings) -> TrainerApp:
         heartbeat_interval=settings.heartbeat_interval,
         spill_dir=Path(settings.spill_dir) if settings.spill_dir else None,
         max_buffered_episodes=settings.max_buffered_episodes,
+        max_active_runs_per_caller=settings.max_active_runs_per_caller,
     )
     await runs.start()
     servicer = TrainerServicer(runs)

@@ -116,7 +116,7 @@ class WorkerPool:
     async def _dispatch(self) -> None:
         while True:
             job = await self._jobs.get()
-            if self._queued.pop(job.run_id, None) is None:
+            if job.run_id not in self._queued:
                 continue  # withdrawn (cancelled while queued)
             while True:
                 free = [w for w in self._workers if w.ready and w.run_id is None and w.process.is_alive()]
@@ -126,6 +126,10 @@ class WorkerPool:
                 await self._free.wait()
             if self._stopping:
                 return
+            # The job stays withdrawable until this moment: a cancel (or SIGTERM) that
+            # arrives while every worker is busy or still warming up is never lost.
+            if self._queued.pop(job.run_id, None) is None:
+                continue
             worker = free[0]
             worker.control.value = CONTROL_NONE
             worker.run_id = job.run_id

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from taxidriver.errors import ServiceError, bad_field, failed_precondition, unavailable
+from taxidriver.errors import ServiceError, bad_field, failed_precondition, resource_exhausted, unavailable
 from taxidriver.ingest.v1 import ingest_service_pb2
 from taxidriver.logs import run_id_var
 from taxidriver.registry.v1 import resources_pb2
@@ -74,6 +74,7 @@ class ActiveRun:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None
+    caller: str = ""
 
 
 class RunManager:
@@ -85,12 +86,16 @@ class RunManager:
         heartbeat_interval: float = 2.0,
         spill_dir: Path | None = None,
         max_buffered_episodes: int = 200_000,
+        max_active_runs_per_caller: int = 8,
     ) -> None:
         self.client = client
         self.trainer_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.heartbeat_interval = heartbeat_interval
         self.spill_dir = spill_dir
         self.max_buffered_episodes = max_buffered_episodes
+        self.max_active_runs_per_caller = max_active_runs_per_caller
+        # Runs being registered (between the quota check and _launch), per caller.
+        self._reserved: dict[str, int] = {}
         self.active: dict[str, ActiveRun] = {}
         self.pool = WorkerPool(size=workers, on_message=self._on_message, on_worker_lost=self._on_worker_lost)
         self._background: set[asyncio.Task[Any]] = set()
@@ -100,8 +105,37 @@ class RunManager:
 
     # ---- RPC behaviours -------------------------------------------------------------
 
-    async def start_run(self, request: trainer_service_pb2.StartRunRequest) -> trainer_service_pb2.StartRunResponse:
+    def _check_caller_quota(self, caller: str) -> None:
+        """A bounded queue per caller: one client cannot fill every worker for hours."""
+        active = self._reserved.get(caller, 0) + sum(
+            1 for run in self.active.values() if run.caller == caller and not run.finished.is_set()
+        )
+        limit = self.max_active_runs_per_caller
+        if active >= limit:
+            raise resource_exhausted(
+                f"caller {caller!r} already has {active} active runs (queued or running); "
+                f"the limit is {limit} (TRAINER_MAX_ACTIVE_RUNS_PER_CALLER): wait for one to finish or cancel one",
+                reason="TOO_MANY_ACTIVE_RUNS",
+                caller=caller,
+                limit=str(limit),
+            )
+
+    async def start_run(
+        self, request: trainer_service_pb2.StartRunRequest, *, caller: str = ""
+    ) -> trainer_service_pb2.StartRunResponse:
         spec = resolve(request, random_seed=secrets.randbits(52))
+        self._check_caller_quota(caller)
+        self._reserved[caller] = self._reserved.get(caller, 0) + 1
+        try:
+            return await self._start_run(request, spec, caller)
+        finally:
+            self._reserved[caller] -= 1
+            if not self._reserved[caller]:
+                del self._reserved[caller]
+
+    async def _start_run(
+        self, request: trainer_service_pb2.StartRunRequest, spec: RunSpec, caller: str
+    ) -> trainer_service_pb2.StartRunResponse:
         run_id = str(uuid.uuid4())
         register = ingest_service_pb2.RegisterRunRequest(
             run_id=run_id,
@@ -127,7 +161,7 @@ class RunManager:
                 hyperparameters=resolved.hyperparameters.to_proto(),
                 seed=resolved.seed,
             )
-        self._launch(run_id, spec, checkpoint=None, recorded=0)
+        self._launch(run_id, spec, checkpoint=None, recorded=0, caller=caller)
         log.info("run %s queued: %s %s", run_id, spec.algorithm, spec.mode, extra={"run_id": run_id})
         return trainer_service_pb2.StartRunResponse(
             run_id=run_id,
@@ -152,10 +186,11 @@ class RunManager:
             await asyncio.wait_for(run.finished.wait(), 10.0)
         return trainer_service_pb2.CancelRunResponse(run_id=run_id, status=run.status)
 
-    async def resume_run(self, run_id: str) -> trainer_service_pb2.ResumeRunResponse:
+    async def resume_run(self, run_id: str, *, caller: str = "") -> trainer_service_pb2.ResumeRunResponse:
         _check_uuid(run_id)
         if run_id in self.active:
             raise failed_precondition(f"run {run_id} is already active on this trainer", reason="RUN_ACTIVE")
+        self._check_caller_quota(caller)
         async with registry_errors("reading the run"):
             registered = await self.client.get_run(run_id)
         if registered.status not in (STATUS.RUN_STATUS_INTERRUPTED, STATUS.RUN_STATUS_FAILED):
@@ -174,7 +209,9 @@ class RunManager:
         history = load_checkpoint(data)[1] if data is not None else EpisodeColumns.empty(0, 0)
         async with registry_errors("re-queueing the run"):
             await self.client.update_status(run_id, STATUS.RUN_STATUS_QUEUED, trainer_id=self.trainer_id)
-        self._launch(run_id, spec, checkpoint=data, recorded=registered.episodes_recorded, history=history)
+        self._launch(
+            run_id, spec, checkpoint=data, recorded=registered.episodes_recorded, history=history, caller=caller
+        )
         log.info("run %s resumed from episode %d", run_id, len(history), extra={"run_id": run_id})
         return trainer_service_pb2.ResumeRunResponse(
             run_id=run_id, resumed_from_episode=len(history), status=STATUS.RUN_STATUS_QUEUED
@@ -190,6 +227,7 @@ class RunManager:
         checkpoint: bytes | None,
         recorded: int,
         history: EpisodeColumns | None = None,
+        caller: str = "",
     ) -> None:
         streamer = EpisodeStreamer(
             self.client, run_id, max_buffered_episodes=self.max_buffered_episodes, spill_dir=self.spill_dir
@@ -208,7 +246,7 @@ class RunManager:
                     history.successes[recorded:],
                 )
             )
-        run = ActiveRun(run_id=run_id, spec=spec, streamer=streamer, episodes_done=len(history or ()))
+        run = ActiveRun(run_id=run_id, spec=spec, streamer=streamer, episodes_done=len(history or ()), caller=caller)
         self.active[run_id] = run
         streamer.start()
         run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"run-{run_id}")

@@ -10,6 +10,8 @@ from trainer_service.envs import ENVIRONMENTS
 from trainer_service.params import PARAMETERS, PRESETS
 from trainer_service.runs import RunManager
 
+CALLER_KEY = "x-caller"
+
 
 class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     def __init__(self, runs: RunManager) -> None:
@@ -18,7 +20,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     async def StartRun(
         self, request: trainer_service_pb2.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.StartRunResponse:
-        return await self.runs.start_run(request)
+        return await self.runs.start_run(request, caller=caller_of(context))
 
     async def CancelRun(
         self, request: trainer_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
@@ -28,12 +30,23 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     async def ResumeRun(
         self, request: trainer_service_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.ResumeRunResponse:
-        return await self.runs.resume_run(request.run_id)
+        return await self.runs.resume_run(request.run_id, caller=caller_of(context))
 
     async def ListAlgorithms(
         self, request: trainer_service_pb2.ListAlgorithmsRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.ListAlgorithmsResponse:
         return list_algorithms()
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> str:
+    """Who a run is counted against: `x-caller` metadata, else the peer's host (not its port)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_KEY and value:
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            return text[:200]
+    peer = context.peer() or "unknown"
+    # "ipv4:127.0.0.1:5555" / "ipv6:[::1]:5555": one caller per host, whatever the connection.
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def list_algorithms() -> trainer_service_pb2.ListAlgorithmsResponse:

@@ -28,6 +28,9 @@ class TrainerSettings:
     spill_dir: str = ""
     # Seconds SIGTERM waits for running runs to checkpoint (TRAINER_GRACE_S).
     grace: float = 20.0
+    # Queued + running runs one caller may have at once (TRAINER_MAX_ACTIVE_RUNS_PER_CALLER);
+    # the caller is the `x-caller` metadata value, else the peer's host.
+    max_active_runs_per_caller: int = 8
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -35,6 +38,8 @@ class TrainerSettings:
             raise SettingsError(f"TRAINER_WORKERS must be at least 1, got {self.workers}")
         if self.heartbeat_interval <= 0:
             raise SettingsError("TRAINER_HEARTBEAT_S must be positive")
+        if self.max_active_runs_per_caller < 1:
+            raise SettingsError("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER must be at least 1")
 
     @classmethod
     def from_env(cls) -> TrainerSettings:
@@ -46,5 +51,6 @@ class TrainerSettings:
             max_buffered_episodes=env_int("TRAINER_MAX_BUFFERED_EPISODES", 200_000),
             spill_dir=env_str("TRAINER_SPILL_DIR", ""),
             grace=env_float("TRAINER_GRACE_S", 20.0),
+            max_active_runs_per_caller=env_int("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER", 8),
             log_level=env_str("LOG_LEVEL", "INFO"),
         )

@@ -1,0 +1,212 @@
+"""Limits: every request a client can make is bounded, and the bound is reported clearly.
+
+- message size: a request above the servers' max receive size (16 MiB) is RESOURCE_EXHAUSTED
+  at the gateway, and nothing is written;
+- page size: above 1000 it is clamped (AIP-158), negative is INVALID_ARGUMENT naming the field;
+- episodes per run: training_episodes above 1,000,000 is INVALID_ARGUMENT naming the field;
+- active runs per caller: a trainer refuses the (N+1)th queued/running run of one caller with
+  RESOURCE_EXHAUSTED naming TRAINER_MAX_ACTIVE_RUNS_PER_CALLER; other callers are not affected.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import psycopg
+import pytest
+
+from taxidriver.errors import status_details
+from taxidriver.registry.v1 import registry_service_pb2 as pb
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from taxidriver.registry.v1 import resources_pb2
+from taxidriver.server import MAX_MESSAGE_BYTES
+from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
+from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
+from tests.support import InProcessService
+
+TERMINAL = {
+    resources_pb2.RUN_STATUS_COMPLETED,
+    resources_pb2.RUN_STATUS_FAILED,
+    resources_pb2.RUN_STATUS_CANCELLED,
+    resources_pb2.RUN_STATUS_INTERRUPTED,
+}
+
+
+def run_count(db: psycopg.Connection) -> int:
+    return int(db.execute("SELECT count(*) FROM training_runs").fetchone()[0])  # type: ignore[index]
+
+
+def violation_fields(error: grpc.RpcError) -> list[str]:
+    violations, _ = status_details(error)
+    return [v.field for v in violations]
+
+
+def long_run(seed: int) -> tpb.StartRunRequest:
+    """A run that stays active for a while (cancelled by the test)."""
+    return tpb.StartRunRequest(
+        algorithm="q_learning",
+        mode=tpb.TRAINING_MODE_USER,
+        hyperparameters=tpb.Hyperparameters(
+            alpha=0.5,
+            gamma=0.9,
+            epsilon=1.0,
+            epsilon_min=0.1,
+            epsilon_decay=0.999,
+            training_episodes=1_000_000,
+            max_steps=200,
+        ),
+        seed=seed,
+        test_episodes=1,
+    )
+
+
+@pytest.fixture()
+def gateway_channel(gateway: InProcessService) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(gateway.target) as channel:
+        yield channel
+
+
+def test_a_message_above_the_receive_limit_is_resource_exhausted_and_writes_nothing(
+    gateway_channel: grpc.Channel, db: psycopg.Connection
+) -> None:
+    annotations_before = db.execute("SELECT count(*) FROM run_annotations").fetchone()
+    stub = registry_grpc.RegistryServiceStub(gateway_channel)
+    huge = pb.CreateAnnotationRequest(run_id=str(uuid.uuid4()), annotation="x" * (MAX_MESSAGE_BYTES + 1024))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateAnnotation(huge, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert db.execute("SELECT count(*) FROM run_annotations").fetchone() == annotations_before
+    # The gateway is fine afterwards.
+    assert stub.GetStatistics(pb.GetStatisticsRequest(), timeout=10) is not None
+
+
+def test_page_size_above_1000_is_clamped_and_negative_is_invalid(
+    gateway_channel: grpc.Channel, db: psycopg.Connection
+) -> None:
+    scope = f"limits-{uuid.uuid4().hex[:8]}"
+    db.execute(
+        """
+        INSERT INTO training_runs (run_id, algorithm, env_id, status)
+        SELECT gen_random_uuid(), 'q_learning', %s, 'completed' FROM generate_series(1, 1005)
+        """,
+        (scope,),
+    )
+    try:
+        stub = registry_grpc.RegistryServiceStub(gateway_channel)
+        reply = stub.ListRuns(pb.ListRunsRequest(filter=f'env_id = "{scope}"', page_size=50_000), timeout=30)
+        assert len(reply.runs) == 1000
+        assert reply.next_page_token
+        rest = stub.ListRuns(
+            pb.ListRunsRequest(filter=f'env_id = "{scope}"', page_size=50_000, page_token=reply.next_page_token),
+            timeout=30,
+        )
+        assert len(rest.runs) == 5 and not rest.next_page_token
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListRuns(pb.ListRunsRequest(page_size=-1), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violation_fields(caught.value) == ["page_size"]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListBestRuns(pb.ListBestRunsRequest(limit=-5), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violation_fields(caught.value) == ["limit"]
+        best = stub.ListBestRuns(pb.ListBestRunsRequest(limit=1_000_000), timeout=30)
+        assert len(best.runs) <= 1000
+    finally:
+        db.execute("DELETE FROM training_runs WHERE env_id = %s", (scope,))
+
+
+def test_more_than_a_million_episodes_is_invalid_and_registers_nothing(
+    gateway_channel: grpc.Channel, db: psycopg.Connection
+) -> None:
+    before = run_count(db)
+    stub = trainer_grpc.TrainerServiceStub(gateway_channel)
+    request = long_run(seed=1)
+    request.hyperparameters.training_episodes = 1_000_001
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.StartRun(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any("training_episodes" in field for field in violation_fields(caught.value))
+    request.hyperparameters.max_steps = 10_001
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.StartRun(request, timeout=30)
+    assert any("max_steps" in field for field in violation_fields(caught.value))
+    assert run_count(db) == before
+
+
+def test_the_cap_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taxidriver.config import SettingsError
+    from trainer_service.settings import TrainerSettings
+
+    assert TrainerSettings().max_active_runs_per_caller == 8
+    monkeypatch.setenv("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER", "3")
+    assert TrainerSettings.from_env().max_active_runs_per_caller == 3
+    with pytest.raises(SettingsError):
+        TrainerSettings(max_active_runs_per_caller=0)
+
+
+@pytest.fixture()
+def capped(trainer: InProcessService) -> Iterator[InProcessService]:
+    """The session trainer with a cap of 2 for one test (a new trainer would pay a JIT warm-up)."""
+    runs = trainer.app.runs
+    saved = runs.max_active_runs_per_caller
+    runs.max_active_runs_per_caller = 2
+    yield trainer
+    runs.max_active_runs_per_caller = saved
+
+
+def wait_status(db: psycopg.Connection, ids: list[str], status: str, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r[0] for r in db.execute("SELECT status FROM training_runs WHERE run_id = ANY(%s::uuid[])", (ids,))]
+        if (len(rows) == len(ids) and set(rows) == {status}) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_active_runs_per_caller_are_capped(capped: InProcessService, db: psycopg.Connection) -> None:
+    with grpc.insecure_channel(capped.target) as channel:
+        stub = trainer_grpc.TrainerServiceStub(channel)
+        alice = (("x-caller", f"alice-{uuid.uuid4().hex[:6]}"),)
+        started = [stub.StartRun(long_run(seed), metadata=alice, timeout=30).run_id for seed in (1, 2)]
+        before = run_count(db)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.StartRun(long_run(3), metadata=alice, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "TRAINER_MAX_ACTIVE_RUNS_PER_CALLER" in (caught.value.details() or "")
+        assert "limit is 2" in (caught.value.details() or "")
+        assert run_count(db) == before  # refused before anything was registered
+        # Another caller has its own quota.
+        bob = stub.StartRun(long_run(4), metadata=(("x-caller", f"bob-{uuid.uuid4().hex[:6]}"),), timeout=30).run_id
+        # Once one of alice's runs is over, she has a slot again.
+        stub.CancelRun(tpb.CancelRunRequest(run_id=started[0]), timeout=30)
+        assert wait_status(db, started[:1], "cancelled") == ["cancelled"]
+        deadline = time.monotonic() + 30
+        while started[0] in capped.app.runs.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        third = stub.StartRun(long_run(5), metadata=alice, timeout=30).run_id
+        for run_id in (started[1], bob, third):
+            stub.CancelRun(tpb.CancelRunRequest(run_id=run_id), timeout=30)
+    assert wait_status(db, [*started, bob, third], "cancelled") == ["cancelled"] * 4
+
+
+def test_the_cap_applies_through_the_gateway_per_x_caller(
+    gateway: InProcessService, trainer: InProcessService, db: psycopg.Connection
+) -> None:
+    """The gateway forwards x-caller, so the trainer counts each end client separately."""
+    limit = trainer.app.runs.max_active_runs_per_caller
+    caller = (("x-caller", f"greedy-{uuid.uuid4().hex[:6]}"),)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = trainer_grpc.TrainerServiceStub(channel)
+        started = [stub.StartRun(long_run(seed), metadata=caller, timeout=30).run_id for seed in range(limit)]
+        try:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.StartRun(long_run(99), metadata=caller, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"limit is {limit}" in (caught.value.details() or "")
+        finally:
+            for run_id in started:
+                stub.CancelRun(tpb.CancelRunRequest(run_id=run_id), timeout=30)
+        assert wait_status(db, started, "cancelled") == ["cancelled"] * limit
