@@ -6,6 +6,9 @@ import asyncio
 import logging
 import sys
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from registry_service.app import start_registry
 from registry_service.settings import RegistrySettings
 from taxidriver.config import SettingsError
@@ -36,7 +39,11 @@ def main() -> int:
     except SettingsError as exc:
         log.error("%s", exc)
         return 2
-    asyncio.run(_main(settings))
+    try:
+        asyncio.run(_main(settings))
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        log.error("cannot reach PostgreSQL (DATABASE_URL): %s", exc)
+        return 1
     return 0
 
 
