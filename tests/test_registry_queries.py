@@ -442,3 +442,40 @@ def test_unfiltered_statistics_match_a_full_scan(ingest, queries, marker) -> Non
     assert [(d.day.seconds, d.runs) for d in summary.daily] == [(d.day.seconds, d.runs) for d in scan.daily]
     total = queries.ListRuns(pb.ListRunsRequest(page_size=1)).total_size
     assert total == summary.total_runs
+
+
+def test_uploads_beyond_the_size_limit_are_refused(database_url: str, registry) -> None:
+    """A second registry with a 1 KiB limit: oversized imports fail RESOURCE_EXHAUSTED, nothing stored."""
+    import asyncio
+
+    from registry_service.app import start_registry
+    from registry_service.settings import RegistrySettings
+
+    async def scenario() -> tuple[grpc.StatusCode, int]:
+        app = await start_registry(
+            RegistrySettings(address="127.0.0.1:0", database_url=database_url, max_artifact_bytes=1024, pool_min_size=1)
+        )
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                stub = registry_grpc.RegistryServiceStub(channel)
+                name = f"too-big-{uuid.uuid4().hex}"
+
+                async def messages():
+                    yield pb.ImportModelRequest(header=pb.ModelImportHeader(model_name=name))
+                    for _ in range(3):
+                        yield pb.ImportModelRequest(chunk=b"x" * 600)
+
+                try:
+                    await stub.ImportModel(messages())
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as error:
+                    code = error.code()
+                async with app.pool.connection() as conn:
+                    row = await (
+                        await conn.execute("SELECT count(*) FROM saved_models WHERE model_name = %s", (name,))
+                    ).fetchone()
+                return code, row[0] if row else -1
+        finally:
+            await app.stop(0)
+
+    assert asyncio.run(scenario()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 0)
