@@ -541,8 +541,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         )
 
     async def PurgeRuns(self, request: pb.PurgeRunsRequest, context: grpc.aio.ServicerContext) -> pb.PurgeRunsResponse:
-        if request.older_than_days < 1:
-            raise bad_field("older_than_days", "must be at least 1")
+        if not 1 <= request.older_than_days <= 36_500:
+            # Above ~100 years the cutoff leaves datetime's range (year < 1): INTERNAL before.
+            raise bad_field("older_than_days", "must be between 1 and 36500")
         async with self.pool.connection() as conn:
             purged, cutoff = await purge_runs(conn, request.older_than_days, validate_only=request.validate_only)
         return pb.PurgeRunsResponse(purged_runs=purged, cutoff_time=timestamp(cutoff))
