@@ -53,6 +53,10 @@ t=$SECONDS
 deploy/scripts/stack.sh up
 phase stack_up $t
 t=$SECONDS
+# The gateway wants an API key: a user created in the registry's database, as an operator would.
+TAXI_DRIVER_API_KEY=$(deploy/scripts/stack.sh task python -m registry_service.users create smoke --role trainer | tail -n 1)
+export TAXI_DRIVER_API_KEY
+[ -n "$TAXI_DRIVER_API_KEY" ] || { echo "smoke: FAILED: no API key issued" >&2; exit 1; }
 $PY deploy/scripts/smoke_client.py --target "127.0.0.1:$GATEWAY_PORT"
 phase training $t
 # The CronJobs' commands, in the registry image under the same hardening (read-only root).

@@ -1,6 +1,6 @@
 """One real training through the gateway container, from the host (make smoke).
 
-Checks the gateway's health, lists the algorithms, starts a small Q-learning run in
+Checks the gateway's health (open), then with an API key lists the algorithms, starts a small Q-learning run in
 user mode, follows it with GetRun until it ends, and fails unless it completed with
 test_metrics.success_rate. Prints `smoke:` lines with what it measured.
 """
@@ -8,6 +8,7 @@ test_metrics.success_rate. Prints `smoke:` lines with what it measured.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="gateway address, e.g. 127.0.0.1:50051")
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the run")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("TAXI_DRIVER_API_KEY", ""), help="bearer key (trainer role or above)"
+    )
     args = parser.parse_args(argv)
+    auth = (("authorization", f"Bearer {args.api_key}"),) if args.api_key else ()
 
     with grpc.insecure_channel(args.target) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = trainer_service_pb2_grpc.TrainerServiceStub(channel)
         registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
 
-        algorithms = trainer.ListAlgorithms(trainer_service_pb2.ListAlgorithmsRequest(), timeout=30)
+        algorithms = trainer.ListAlgorithms(trainer_service_pb2.ListAlgorithmsRequest(), timeout=30, metadata=auth)
         names = sorted(a.name for a in algorithms.algorithms)
         print(f"smoke: algorithms = {','.join(names)}")
         if "q_learning" not in names:
@@ -72,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                 seed=7,
             ),
             timeout=60,
+            metadata=auth,
         )
         print(f"smoke: run_id = {response.run_id}")
 
         run = None
         while time.monotonic() - started < args.timeout:
-            run = registry.GetRun(registry_service_pb2.GetRunRequest(run_id=response.run_id), timeout=30).run
+            run = registry.GetRun(
+                registry_service_pb2.GetRunRequest(run_id=response.run_id), timeout=30, metadata=auth
+            ).run
             if run.status in FINAL:
                 break
             time.sleep(0.5)
