@@ -1,0 +1,398 @@
+"""Faults with real processes: SIGKILL, SIGTERM and a PostgreSQL restart in the middle of a run.
+
+Each service runs as `python -m <service>` on a free port against the session's database.
+The registry runs with REGISTRY_LEASE_SECONDS=3 (and a 0.5 s health/lease sweep) so that a
+run whose trainer died becomes INTERRUPTED within seconds rather than the default 30 s.
+After every fault, the run's episodes are checked in PostgreSQL: indices 0..N-1, each once.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psutil
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from taxidriver.embedded_pg import EmbeddedPostgres
+from taxidriver.registry.v1 import registry_service_pb2 as pb
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from taxidriver.registry.v1 import resources_pb2
+from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
+from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
+from tests.support import free_port, spawn, wait_for_health
+
+pytestmark = pytest.mark.slow
+
+REGISTRY = "taxidriver.registry.v1.RegistryService"
+TRAINER = "taxidriver.trainer.v1.TrainerService"
+TERMINAL = {
+    resources_pb2.RUN_STATUS_COMPLETED,
+    resources_pb2.RUN_STATUS_FAILED,
+    resources_pb2.RUN_STATUS_CANCELLED,
+    resources_pb2.RUN_STATUS_INTERRUPTED,
+}
+EPISODES = 300_000
+CHECKPOINT_EVERY = 20_000
+
+
+@dataclass
+class Service:
+    """One `python -m module` process on a fixed port, restartable on that port."""
+
+    module: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    health_service: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.process = spawn(self.module, self.env, self.log_path)
+        wait_for_health(self.target, self.health_service, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the service and every process it spawned (a crashed pod loses its workers too)."""
+        assert self.process is not None
+        parent = psutil.Process(self.process.pid)
+        children = parent.children(recursive=True)
+        parent.kill()
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait(10)
+        psutil.wait_procs(children, timeout=10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+
+
+@dataclass
+class Stack:
+    registry: Service
+    trainer: Service
+    gateway: Service
+    extra: list[Service] = field(default_factory=list)
+
+    def all(self) -> list[Service]:
+        return [self.registry, self.trainer, self.gateway, *self.extra]
+
+
+def make_stack(database_url: str, logs: Path) -> Stack:
+    registry_port, trainer_port, gateway_port = free_port(), free_port(), free_port()
+    registry_target = f"127.0.0.1:{registry_port}"
+    registry = Service(
+        "registry_service",
+        registry_port,
+        {
+            "DATABASE_URL": database_url,
+            "REGISTRY_ADDRESS": registry_target,
+            "REGISTRY_LEASE_SECONDS": "3",
+            "REGISTRY_HEALTH_INTERVAL": "0.5",
+            "REGISTRY_SHUTDOWN_GRACE": "5",
+        },
+        logs / "registry.log",
+        REGISTRY,
+    )
+    trainer = trainer_service(registry_target, trainer_port, logs / "trainer.log")
+    gateway = Service(
+        "gateway",
+        gateway_port,
+        {
+            "GATEWAY_ADDRESS": f"127.0.0.1:{gateway_port}",
+            "TRAINER_TARGETS": trainer.target,
+            "REGISTRY_TARGET": registry_target,
+            "GATEWAY_SHUTDOWN_GRACE": "5",
+            "GATEWAY_HEALTH_RETRY_MAX": "0.5",
+            # Authentication is not what these tests exercise.
+            "GATEWAY_AUTH_REQUIRED": "0",
+        },
+        logs / "gateway.log",
+        "",
+    )
+    return Stack(registry, trainer, gateway)
+
+
+def trainer_service(registry_target: str, port: int, log_path: Path) -> Service:
+    return Service(
+        "trainer_service",
+        port,
+        {
+            "TRAINER_ADDRESS": f"127.0.0.1:{port}",
+            "REGISTRY_TARGET": registry_target,
+            "TRAINER_WORKERS": "1",
+            "TRAINER_HEARTBEAT_S": "0.5",
+            "TRAINER_GRACE_S": "20",
+        },
+        log_path,
+        TRAINER,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("fault-logs")
+    built = make_stack(database_url, logs)
+    try:
+        built.registry.start()
+        built.trainer.start()
+        built.gateway.start()
+        yield built
+    finally:
+        for service in reversed(built.all()):
+            service.stop()
+
+
+@pytest.fixture()
+def healthy_stack(stack: Stack) -> Stack:
+    """Restarts whatever a previous test left stopped."""
+    for service in (stack.registry, stack.trainer, stack.gateway):
+        if service.process is None or service.process.poll() is not None:
+            service.start()
+    return stack
+
+
+def run_request(seed: int) -> tpb.StartRunRequest:
+    """A few seconds of Q-learning with a checkpoint every 20,000 episodes."""
+    return tpb.StartRunRequest(
+        algorithm="q_learning",
+        mode=tpb.TRAINING_MODE_USER,
+        hyperparameters=tpb.Hyperparameters(
+            alpha=0.5,
+            gamma=0.9,
+            epsilon=1.0,
+            epsilon_min=0.1,
+            epsilon_decay=0.99999,
+            training_episodes=EPISODES,
+            max_steps=200,
+        ),
+        seed=seed,
+        test_episodes=10,
+        checkpoint_every=CHECKPOINT_EVERY,
+    )
+
+
+def row(db: psycopg.Connection, run_id: str) -> tuple[str, int]:
+    found = db.execute("SELECT status, episodes_recorded FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert found is not None
+    return str(found[0]), int(found[1])
+
+
+def wait_row(
+    db: psycopg.Connection, run_id: str, *, statuses: set[str] | None = None, min_episodes: int = 0, timeout: float = 90
+) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, recorded = row(db, run_id)
+        if (statuses is None or status in statuses) and recorded >= min_episodes:
+            return status, recorded
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id}: {status} with {recorded} episodes after {timeout}s")
+        time.sleep(0.05)
+
+
+def stored_episode_indices(db: psycopg.Connection, run_id: str) -> list[int]:
+    rows = db.execute(
+        """
+        SELECT e.first_episode + i - 1
+        FROM run_episodes e, generate_subscripts(e.rewards, 1) AS i
+        WHERE e.run_id = %s
+        ORDER BY 1
+        """,
+        (run_id,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def assert_complete_exactly_once(db: psycopg.Connection, run_id: str) -> None:
+    status, recorded = row(db, run_id)
+    assert (status, recorded) == ("completed", EPISODES)
+    assert stored_episode_indices(db, run_id) == list(range(EPISODES))
+    model = db.execute("SELECT count(*) FROM saved_models WHERE run_id = %s", (run_id,)).fetchone()
+    assert model == (1,)
+
+
+def test_registry_sigkilled_mid_training_loses_no_episode(healthy_stack: Stack, db: psycopg.Connection) -> None:
+    with grpc.insecure_channel(healthy_stack.gateway.target) as channel:
+        run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=21), timeout=60).run_id
+    _, before = wait_row(db, run_id, statuses={"running"}, min_episodes=10_000)
+    healthy_stack.registry.kill()
+    time.sleep(1.5)  # the trainer keeps training and buffers meanwhile
+    healthy_stack.registry.start()
+    status, _ = wait_row(db, run_id, statuses={"completed", "failed", "interrupted"}, timeout=120)
+    assert status == "completed", healthy_stack.trainer.log_tail()
+    assert before < EPISODES
+    assert_complete_exactly_once(db, run_id)
+    reconnects = db.execute(
+        "SELECT (system_metrics->>'stream_reconnects')::int FROM training_runs WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert reconnects is not None and reconnects[0] >= 1
+
+
+def test_trainer_sigkilled_mid_run_is_interrupted_then_resumed_elsewhere(
+    healthy_stack: Stack, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    with grpc.insecure_channel(healthy_stack.trainer.target) as channel:
+        run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=22), timeout=60).run_id
+    wait_row(db, run_id, statuses={"running"}, min_episodes=2 * CHECKPOINT_EVERY)
+    healthy_stack.trainer.kill()
+    killed_at = time.monotonic()
+    status, recorded = wait_row(db, run_id, statuses={"interrupted"}, timeout=30)
+    assert time.monotonic() - killed_at < 30
+    assert 0 < recorded < EPISODES
+    stop_reason = db.execute("SELECT stop_reason FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert stop_reason == ("lease_expired",)
+    # A different trainer process picks the run up from its last checkpoint.
+    other = trainer_service(healthy_stack.registry.target, free_port(), tmp_path / "trainer-2.log")
+    healthy_stack.extra.append(other)
+    other.start()
+    try:
+        with grpc.insecure_channel(other.target) as channel:
+            resumed = trainer_grpc.TrainerServiceStub(channel).ResumeRun(
+                tpb.ResumeRunRequest(run_id=run_id), timeout=60
+            )
+        assert resumed.resumed_from_episode >= CHECKPOINT_EVERY
+        assert resumed.resumed_from_episode % CHECKPOINT_EVERY == 0
+        assert resumed.resumed_from_episode <= recorded
+        status, _ = wait_row(db, run_id, statuses={"completed", "failed"}, timeout=120)
+        assert status == "completed", other.log_tail()
+        assert_complete_exactly_once(db, run_id)
+    finally:
+        other.stop()
+
+
+def _health_recorder(target: str, stop: threading.Event, seen: list[int]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while not stop.is_set():
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=REGISTRY), timeout=1).status
+            except grpc.RpcError:
+                status = -1
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            time.sleep(0.05)
+
+
+def test_postgres_restarted_mid_run_without_restarting_any_service(
+    healthy_stack: Stack, db: psycopg.Connection, embedded_postgres: EmbeddedPostgres | None
+) -> None:
+    if embedded_postgres is None:
+        pytest.skip("DATABASE_URL is set: the suite cannot restart a PostgreSQL server it does not own")
+    pids = {s.module: s.process.pid for s in (healthy_stack.registry, healthy_stack.trainer, healthy_stack.gateway)}  # type: ignore[union-attr]
+    with grpc.insecure_channel(healthy_stack.gateway.target) as channel:
+        run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=23), timeout=60).run_id
+    db.close()
+    with psycopg.connect(embedded_postgres.url(), autocommit=True) as conn:
+        _, acknowledged = wait_row(conn, run_id, statuses={"running"}, min_episodes=10_000)
+    seen: list[int] = []
+    stop = threading.Event()
+    recorder = threading.Thread(target=_health_recorder, args=(healthy_stack.registry.target, stop, seen))
+    recorder.start()
+    try:
+        time.sleep(0.3)
+        embedded_postgres.stop()
+        time.sleep(2.0)  # long enough for the 0.5 s health probe to notice
+        embedded_postgres.start()
+        wait_for_health(healthy_stack.registry.target, REGISTRY, timeout=30)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        recorder.join(10)
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert serving in seen and not_serving in seen, seen
+    assert seen.index(not_serving) < len(seen) - 1 - seen[::-1].index(serving), seen  # NOT_SERVING, then SERVING
+    assert seen[-1] == serving
+    with psycopg.connect(embedded_postgres.url(), autocommit=True) as conn:
+        status, recorded = wait_row(conn, run_id, statuses={"completed", "failed"}, timeout=120)
+        assert status == "completed", healthy_stack.trainer.log_tail()
+        assert recorded >= acknowledged
+        assert_complete_exactly_once(conn, run_id)
+    # Nobody was restarted.
+    for service in (healthy_stack.registry, healthy_stack.trainer, healthy_stack.gateway):
+        assert service.process is not None and service.process.poll() is None
+        assert service.process.pid == pids[service.module]
+
+
+def test_sigterm_trainer_checkpoints_running_run_and_exits_zero(healthy_stack: Stack, db: psycopg.Connection) -> None:
+    with grpc.insecure_channel(healthy_stack.trainer.target) as channel:
+        run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=24), timeout=60).run_id
+    wait_row(db, run_id, statuses={"running"}, min_episodes=5_000)
+    assert healthy_stack.trainer.terminate() == 0, healthy_stack.trainer.log_tail()
+    status, recorded = row(db, run_id)
+    assert status == "interrupted"
+    assert stored_episode_indices(db, run_id) == list(range(recorded))
+    checkpoint = db.execute(
+        "SELECT max(episode) FROM artifacts WHERE run_id = %s AND kind = 'checkpoint'", (run_id,)
+    ).fetchone()
+    assert checkpoint is not None and checkpoint[0] == recorded  # the interruption checkpoint
+    healthy_stack.trainer.start()
+    with grpc.insecure_channel(healthy_stack.trainer.target) as channel:
+        resumed = trainer_grpc.TrainerServiceStub(channel).ResumeRun(tpb.ResumeRunRequest(run_id=run_id), timeout=60)
+    assert resumed.resumed_from_episode == recorded
+    status, _ = wait_row(db, run_id, statuses={"completed", "failed"}, timeout=120)
+    assert status == "completed", healthy_stack.trainer.log_tail()
+    assert_complete_exactly_once(db, run_id)
+
+
+def test_sigterm_registry_and_gateway_drain_and_exit_zero(healthy_stack: Stack, db: psycopg.Connection) -> None:
+    """In-flight calls end OK (or UNAVAILABLE once the port is closed), never INTERNAL/UNKNOWN."""
+    codes: list[grpc.StatusCode] = []
+    stop = threading.Event()
+
+    def hammer(target: str) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = registry_grpc.RegistryServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    stub.ListRuns(pb.ListRunsRequest(page_size=50), timeout=5)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+
+    for service in (healthy_stack.gateway, healthy_stack.registry):
+        codes.clear()
+        stop.clear()
+        threads = [threading.Thread(target=hammer, args=(healthy_stack.gateway.target,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        exit_code = service.terminate()
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert exit_code == 0, service.log_tail()
+        assert grpc.StatusCode.OK in codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
+        service.start()
+    # Both came back on their ports and the stack answers again through the gateway.
+    with grpc.insecure_channel(healthy_stack.gateway.target) as channel:
+        wait_for_health(healthy_stack.gateway.target, REGISTRY, timeout=30)
+        assert registry_grpc.RegistryServiceStub(channel).ListRuns(pb.ListRunsRequest(page_size=1), timeout=10)
