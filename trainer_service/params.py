@@ -88,10 +88,13 @@ PRESETS: dict[str, Preset] = {
         " exploration must come from epsilon).",
     ),
     "sarsa": Preset(
-        Hyperparameters(0.5, 0.99, 1.0, 0.01, 0.999, 5000, 200),
-        "NOT at the exact optimum: no configuration of the sweep (alpha 0.5/1, gamma 0.9/0.99, floor 0.1/0.2,"
-        " decay 0.99/0.995, 5k-40k episodes, 20 seeds) was optimal on all 300 start states for any seed: on-policy,"
-        " it learns the epsilon-soft policy. This one delivers from every start state, ~92% of them optimally.",
+        Hyperparameters(0.3, 0.99, 1.0, 0.0, 0.9995, 20000, 200),
+        "NOT at the exact optimum on every start state: on-policy, SARSA learns the value of its exploring"
+        " policy, and no configuration swept (alpha 0.2-1, gamma 0.9-1, floor 0-0.2, decay 0.99-0.9995,"
+        " 5k-40k episodes) was optimal on all 300 start states for any seed. This preset, measured on 40 seeds"
+        " (100-139): the greedy policy delivers from all 300 start states for 40/40 seeds and is optimal on"
+        " 95.3% of them on average (worst seed 87%); ~0.02 s of training. The previous preset (alpha 0.5,"
+        " floor 0.01, 5000 episodes) failed to deliver from every start state for 2 of 12 seeds.",
     ),
     "expected_sarsa": Preset(
         Hyperparameters(1.0, 0.9, 1.0, 0.2, 0.995, 40000, 200),
