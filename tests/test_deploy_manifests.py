@@ -59,7 +59,8 @@ def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, An
         spec = obj["spec"]
         if obj["kind"] == "CronJob":
             spec = spec["jobTemplate"]["spec"]
-        yield f"{obj['kind']}/{obj['metadata']['name']}", spec["template"]["spec"]
+        name = obj["metadata"].get("name") or obj["metadata"]["generateName"]
+        yield f"{obj['kind']}/{name}", spec["template"]["spec"]
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +127,9 @@ def test_dockerfile_is_multistage_non_root_with_exec_entrypoint(service: str) ->
 
 
 def test_every_pod_is_hardened(dev: list[dict[str, Any]]) -> None:
+    one_off_jobs = [yaml.safe_load(path.read_text()) for path in sorted((DEPLOY / "k8s" / "jobs").glob("*.yaml"))]
     seen = 0
-    for name, pod in pod_specs(dev):
+    for name, pod in pod_specs(dev + one_off_jobs):
         seen += 1
         assert pod["automountServiceAccountToken"] is False, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
@@ -142,8 +144,8 @@ def test_every_pod_is_hardened(dev: list[dict[str, Any]]) -> None:
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name} {bound}"
             tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{name}: /tmp must be an emptyDir"
-    # registry, trainer, gateway, postgres, migrate job, purge and backup cron jobs
-    assert seen == 7
+    # registry, trainer, gateway, postgres, migrate job, purge and backup cron jobs, restore job
+    assert seen == 8
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
