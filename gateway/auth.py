@@ -27,7 +27,7 @@ from taxidriver.errors import ServiceError
 READER = auth_service_pb2.ROLE_READER
 TRAINER = auth_service_pb2.ROLE_TRAINER
 ADMIN = auth_service_pb2.ROLE_ADMIN
-ROLE_NAMES = {READER: "reader", TRAINER: "trainer", ADMIN: "admin"}
+ROLE_NAMES: dict[int, str] = {READER: "reader", TRAINER: "trainer", ADMIN: "admin"}
 
 # Methods that need more than reading, by short name; everything else public needs reader.
 ELEVATED = {

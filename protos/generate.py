@@ -10,16 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import grpc_tools
 from grpc_tools import protoc
 
-try:  # grpc_tools ships the well-known types (struct, timestamp, duration).
-    from importlib.resources import files
-
-    WELL_KNOWN = str(files("grpc_tools") / "_proto")
-except Exception:  # pragma: no cover - older grpc_tools
-    import grpc_tools
-
-    WELL_KNOWN = str(Path(grpc_tools.__file__).parent / "_proto")
+# grpc_tools ships the well-known types (struct, timestamp, duration).
+WELL_KNOWN = str(Path(grpc_tools.__file__).parent / "_proto")
 
 PROTO_ROOT = Path(__file__).resolve().parent
 OUT = PROTO_ROOT.parent

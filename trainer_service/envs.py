@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 DEFAULT_ENV_ID = "Taxi-v3"
 # Requested id -> (registered id, make kwargs). Only deterministic tables are accepted:
 # the engine trains on next_state/reward/terminated arrays.
-ENVIRONMENTS: dict[str, tuple[str, dict[str, object]]] = {
+ENVIRONMENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "Taxi-v3": ("Taxi-v4", {}),
     "Taxi-v4": ("Taxi-v4", {}),
 }

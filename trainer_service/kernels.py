@@ -25,10 +25,10 @@ def jit(function: F) -> F:
     decoration time, and compiling once per process is the right fallback.
     """
     try:
-        return numba.njit(cache=True)(function)  # type: ignore[no-any-return]
+        return numba.njit(cache=True)(function)  # type: ignore[return-value]
     except RuntimeError as exc:  # "cannot cache function ...: no locator available"
         log.info("numba cache unavailable for %s (%s); compiling without cache", function.__name__, exc)
-        return numba.njit(function)  # type: ignore[no-any-return]
+        return numba.njit(function)  # type: ignore[return-value]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -216,7 +216,7 @@ class EpisodeStreamer:
                     grpc.StatusCode.INTERNAL,
                     grpc.StatusCode.UNKNOWN,
                 ):
-                    log.error("run %s: registry refused episodes: %s %s", self.run_id, code.name, error.details())
+                    log.error("run %s: registry refused episodes: %s %s", self.run_id, code.name, str(error))
                     await self._fail(error)
                     return
                 self.reconnects += 1
