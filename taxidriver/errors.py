@@ -141,6 +141,24 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return wrapped
 
 
+def _wrap_stream_parsed(
+    behavior: Callable[..., Any],
+    parsing: Callable[[Callable[..., Any], Callable[[Any], Any]], Callable[..., Any]],
+    parse: Callable[[Any], Any],
+    method: str,
+) -> Callable[..., Any]:
+    """_wrap_stream of a parsing behavior, keeping the async-generator-or-coroutine distinction."""
+    if not inspect.isasyncgenfunction(behavior):
+        return _wrap_unary(parsing(behavior, parse), method)
+    inner = parsing(behavior, parse)
+
+    async def generator(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in inner(request_or_iterator, context):
+            yield response
+
+    return _wrap_stream(generator, method)
+
+
 def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     # A streaming handler is either an async generator or a coroutine that
     # writes with context.write() (as grpc's own Health.Watch does).
@@ -161,8 +179,51 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
     return wrapped
 
 
+def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[Any], Any]:
+    """Parses a request inside the handler, so a malformed message is the caller's error.
+
+    Left to grpc, a request that does not parse ends as UNKNOWN or INTERNAL.
+    """
+    if deserializer is None:
+        return lambda raw: raw
+
+    def parse(raw: Any) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # DecodeError and friends vary by protobuf backend
+            raise ServiceError(
+                code=grpc.StatusCode.INVALID_ARGUMENT,
+                message=f"request is not a valid message for {method}: {exc}",
+                reason="MALFORMED_REQUEST",
+            ) from exc
+
+    return parse
+
+
+def _parsing_unary(behavior: Callable[..., Any], parse: Callable[[Any], Any]) -> Callable[..., Any]:
+    def call(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        return behavior(parse(raw), context)
+
+    return call
+
+
+def _parsing_stream(behavior: Callable[..., Any], parse: Callable[[Any], Any]) -> Callable[..., Any]:
+    async def parsed(raw_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for raw in raw_iterator:
+            yield parse(raw)
+
+    def call(raw_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        return behavior(parsed(raw_iterator), context)
+
+    return call
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ServiceError (and anything unexpected) to a rich status, once for all methods."""
+    """Maps ServiceError (and anything unexpected) to a rich status, once for all methods.
+
+    Requests are parsed inside the wrapped handler (the handler is registered
+    without a deserializer), so a message that does not parse is INVALID_ARGUMENT.
+    """
 
     async def intercept_service(
         self,
@@ -173,18 +234,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        parse = _parser(handler.request_deserializer, method)
+        kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **kwargs)
+            behavior = _parsing_unary(handler.unary_unary, parse)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(behavior, method), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **kwargs)
+            behavior = _parsing_stream(handler.stream_unary, parse)
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(behavior, method), **kwargs)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **kwargs)
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_parsed(handler.unary_stream, _parsing_unary, parse, method), **kwargs
+            )
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **kwargs)
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream_parsed(handler.stream_stream, _parsing_stream, parse, method), **kwargs
+            )
         return handler
 
 

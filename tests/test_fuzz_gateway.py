@@ -30,9 +30,8 @@ from taxidriver.trainer.v1 import trainer_service_pb2
 from tests.support import InProcessService, LoopThread
 
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-# grpc's aio server answers a request it cannot parse with UNKNOWN "Unexpected [DecodeError]"
-# (known defect, see RELIABILITY.md): tolerated by the raw-bytes property, pinned by an xfail.
-DECODE_ERROR = "DECODE_ERROR"
+# A request that does not parse is INVALID_ARGUMENT: taxidriver.errors.ErrorInterceptor parses
+# requests inside the handler (left to grpc it would be UNKNOWN or INTERNAL).
 SERVICES = [
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"],
@@ -294,10 +293,7 @@ def test_random_bytes_never_crash_a_public_rpc(
         try:
             cls.FromString(payload)
         except DecodeError:
-            # Unparsable: the known defect (UNKNOWN unary, INTERNAL streaming) is tolerated here
-            # and pinned by test_an_unparsable_request_is_invalid_argument.
-            if code in FORBIDDEN or code == DECODE_ERROR:
-                return DECODE_ERROR
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, f"unparsable request answered {code}"
         return code
 
     fuzz(method, send, payloads, db, open_gateway)
@@ -315,11 +311,6 @@ def test_random_messages_never_crash_a_public_rpc(
     fuzz(method, lambda payload: call_raw(channel, service, method, payload), strategy, db, open_gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: an unparsable request is UNKNOWN (grpc aio's DecodeError), not INVALID_ARGUMENT; "
-    "fix belongs in taxidriver/server.py or errors.py (wrap request deserializers), see RELIABILITY.md",
-)
 @pytest.mark.parametrize(("service", "method"), METHODS[:1] + METHODS[-4:-3], ids=["ListRuns", "StartRun"])
 def test_an_unparsable_request_is_invalid_argument(
     service: pd.ServiceDescriptor, method: pd.MethodDescriptor, channel: grpc.Channel
@@ -327,6 +318,7 @@ def test_an_unparsable_request_is_invalid_argument(
     with pytest.raises(grpc.RpcError) as caught:
         channel.unary_unary(f"/{service.full_name}/{method.name}")(b"\x00", timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request is not a valid message" in (caught.value.details() or "")
 
 
 def test_non_finite_numbers_are_refused_by_name(channel: grpc.Channel) -> None:
