@@ -16,6 +16,8 @@ ifeq ($(origin DOCKER_HOST),undefined)
 DOCKER_HOST := $(if $(wildcard /var/run/docker.sock),unix:///var/run/docker.sock,unix:///tmp/td-docker.sock)
 endif
 DOCKER ?= $(or $(wildcard /usr/bin/docker),docker)
+# On the private engine, targets that need an engine start it first (idempotent).
+ENGINE_DEP := $(if $(filter unix:///tmp/td-docker.sock,$(DOCKER_HOST)),docker-engine,)
 export DOCKER_HOST DOCKER TAG BASE_IMAGE K8S_VERSION
 # `docker compose` (v2), else docker-compose (1.29+), else plain docker run (deploy/scripts/stack.sh).
 COMPOSE_CMD = $(shell if $(DOCKER) compose version >/dev/null 2>&1; then echo "$(DOCKER) compose"; \
@@ -39,7 +41,7 @@ deploy/.wheelhouse/.complete: deploy/requirements.runtime.txt deploy/requirement
 
 wheelhouse: $(STAMPS)/venv deploy/.wheelhouse/.complete
 
-base-image:
+base-image: $(ENGINE_DEP)
 	deploy/scripts/base-image.sh $(BASE_IMAGE)
 
 images: wheelhouse base-image
@@ -53,7 +55,7 @@ up: images
 		$(PY) deploy/scripts/grpc_health_probe.py 127.0.0.1:$${GATEWAY_PORT:-50051}; \
 	else deploy/scripts/stack.sh up; fi
 
-down:
+down: $(ENGINE_DEP)
 	@if [ -n "$(COMPOSE_CMD)" ]; then $(COMPOSE_CMD) $(COMPOSE_ARGS) down; \
 	else deploy/scripts/stack.sh down; fi
 
