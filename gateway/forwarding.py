@@ -58,6 +58,10 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.lb_policy_name", "round_robin"),
     # Fail fast and report UNAVAILABLE rather than hide an outage behind retries.
     ("grpc.enable_retries", 0),
+    # An upstream that restarts is reached again within ~2 s (grpc's default backoff
+    # grows to 120 s, leaving a recovered trainer unreachable for minutes).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -170,6 +174,11 @@ async def _relay_error(
         # The transport failed (the upstream's own UNAVAILABLE carries a rich status,
         # whose message must stay byte-identical for rpc_status.from_call).
         details = f"{upstream.name} upstream {upstream.targets[index]} is unavailable: {details}"
+    elif code == grpc.StatusCode.CANCELLED and not has_rich_status and not context.cancelled():
+        # Our caller did not cancel: the upstream dropped the call, as a server does with
+        # calls that race its shutdown (never processed). That is retryable, not CANCELLED.
+        code = grpc.StatusCode.UNAVAILABLE
+        details = f"{upstream.name} upstream {upstream.targets[index]} dropped the call (shutting down?): {details}"
     await context.abort(code, details, trailing)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc._cython import cygrpc
 
 from taxidriver.ingest.v1 import ingest_service_pb2
 from trainer_service.engine import EpisodeColumns
@@ -89,7 +90,18 @@ class EpisodeStreamer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"stream-{self.run_id}")
+        self._task = asyncio.get_running_loop().create_task(self._guarded_run(), name=f"stream-{self.run_id}")
+
+    async def _guarded_run(self) -> None:
+        """A streamer that dies must say so: flush() then fails instead of waiting forever."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            await self._fail(StreamFailed("episode stream cancelled"))
+            raise
+        except Exception as error:
+            log.exception("run %s: episode streamer stopped", self.run_id)
+            await self._fail(error)
 
     def add(self, columns: EpisodeColumns) -> None:
         """Queues a batch (never blocks: training must not wait for the registry)."""
@@ -204,7 +216,16 @@ class EpisodeStreamer:
                     raise ConnectionError("ingest stream closed by the registry")
                 await self._acknowledge(ack.episodes_recorded)
                 delay = 0.05
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as error:
+            except (
+                grpc.aio.AioRpcError,
+                grpc.aio.UsageError,
+                ConnectionError,
+                asyncio.InvalidStateError,
+                cygrpc.BaseError,
+            ) as error:
+                # write() on a stream whose connection died (the registry was SIGKILLed) raises
+                # InvalidStateError "RPC already finished" (or a cygrpc error), not AioRpcError;
+                # uncaught, it ended this task silently and the run never completed.
                 code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
                 if call is not None:
                     call.cancel()
