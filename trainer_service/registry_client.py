@@ -67,7 +67,13 @@ class RegistryClient:
         return await self._retry(lambda: self.stub.RegisterRun(request, timeout=self.call_timeout), "RegisterRun")
 
     async def update_status(
-        self, run_id: str, status: resources_pb2.RunStatus, *, trainer_id: str = "", stop_reason: str = "", error_message: str = ""
+        self,
+        run_id: str,
+        status: resources_pb2.RunStatus,
+        *,
+        trainer_id: str = "",
+        stop_reason: str = "",
+        error_message: str = "",
     ) -> resources_pb2.Run:
         request = ingest_service_pb2.UpdateRunStatusRequest(
             run_id=run_id, status=status, trainer_id=trainer_id, stop_reason=stop_reason, error_message=error_message

@@ -70,7 +70,7 @@ class ActiveRun:
     streamer: EpisodeStreamer
     messages: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     episodes_done: int = 0
-    status: int = STATUS.RUN_STATUS_QUEUED
+    status: resources_pb2.RunStatus = STATUS.RUN_STATUS_QUEUED
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None
@@ -377,7 +377,7 @@ class RunManager:
             except grpc.aio.AioRpcError as error:
                 log.warning("run %s: plot %s not stored: %s", run.run_id, name, error.details())
 
-    async def _finish(self, run: ActiveRun, status: int, episodes: int, reason: str, error: str = "") -> None:
+    async def _finish(self, run: ActiveRun, status: STATUS.RunStatus, episodes: int, reason: str, error: str = "") -> None:
         recorded = await run.streamer.flush(wait_s=60.0)
         await self.client.complete_run(
             ingest_service_pb2.CompleteRunRequest(
