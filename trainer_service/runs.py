@@ -377,7 +377,9 @@ class RunManager:
             except grpc.aio.AioRpcError as error:
                 log.warning("run %s: plot %s not stored: %s", run.run_id, name, error.details())
 
-    async def _finish(self, run: ActiveRun, status: STATUS.RunStatus, episodes: int, reason: str, error: str = "") -> None:
+    async def _finish(
+        self, run: ActiveRun, status: STATUS.RunStatus, episodes: int, reason: str, error: str = ""
+    ) -> None:
         recorded = await run.streamer.flush(wait_s=60.0)
         await self.client.complete_run(
             ingest_service_pb2.CompleteRunRequest(
