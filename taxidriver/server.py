@@ -102,6 +102,9 @@ class ReflectedPool:
         return getattr(self._pool, name)
 
 
+# Health service name that stays SERVING while the process runs (Kubernetes liveness probes).
+LIVENESS = "liveness"
+
 # Methods of grpc's own services (grpc.health.v1, grpc.reflection.*).
 GRPC_INFRA_PREFIX = "/grpc."
 
@@ -166,6 +169,9 @@ async def create_server(
     await server.start()
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=[b.name for b in services])
     await running.set_serving(serving)
+    # Liveness is the process answering, whatever its dependencies do: a registry whose
+    # database is down is NOT_SERVING (not ready) but must not be restarted for it.
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     return running
 
 

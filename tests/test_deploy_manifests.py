@@ -154,6 +154,8 @@ def test_services_use_native_grpc_probes_on_their_port(dev: list[dict[str, Any]]
     port = SERVICES[service]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == port, probe
+    # Liveness asks for the process, not its dependencies (taxidriver.server.LIVENESS).
+    assert container["livenessProbe"]["grpc"]["service"] == "liveness"
     assert env_of(container)[f"{service.upper()}_ADDRESS"] == f"0.0.0.0:{port}"
     assert {"containerPort": port, "name": "grpc"} in container["ports"]
 

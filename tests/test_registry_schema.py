@@ -146,6 +146,9 @@ def test_health_follows_the_database() -> None:
                 await wait_for(health_pb2.HealthCheckResponse.SERVING)
                 await asyncio.to_thread(server.stop)
                 await wait_for(health_pb2.HealthCheckResponse.NOT_SERVING)
+                # Not ready, but alive: Kubernetes must not restart it for the database's outage.
+                liveness = await stub.Check(health_pb2.HealthCheckRequest(service="liveness"))
+                assert liveness.status == health_pb2.HealthCheckResponse.SERVING
                 await asyncio.to_thread(server.start)
                 await wait_for(health_pb2.HealthCheckResponse.SERVING)
         finally:
