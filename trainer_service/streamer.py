@@ -251,5 +251,10 @@ class EpisodeStreamer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         if call is not None:
-            await call.done_writing()
-            await asyncio.gather(call, return_exceptions=True)
+            # Everything is acknowledged: half-close and let the registry end the stream.
+            try:
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, cygrpc.BaseError) as error:
+                log.debug("run %s: ingest stream ended with %s after the last ack", self.run_id, error)
