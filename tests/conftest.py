@@ -81,7 +81,11 @@ def trainer(loop_thread: LoopThread, registry: InProcessService) -> Iterator[InP
     from trainer_service.app import start_trainer
     from trainer_service.settings import TrainerSettings
 
-    settings = TrainerSettings(address="127.0.0.1:0", registry_target=registry.target, workers=2)
+    # Every test calls as the same peer (no API key): the per-caller cap on active runs
+    # would make tests depend on what earlier ones left running.
+    settings = TrainerSettings(
+        address="127.0.0.1:0", registry_target=registry.target, workers=2, max_active_runs_per_caller=10_000
+    )
     service = InProcessService(loop_thread, lambda: start_trainer(settings))
     yield service
     service.stop()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -78,25 +79,38 @@ def test_calls_are_counted_by_method_and_code(servers: Servers) -> None:
     assert get_run(direct, "missing") == grpc.StatusCode.NOT_FOUND
     # The gateway counts its own hop too: each call through it is seen twice in this process.
     assert get_run(servers.gateway_target, "r-2") == grpc.StatusCode.OK
-    assert handled("GetRun", "OK") == ok_before + 3
-    assert handled("GetRun", "INVALID_ARGUMENT") == bad_before + 1
-    assert handled("GetRun", "NOT_FOUND") == missing_before + 1
+    assert eventually(lambda: handled("GetRun", "OK"), ok_before + 3)
+    assert eventually(lambda: handled("GetRun", "INVALID_ARGUMENT"), bad_before + 1)
+    assert eventually(lambda: handled("GetRun", "NOT_FOUND"), missing_before + 1)
+
+
+def eventually(read: Callable[[], object], expected: object, timeout: float = 5.0) -> bool:
+    """The interceptor records a call after its response is sent: the client may look first."""
+    deadline = time.monotonic() + timeout
+    while read() != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return read() == expected
 
 
 def test_latency_is_observed(servers: Servers) -> None:
     labels = {"grpc_service": REGISTRY_SERVICE, "grpc_method": "GetRun", "grpc_type": "unary"}
     before = REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_count", labels) or 0.0
     get_run(f"127.0.0.1:{servers.upstream.port}", "r-3")
-    after = REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_count", labels)
-    assert after == before + 1
+    assert eventually(
+        lambda: REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_count", labels), before + 1
+    )
     assert (REGISTRY.get_sample_value("taxidriver_grpc_server_handling_seconds_sum", labels) or 0) > 0
 
 
 def test_each_call_is_logged_as_json_with_request_id(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="taxidriver.calls"):
         get_run(f"127.0.0.1:{servers.upstream.port}", "bad", metadata=(("x-request-id", "trace-77"),))
-    records = [r for r in caplog.records if getattr(r, "request_id", "") == "trace-77"]
-    assert len(records) == 1
+
+        def traced() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if getattr(r, "request_id", "") == "trace-77"]
+
+        assert eventually(lambda: len(traced()), 1)
+        records = traced()
     line = json.loads(JsonFormatter("registry").format(records[0]))
     assert line["method"] == f"/{REGISTRY_SERVICE}/GetRun"
     assert line["code"] == "INVALID_ARGUMENT"
