@@ -41,6 +41,15 @@ FROM expired
 """
 
 
+# While the registry (or its database) was away, trainers could not heartbeat: their
+# leases must not count that time, or every running run would be declared INTERRUPTED
+# the moment the registry came back. A dead trainer is still caught one lease later.
+RENEW_LEASES = """
+UPDATE training_runs SET lease_expires_at = now() + make_interval(secs => %s)
+WHERE status = 'running' AND lease_expires_at IS NOT NULL
+"""
+
+
 @dataclass(kw_only=True)
 class RegistryApp:
     settings: RegistrySettings
@@ -62,6 +71,8 @@ class RegistryApp:
             healthy = True
             try:
                 async with self.pool.connection(timeout=max(interval * 2, 2.0)) as conn:
+                    if not self.serving:
+                        await conn.execute(RENEW_LEASES, (self.settings.lease_seconds,))
                     await conn.execute(EXPIRE_LEASES)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 healthy = False
@@ -122,6 +133,8 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
         await hub.stop()
         await pool.close()
         raise
+    async with pool.connection() as conn:
+        await conn.execute(RENEW_LEASES, (settings.lease_seconds,))
     app = RegistryApp(settings=settings, running=running, pool=pool, hub=hub)
     app._tasks.append(asyncio.create_task(app._watch_database(), name="registry-db-health"))
     log.info("registry listening on port %d", running.port)

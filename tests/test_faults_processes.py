@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import psutil
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import conninfo
 
 from taxidriver.embedded_pg import EmbeddedPostgres
 from taxidriver.registry.v1 import registry_service_pb2 as pb
@@ -157,9 +159,35 @@ def trainer_service(registry_target: str, port: int, log_path: Path) -> Service:
 
 
 @pytest.fixture(scope="module")
-def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def fault_database_url(database_url: str) -> Iterator[str]:
+    """A database of its own on the session's server.
+
+    The session's in-process registry sweeps expired leases in the session database; it
+    would rightly declare the fault stack's runs interrupted while the fault stack's own
+    registry is down (the trainer knows only that one), which is not the fault under test.
+    """
+    name = f"taxidriver_faults_{uuid.uuid4().hex[:8]}"
+    admin = conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield conninfo.make_conninfo(database_url, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def db(fault_database_url: str) -> Iterator[psycopg.Connection]:
+    """Rows of the fault stack's database (overrides the session-wide `db`)."""
+    with psycopg.connect(fault_database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def stack(fault_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("fault-logs")
-    built = make_stack(database_url, logs)
+    built = make_stack(fault_database_url, logs)
     try:
         built.registry.start()
         built.trainer.start()
@@ -247,10 +275,14 @@ def test_registry_sigkilled_mid_training_loses_no_episode(healthy_stack: Stack, 
         run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=21), timeout=60).run_id
     _, before = wait_row(db, run_id, statuses={"running"}, min_episodes=10_000)
     healthy_stack.registry.kill()
-    time.sleep(1.5)  # the trainer keeps training and buffers meanwhile
+    # Longer than the 3 s lease: the outage must not count against the trainer's lease
+    # (the registry renews running leases when it comes back). The trainer keeps
+    # training and buffering meanwhile.
+    time.sleep(4.0)
     healthy_stack.registry.start()
     status, _ = wait_row(db, run_id, statuses={"completed", "failed", "interrupted"}, timeout=120)
-    assert status == "completed", healthy_stack.trainer.log_tail()
+    reason = db.execute("SELECT stop_reason, error_message FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert status == "completed", (reason, healthy_stack.trainer.log_tail())
     assert before < EPISODES
     assert_complete_exactly_once(db, run_id)
     reconnects = db.execute(
@@ -305,7 +337,10 @@ def _health_recorder(target: str, stop: threading.Event, seen: list[int]) -> Non
 
 
 def test_postgres_restarted_mid_run_without_restarting_any_service(
-    healthy_stack: Stack, db: psycopg.Connection, embedded_postgres: EmbeddedPostgres | None
+    healthy_stack: Stack,
+    db: psycopg.Connection,
+    embedded_postgres: EmbeddedPostgres | None,
+    fault_database_url: str,
 ) -> None:
     if embedded_postgres is None:
         pytest.skip("DATABASE_URL is set: the suite cannot restart a PostgreSQL server it does not own")
@@ -313,7 +348,7 @@ def test_postgres_restarted_mid_run_without_restarting_any_service(
     with grpc.insecure_channel(healthy_stack.gateway.target) as channel:
         run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=23), timeout=60).run_id
     db.close()
-    with psycopg.connect(embedded_postgres.url(), autocommit=True) as conn:
+    with psycopg.connect(fault_database_url, autocommit=True) as conn:
         _, acknowledged = wait_row(conn, run_id, statuses={"running"}, min_episodes=10_000)
     seen: list[int] = []
     stop = threading.Event()
@@ -333,7 +368,7 @@ def test_postgres_restarted_mid_run_without_restarting_any_service(
     assert serving in seen and not_serving in seen, seen
     assert seen.index(not_serving) < len(seen) - 1 - seen[::-1].index(serving), seen  # NOT_SERVING, then SERVING
     assert seen[-1] == serving
-    with psycopg.connect(embedded_postgres.url(), autocommit=True) as conn:
+    with psycopg.connect(fault_database_url, autocommit=True) as conn:
         status, recorded = wait_row(conn, run_id, statuses={"completed", "failed"}, timeout=120)
         assert status == "completed", healthy_stack.trainer.log_tail()
         assert recorded >= acknowledged
