@@ -76,15 +76,17 @@ class EmbeddedPostgres:
 
     def _run(self, args: list[str], *, as_server_user: bool = True, timeout: float = 120) -> str:
         account = _run_as() if as_server_user else None
-        result = subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            user=account.pw_uid if account else None,
-            group=account.pw_gid if account else None,
-            cwd="/",
-        )
+        switch: dict[str, int] = {}
+        if account is not None:
+            setpriv = shutil.which("setpriv")
+            if setpriv:
+                # Drop to the server user in the child's exec, not with subprocess's user=:
+                # user= forces a plain fork(), and forking a process that runs gRPC (a test
+                # process, a dev stack) runs gRPC's fork handlers in the child, which can crash it.
+                args = [setpriv, f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", *args]
+            else:
+                switch = {"user": account.pw_uid, "group": account.pw_gid}
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd="/", **switch)  # type: ignore[call-overload]
         if result.returncode != 0:
             raise RuntimeError(
                 f"{Path(args[0]).name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
