@@ -144,6 +144,9 @@ def main() -> int:
                 env={
                     **env,
                     "GATEWAY_ADDRESS": gateway_target,
+                    # The stand-in upstream has no AuthService: this measures forwarding alone
+                    # (with keys, a cached lookup is added per call, not a registry round trip).
+                    "GATEWAY_AUTH_REQUIRED": "false",
                     "REGISTRY_TARGET": direct_target,
                     "TRAINER_TARGETS": direct_target,
                 },
