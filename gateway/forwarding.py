@@ -238,18 +238,41 @@ def _forward_stream_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandle
     return grpc.stream_unary_rpc_method_handler(handle)
 
 
+READ_AHEAD = 64
+
+
 async def _pipe_responses(call: Any, context: grpc.aio.ServicerContext, upstream: Upstream, index: int) -> None:
     """Relays the upstream's responses with read()/write(): no generator layer per message."""
+    # Read ahead while writing: the upstream read and the downstream write overlap
+    # instead of alternating (bounded, so a slow client still slows the upstream).
+    ahead: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD)
+
+    async def read_upstream() -> None:
+        try:
+            while True:
+                response = await call.read()
+                await ahead.put(response)
+                if response is grpc.aio.EOF:
+                    return
+        except grpc.aio.AioRpcError as error:
+            await ahead.put(error)
+
+    reader: asyncio.Task[None] | None = None
     try:
         await _relay_initial(context, call)
+        reader = asyncio.ensure_future(read_upstream())
         while True:
-            response = await call.read()
-            if response is grpc.aio.EOF:
+            item = await ahead.get()
+            if item is grpc.aio.EOF:
                 break
-            await context.write(response)
+            if isinstance(item, grpc.aio.AioRpcError):
+                await _relay_error(context, item, upstream, index)  # aborts the call
+            await context.write(item)
     except grpc.aio.AioRpcError as error:
         await _relay_error(context, error, upstream, index)
     finally:
+        if reader is not None and not reader.done():
+            reader.cancel()
         # Client cancelled, or its deadline passed: stop the upstream work too.
         if not call.done():
             call.cancel()
