@@ -76,6 +76,8 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
     "running": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
     "interrupted": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
+    # ResumeRun continues a FAILED run from its last checkpoint too.
+    "failed": frozenset({"queued", "running", "failed"}),
 }
 
 

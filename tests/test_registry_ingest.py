@@ -204,6 +204,25 @@ def test_status_heartbeat_and_cancel(ingest) -> None:
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_a_failed_run_can_be_queued_again_for_resume(ingest) -> None:
+    run_id = register(ingest)
+    failed = ingest.UpdateRunStatus(
+        ingest_pb2.UpdateRunStatusRequest(
+            run_id=run_id, status=resources_pb2.RUN_STATUS_FAILED, error_message="worker crashed"
+        )
+    ).run
+    assert failed.status == resources_pb2.RUN_STATUS_FAILED
+    queued = ingest.UpdateRunStatus(
+        ingest_pb2.UpdateRunStatusRequest(run_id=run_id, status=resources_pb2.RUN_STATUS_QUEUED)
+    ).run
+    assert queued.status == resources_pb2.RUN_STATUS_QUEUED
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.UpdateRunStatus(
+            ingest_pb2.UpdateRunStatusRequest(run_id=run_id, status=resources_pb2.RUN_STATUS_COMPLETED)
+        )
+    assert caught.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+
+
 def upload(stub, run_id: str, kind: int, name: str, data: bytes, episode: int = 0):
     header = ingest_pb2.ArtifactHeader(
         run_id=run_id, kind=kind, name=name, content_type="application/x-npy", episode=episode
