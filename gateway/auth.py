@@ -23,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taxidriver.errors import ServiceError
+from taxidriver.handlers import rewrap
 
 READER = auth_service_pb2.ROLE_READER
 TRAINER = auth_service_pb2.ROLE_TRAINER
@@ -121,31 +122,18 @@ def _refusing(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMe
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort_with_status(error.to_status())
 
-    return _same_kind(handler, lambda behavior: refuse)
+    return rewrap(handler, lambda kind, behavior: refuse)
 
 
 def _as(principal: Principal, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    def bind(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def bind(kind: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             current_principal.set(principal)  # this call's task only
             return await behavior(request, context)
 
         return run
 
-    return _same_kind(handler, bind)
-
-
-def _same_kind(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> grpc.RpcMethodHandler:
-    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
+    return rewrap(handler, bind)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -20,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from taxidriver import DOMAIN
+from taxidriver.handlers import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -235,22 +236,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         parse = _parser(handler.request_deserializer, method)
-        kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
-        if handler.unary_unary:
-            behavior = _parsing_unary(handler.unary_unary, parse)
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(behavior, method), **kwargs)
-        if handler.stream_unary:
-            behavior = _parsing_stream(handler.stream_unary, parse)
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(behavior, method), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_parsed(handler.unary_stream, _parsing_unary, parse, method), **kwargs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_parsed(handler.stream_stream, _parsing_stream, parse, method), **kwargs
-            )
-        return handler
+
+        def wrap(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+            parsing = _parsing_stream if kind.startswith("stream_") else _parsing_unary
+            if kind.endswith("_unary"):
+                return _wrap_unary(parsing(behavior, parse), method)
+            return _wrap_stream_parsed(behavior, parsing, parse, method)
+
+        return rewrap(handler, wrap, request_deserializer=None)
 
 
 def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[FieldViolation], str]:

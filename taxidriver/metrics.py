@@ -25,6 +25,7 @@ import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from taxidriver.config import env_int
+from taxidriver.handlers import KIND_LABELS, rewrap
 from taxidriver.logs import request_id_var
 
 log = logging.getLogger("taxidriver.calls")
@@ -253,23 +254,12 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            stats = self._stats_for(method, "unary")
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, stats), **kwargs)
-        if handler.stream_unary:
-            stats = self._stats_for(method, "client_stream")
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, stats), **kwargs)
-        if handler.unary_stream:
-            stats = self._stats_for(method, "server_stream")
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, stats), **kwargs)
-        if handler.stream_stream:
-            stats = self._stats_for(method, "bidi_stream")
-            return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, stats), **kwargs)
-        return handler
+
+        def wrap(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+            stats = self._stats_for(method, KIND_LABELS[kind])
+            return (_wrap_unary if kind.endswith("_unary") else _wrap_stream)(behavior, stats)
+
+        return rewrap(handler, wrap)
 
 
 def new_request_id() -> str:
