@@ -18,6 +18,51 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The seed README's three "Requêtes SQL Avancées", verbatim: they must run on our schema.
+SEED_STATS_BY_ALGORITHM = """
+SELECT
+    algorithm,
+    COUNT(*) as total_runs,
+    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success,
+    AVG((test_metrics->>'avg_steps')::FLOAT) as avg_steps
+FROM training_runs
+WHERE status = 'completed'
+GROUP BY algorithm;
+"""
+
+SEED_TREND = """
+SELECT
+    DATE_TRUNC('day', created_at) as day,
+    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success
+FROM training_runs
+GROUP BY day
+ORDER BY day;
+"""
+
+SEED_OPTIMAL_PARAMS = """
+SELECT
+    params->>'alpha' as alpha,
+    params->>'gamma' as gamma,
+    test_metrics->>'success_rate' as success_rate
+FROM training_runs
+WHERE (test_metrics->>'success_rate')::FLOAT > 0.9
+ORDER BY (test_metrics->>'avg_steps')::FLOAT ASC;
+"""
+
+
+def stored_episode_indices(conn: Any, run_id: str) -> list[int]:
+    """Every episode index stored for a run, in order (duplicates would show twice)."""
+    rows = conn.execute(
+        """
+        SELECT e.first_episode + i - 1
+        FROM run_episodes e, generate_subscripts(e.rewards, 1) AS i
+        WHERE e.run_id = %s
+        ORDER BY 1
+        """,
+        (run_id,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
 
 class LoopThread:
     """An asyncio loop in a daemon thread: in-process grpc.aio servers for sync tests."""

@@ -17,39 +17,16 @@ import sys
 import psycopg
 import pytest
 
-from tests.support import ROOT, free_port
+from tests.support import (
+    ROOT,
+    SEED_OPTIMAL_PARAMS,
+    SEED_STATS_BY_ALGORITHM,
+    SEED_TREND,
+    free_port,
+    stored_episode_indices,
+)
 
 pytestmark = pytest.mark.slow
-
-SEED_QUERIES = {
-    "per_algorithm": """
-SELECT
-    algorithm,
-    COUNT(*) as total_runs,
-    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success,
-    AVG((test_metrics->>'avg_steps')::FLOAT) as avg_steps
-FROM training_runs
-WHERE status = 'completed'
-GROUP BY algorithm;
-""",
-    "per_day": """
-SELECT
-    DATE_TRUNC('day', created_at) as day,
-    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success
-FROM training_runs
-GROUP BY day
-ORDER BY day;
-""",
-    "best_params": """
-SELECT
-    params->>'alpha' as alpha,
-    params->>'gamma' as gamma,
-    test_metrics->>'success_rate' as success_rate
-FROM training_runs
-WHERE (test_metrics->>'success_rate')::FLOAT > 0.9
-ORDER BY (test_metrics->>'avg_steps')::FLOAT ASC;
-""",
-}
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +102,7 @@ def test_every_episode_is_stored_exactly_once(first_training: tuple[str, str], d
         planned = conn.execute(
             "SELECT (params->>'training_runs')::int FROM training_runs WHERE run_id = %s", (run_id,)
         ).fetchone()[0]  # type: ignore[index]
-        rows = conn.execute(
-            """
-            SELECT e.first_episode + i - 1
-            FROM run_episodes e, generate_subscripts(e.rewards, 1) AS i
-            WHERE e.run_id = %s
-            ORDER BY 1
-            """,
-            (run_id,),
-        ).fetchall()
+        indices = stored_episode_indices(conn, run_id)
         lengths_agree = conn.execute(
             """
             SELECT bool_and(cardinality(rewards) = episode_count AND cardinality(steps) = episode_count
@@ -142,19 +111,19 @@ def test_every_episode_is_stored_exactly_once(first_training: tuple[str, str], d
             """,
             (run_id,),
         ).fetchone()[0]  # type: ignore[index]
-    assert [row[0] for row in rows] == list(range(planned))
+    assert indices == list(range(planned))
     assert lengths_agree is True
 
 
 def test_seed_queries_run_verbatim(first_training: tuple[str, str], database_url: str) -> None:
     run_id, _ = first_training
     with psycopg.connect(database_url) as conn:
-        per_algorithm = {row[0]: row for row in conn.execute(SEED_QUERIES["per_algorithm"]).fetchall()}
+        per_algorithm = {row[0]: row for row in conn.execute(SEED_STATS_BY_ALGORITHM).fetchall()}
         assert per_algorithm["sarsa"][1] >= 1
         assert 0.0 <= per_algorithm["sarsa"][2] <= 1.0
-        per_day = conn.execute(SEED_QUERIES["per_day"]).fetchall()
+        per_day = conn.execute(SEED_TREND).fetchall()
         assert len(per_day) >= 1
-        best = conn.execute(SEED_QUERIES["best_params"]).fetchall()
+        best = conn.execute(SEED_OPTIMAL_PARAMS).fetchall()
         alpha = conn.execute("SELECT params->>'alpha' FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
         assert alpha is not None and alpha[0] in {row[0] for row in best}
 

@@ -30,7 +30,7 @@ from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from taxidriver.registry.v1 import resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
 from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
-from tests.support import free_port, spawn, wait_for_health
+from tests.support import free_port, spawn, stored_episode_indices, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -247,19 +247,6 @@ def wait_row(
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run_id}: {status} with {recorded} episodes after {timeout}s")
         time.sleep(0.05)
-
-
-def stored_episode_indices(db: psycopg.Connection, run_id: str) -> list[int]:
-    rows = db.execute(
-        """
-        SELECT e.first_episode + i - 1
-        FROM run_episodes e, generate_subscripts(e.rewards, 1) AS i
-        WHERE e.run_id = %s
-        ORDER BY 1
-        """,
-        (run_id,),
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def assert_complete_exactly_once(db: psycopg.Connection, run_id: str) -> None:

@@ -15,37 +15,7 @@ from psycopg import conninfo
 from psycopg.types.json import Jsonb
 
 from registry_service.db import apply_migrations, load_migrations
-from tests.support import ROOT
-
-SEED_STATS_BY_ALGORITHM = """
-SELECT
-    algorithm,
-    COUNT(*) as total_runs,
-    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success,
-    AVG((test_metrics->>'avg_steps')::FLOAT) as avg_steps
-FROM training_runs
-WHERE status = 'completed'
-GROUP BY algorithm;
-"""
-
-SEED_TREND = """
-SELECT
-    DATE_TRUNC('day', created_at) as day,
-    AVG((test_metrics->>'success_rate')::FLOAT) as avg_success
-FROM training_runs
-GROUP BY day
-ORDER BY day;
-"""
-
-SEED_OPTIMAL_PARAMS = """
-SELECT
-    params->>'alpha' as alpha,
-    params->>'gamma' as gamma,
-    test_metrics->>'success_rate' as success_rate
-FROM training_runs
-WHERE (test_metrics->>'success_rate')::FLOAT > 0.9
-ORDER BY (test_metrics->>'avg_steps')::FLOAT ASC;
-"""
+from tests.support import ROOT, SEED_OPTIMAL_PARAMS, SEED_STATS_BY_ALGORITHM, SEED_TREND
 
 
 @pytest.fixture()
