@@ -54,6 +54,13 @@ class Output:
     def line(self, text: str = "") -> None:
         print(text, file=self.out)
 
+    def reply(self, message: Any, text: str) -> None:
+        """A call's reply: the message as JSON with --json, else one line for people."""
+        if self.as_json:
+            self.json(to_dict(message))
+        else:
+            self.line(text)
+
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         cells = [[_cell(value) for value in row] for row in rows]
         widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
@@ -380,31 +387,23 @@ def cmd_runs_annotations(client: TaxiDriverClient, args: argparse.Namespace, out
 
 def cmd_runs_delete(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
     reply = client.delete_run(args.run_id)
-    if output.as_json:
-        output.json(to_dict(reply))
-    else:
-        output.line(
-            f"deleted run {reply.run_id}: {reply.episodes_deleted} episodes, {reply.annotations_deleted} annotations,"
-            f" {reply.models_deleted} models, {reply.artifacts_deleted} artifacts"
-        )
+    output.reply(
+        reply,
+        f"deleted run {reply.run_id}: {reply.episodes_deleted} episodes, {reply.annotations_deleted} annotations,"
+        f" {reply.models_deleted} models, {reply.artifacts_deleted} artifacts",
+    )
     return 0
 
 
 def cmd_runs_cancel(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
     reply = client.cancel_run(args.run_id)
-    if output.as_json:
-        output.json(to_dict(reply))
-    else:
-        output.line(f"run {reply.run_id} {status_name(reply.status)}")
+    output.reply(reply, f"run {reply.run_id} {status_name(reply.status)}")
     return 0
 
 
 def cmd_runs_resume(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
     reply = client.resume_run(args.run_id)
-    if output.as_json:
-        output.json(to_dict(reply))
-    else:
-        output.line(f"run {reply.run_id} {status_name(reply.status)} from episode {reply.resumed_from_episode}")
+    output.reply(reply, f"run {reply.run_id} {status_name(reply.status)} from episode {reply.resumed_from_episode}")
     return 0
 
 
