@@ -142,6 +142,15 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return wrapped
 
 
+async def close_stream(stream: Any) -> None:
+    """Closes an abandoned handler generator at once (its database connection goes back to the
+    pool) rather than whenever the garbage collector finalises it; cleanup errors are only logged."""
+    try:
+        await stream.aclose()
+    except Exception:  # the call is over; nobody is left to tell
+        log.warning("error while closing an abandoned stream", exc_info=True)
+
+
 def _wrap_stream_parsed(
     behavior: Callable[..., Any],
     parsing: Callable[[Callable[..., Any], Callable[[Any], Any]], Callable[..., Any]],
@@ -154,8 +163,13 @@ def _wrap_stream_parsed(
     inner = parsing(behavior, parse)
 
     async def generator(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in inner(request_or_iterator, context):
-            yield response
+        stream = inner(request_or_iterator, context)
+        async for response in stream:
+            try:
+                yield response
+            except BaseException:
+                await close_stream(stream)
+                raise
 
     return _wrap_stream(generator, method)
 
@@ -167,9 +181,16 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
         return _wrap_unary(behavior, method)
 
     async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        stream = behavior(request_or_iterator, context)
         try:
-            async for response in behavior(request_or_iterator, context):
-                yield response
+            async for response in stream:
+                try:
+                    yield response
+                except BaseException:
+                    # Thrown in by our consumer (GeneratorExit, CancelledError): the call has
+                    # ended, maybe long ago. Close the handler now; never abort a call that is gone.
+                    await close_stream(stream)
+                    raise
         except ServiceError as error:
             await _abort(context, error)
         except (grpc.aio.AbortError, grpc.aio.UsageError):

@@ -13,6 +13,7 @@ exposes everything over HTTP when METRICS_PORT is set (0 or unset: off).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -25,6 +26,7 @@ import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from taxidriver.config import env_int
+from taxidriver.errors import close_stream
 from taxidriver.handlers import KIND_LABELS, rewrap
 from taxidriver.logs import request_id_var
 
@@ -140,18 +142,28 @@ class _MethodStats:
 
 
 class _CallRecord:
-    """Start time and request id of one call; `finish` records it exactly once."""
+    """What one call's log line needs, read from its context at call start; `finish` records it.
 
-    __slots__ = ("context", "request_id", "started", "stats")
+    Nothing here reads the context later: a streaming call's generator may be
+    closed after the call has ended (the client stopped reading, the connection
+    dropped), when cygrpc has released the call and `context.peer()` reads freed
+    memory. That killed the registry with SIGSEGV (issue 10).
+    """
+
+    __slots__ = ("finished", "peer", "request_id", "started", "stats")
 
     def __init__(self, stats: _MethodStats, context: grpc.aio.ServicerContext) -> None:
         self.stats = stats
-        self.context = context
         self.started = time.perf_counter()
         # A caller without an id gets one, so the gateway's and the upstream's lines correlate.
         self.request_id = _request_id(context) or new_request_id()
+        self.peer = context.peer()
+        self.finished = False
 
     def finish(self, code: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
         elapsed = time.perf_counter() - self.started
         stats = self.stats
         stats.counter(code).inc()
@@ -167,19 +179,26 @@ class _CallRecord:
                     "code": code,
                     "duration_ms": round(elapsed * 1000, 3),
                     "request_id": self.request_id,
-                    "peer": self.context.peer(),
+                    "peer": self.peer,
                 },
             )
 
 
 def _outcome(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    """The call's status code. Reads the context only while the call is live (returned or aborted)."""
+    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+        # The client went away (cancel, deadline, dropped connection): the call is over.
+        return grpc.StatusCode.CANCELLED.name
     if exc is None:
         return _code_name(context, grpc.StatusCode.OK)
     if isinstance(exc, grpc.aio.AbortError):
         return _code_name(context, grpc.StatusCode.UNKNOWN)
-    if isinstance(exc, BaseException) and exc.__class__.__name__ == "CancelledError":
-        return grpc.StatusCode.CANCELLED.name
     return grpc.StatusCode.UNKNOWN.name
+
+
+def _ended_outcome(exc: BaseException) -> str:
+    """The code of a call whose consumer threw `exc` into it: never read from the (gone) context."""
+    return grpc.StatusCode.CANCELLED.name if isinstance(exc, GeneratorExit | asyncio.CancelledError) else "UNKNOWN"
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], stats: _MethodStats) -> Callable[..., Awaitable[Any]]:
@@ -208,9 +227,16 @@ def _wrap_stream(behavior: Callable[..., Any], stats: _MethodStats) -> Callable[
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         record = _CallRecord(stats, context)
         token = request_id_var.set(record.request_id)
+        stream = behavior(request, context)
         try:
-            async for response in behavior(request, context):
-                yield response
+            async for response in stream:
+                try:
+                    yield response
+                except BaseException as exc:
+                    # Thrown in by our consumer: the call has ended (possibly long ago).
+                    record.finish(_ended_outcome(exc))
+                    await close_stream(stream)
+                    raise
         except BaseException as exc:
             record.finish(_outcome(context, exc))
             raise
