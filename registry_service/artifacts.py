@@ -26,6 +26,14 @@ ON CONFLICT (run_id, kind, name) DO UPDATE SET
 RETURNING {ARTIFACT_COLUMNS}
 """
 
+# Imports never replace anything: a name already taken on the run is the caller's conflict.
+INSERT_ARTIFACT = f"""
+INSERT INTO artifacts (artifact_id, run_id, kind, name, content_type, size, sha256, episode, metadata, data, request_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+RETURNING {ARTIFACT_COLUMNS}
+"""
+
 UPSERT_SAVED_MODEL = f"""
 INSERT INTO saved_models (model_id, run_id, model_name, model_path, model_size, model_metadata, artifact_id)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -47,13 +55,19 @@ async def store_artifact(
     metadata: dict[str, Any],
     data: bytes,
     request_id: str | None = None,
-) -> tuple[resources_pb2.Artifact, dict[str, Any] | None]:
-    """Upsert on (run_id, kind, name); a model also gets its saved_models row (returned)."""
+    replace: bool = True,
+) -> tuple[resources_pb2.Artifact, dict[str, Any] | None] | None:
+    """Store an artifact; a model also gets its saved_models row (returned).
+
+    With `replace` (the trainer's own uploads, retried blindly) an artifact of the same
+    (run_id, kind, name) is replaced. Without it (imports) nothing is replaced: None when
+    the name or the request_id is already taken.
+    """
     cursor = conn.cursor(row_factory=dict_row)
     try:
         async with conn.transaction():
             await cursor.execute(
-                UPSERT_ARTIFACT,
+                UPSERT_ARTIFACT if replace else INSERT_ARTIFACT,
                 (
                     uuid.uuid4(),
                     run_id,
@@ -71,7 +85,9 @@ async def store_artifact(
     except errors.UniqueViolation:
         raise bad_field("request_id", "was already used for another upload") from None
     row = await cursor.fetchone()
-    assert row is not None
+    if row is None:
+        assert not replace
+        return None
     artifact = artifact_from_row(row)
     artifact_id = row["artifact_id"]
     model_row = None

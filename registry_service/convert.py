@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from taxidriver.errors import bad_field
+from taxidriver.errors import FieldViolation, Violations, bad_field, invalid_argument
 from taxidriver.registry.v1 import resources_pb2
 
 # Stored lower-case (the seed's `status = 'completed'`), exposed as the proto enum.
@@ -62,6 +62,59 @@ def parse_uuid(value: str, field_name: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise bad_field(field_name, f"must be a UUID, got {value[:64]!r}") from None
+
+
+NUL = "\x00"
+# PostgreSQL integer columns and the int32 fields they come from.
+INT32_RANGE = range(-(2**31), 2**31)
+
+
+def check_text(violations: Violations, field_name: str, value: str) -> None:
+    """PostgreSQL text cannot hold NUL: refuse it at the edge, naming the field."""
+    if NUL in value:
+        violations.add(field_name, "must not contain NUL characters")
+
+
+def _value_violations(value: struct_pb2.Value, path: str, out: list[FieldViolation]) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value" and not math.isfinite(value.number_value):
+        out.append(FieldViolation(field=path, description="must be a finite number (JSON has no NaN or infinity)"))
+    elif kind == "string_value" and NUL in value.string_value:
+        out.append(FieldViolation(field=path, description="must not contain NUL characters"))
+    elif kind == "struct_value":
+        _struct_violations(value.struct_value, path, out)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            _value_violations(item, f"{path}[{index}]", out)
+
+
+def _struct_violations(message: struct_pb2.Struct, path: str, out: list[FieldViolation]) -> None:
+    for key in sorted(message.fields):
+        if NUL in key:
+            out.append(FieldViolation(field=path, description="keys must not contain NUL characters"))
+            continue
+        _value_violations(message.fields[key], f"{path}.{key}", out)
+
+
+def struct_violations(message: struct_pb2.Struct, field_name: str) -> list[FieldViolation]:
+    """What a user's Struct holds that JSONB cannot store (NaN, infinities, NUL), by path."""
+    found: list[FieldViolation] = []
+    _struct_violations(message, field_name, found)
+    return found
+
+
+def user_struct(message: struct_pb2.Struct, field_name: str, violations: Violations | None = None) -> dict[str, Any]:
+    """A Struct from a request as a dict, or INVALID_ARGUMENT naming each value JSONB cannot hold.
+
+    With `violations`, problems are collected there (the caller raises) and {} is returned.
+    """
+    found = struct_violations(message, field_name)
+    if found:
+        if violations is None:
+            raise invalid_argument(found)
+        violations.items.extend(found)
+        return {}
+    return struct_to_dict(message)
 
 
 def _normalise(value: Any) -> Any:

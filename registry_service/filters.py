@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -227,13 +228,27 @@ def _join(parts: list[Compiled], word: str) -> Compiled:
     return Compiled("(" + f" {word} ".join(p.sql for p in parts) + ")", params)
 
 
+# Integers in filters must fit the int64 of JSON numbers other clients read; floats must be finite.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _literal(token: Token) -> tuple[str, Any]:
     """(type, value) of a literal: number, bool or string (bare words are strings, AIP-160 style)."""
     if token.kind == "number":
+        if re.fullmatch(r"[-+]?\d+", token.text):
+            integer = int(token.text[:30]) if len(token.text) <= 30 else None
+            if integer is None or not INT64_MIN <= integer <= INT64_MAX:
+                raise bad_field("filter", f"integer {token.text[:24]}... is out of range (64-bit integers only)")
+            return "number", integer
         number = float(token.text)
-        return "number", int(number) if re.fullmatch(r"[-+]?\d+", token.text) else number
+        if not math.isfinite(number):
+            raise bad_field("filter", f"number {token.text[:24]} is out of range (finite doubles only)")
+        return "number", number
     if token.kind == "string":
-        return "string", _unquote(token.text)
+        text = _unquote(token.text)
+        if "\x00" in text:
+            raise bad_field("filter", f"string at position {token.position} contains a NUL character")
+        return "string", text
     if token.text in ("true", "false"):
         return "bool", token.text == "true"
     return "string", token.text
@@ -410,12 +425,19 @@ def _to_param(column: Field, value: Any) -> Any:
     if value is None and column.nullable:
         return None
     if kind == "json":
+        if not _storable_json(value):
+            raise ValueError("sort value JSONB cannot hold")
         return Jsonb(value)
     if kind in ("number", "metric") and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        number = float(value)  # OverflowError for an integer beyond any double
+        if not math.isfinite(number):
+            raise ValueError("non-finite sort value")
+        return number
     if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**31) <= value < 2**31:  # compared as ::int
+            raise ValueError("integer sort value out of range")
         return value
-    if kind in ("text", "status") and isinstance(value, str):
+    if kind in ("text", "status") and isinstance(value, str) and "\x00" not in value:
         return value
     if kind == "timestamp" and isinstance(value, str):
         moment = datetime.fromisoformat(value)
@@ -425,6 +447,32 @@ def _to_param(column: Field, value: Any) -> Any:
     if kind == "uuid" and isinstance(value, str):
         return uuid.UUID(value)
     raise ValueError(f"bad sort value for {column.name}")
+
+
+def _storable_json(value: Any, depth: int = 0) -> bool:
+    """JSON that PostgreSQL's jsonb accepts: finite numbers, no NUL, bounded nesting."""
+    if depth > 32:
+        return False
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, list):
+        return all(_storable_json(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all("\x00" not in key and _storable_json(item, depth + 1) for key, item in value.items())
+    return False
+
+
+def load_token(token: str) -> Any:
+    """A page token's JSON payload; non-standard constants (NaN, Infinity) are not JSON."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} in a page token")
+
+    return json.loads(base64.urlsafe_b64decode(token.encode()), parse_constant=refuse)
 
 
 def token_value(column: Field, value: Any) -> Any:
@@ -472,12 +520,16 @@ def decode_page_token(token: str, scope: str, filter_text: str, ordering: Orderi
     if not token:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-        binding, values, run_id = payload["b"], payload["k"], uuid.UUID(payload["id"])
+        payload = load_token(token)
+        binding, values, ident = payload["b"], payload["k"], payload["id"]
+        if not isinstance(ident, str):
+            raise TypeError("id is not a string")
+        run_id = uuid.UUID(ident)
         if not isinstance(values, list) or len(values) != len(ordering.keys):
             raise ValueError("wrong number of sort values")
         if binding != _binding(scope, filter_text, ordering):
             raise bad_field("page_token", "was issued for a different filter or order_by")
         return ordering.after_sql(values, run_id)
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    # Tokens are user input: anything that is not a token we issued is the caller's mistake.
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError):
         raise bad_field("page_token", "is not a page token of this listing") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,12 +28,15 @@ from registry_service.convert import (
     STATUS_TO_DB,
     TERMINAL_STATUSES,
     artifact_from_row,
+    check_text,
     parse_uuid,
     run_from_row,
     struct_to_dict,
+    user_struct,
 )
 from registry_service.settings import RegistrySettings
-from taxidriver.errors import Violations, bad_field, failed_precondition, not_found
+from taxidriver.errors import Violations, bad_field, failed_precondition, not_found, request_id_reused
+from taxidriver.idempotency import json_fingerprint
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.registry.v1 import resources_pb2
 
@@ -45,13 +49,20 @@ MAX_NAME_CHARS = 200
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM training_runs r WHERE r.run_id = %s"
 
 INSERT_RUN = """
-INSERT INTO training_runs (run_id, request_id, algorithm, mode, env_id, params, episodes_planned, trainer_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO training_runs (
+    run_id, request_id, algorithm, mode, env_id, params, episodes_planned, trainer_id,
+    request_caller, request_fingerprint
+)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 RETURNING run_id
 """
 
-FIND_REGISTERED = "SELECT run_id FROM training_runs WHERE run_id = %s OR (%s::text IS NOT NULL AND request_id = %s)"
+FIND_REGISTERED = """
+SELECT run_id, request_caller, request_fingerprint FROM training_runs
+WHERE run_id = %s OR (%s::text IS NOT NULL AND request_id = %s)
+"""
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 LOCK_RUN = "SELECT status, episodes_recorded, episodes_planned FROM training_runs WHERE run_id = %s FOR UPDATE"
 
@@ -144,10 +155,20 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             violations.add("request_id", f"at most {MAX_NAME_CHARS} characters")
         if request.episodes_planned < 0:
             violations.add("episodes_planned", "must be >= 0")
-        params = struct_to_dict(request.params)
+        if len(request.caller) > MAX_NAME_CHARS:
+            violations.add("caller", f"at most {MAX_NAME_CHARS} characters")
+        if request.request_fingerprint and not _SHA256_HEX.fullmatch(request.request_fingerprint):
+            violations.add("request_fingerprint", "must be a lower-case hex SHA-256")
+        for name in ("request_id", "env_id", "trainer_id", "caller"):
+            check_text(violations, name, getattr(request, name))
+        params = user_struct(request.params, "params", violations)
         _check_params(params, violations)
         violations.raise_if_any()
         request_id = request.request_id or None
+        env_id = request.env_id or "Taxi-v3"
+        fingerprint = request.request_fingerprint or json_fingerprint(
+            [request.algorithm, mode, env_id, params, request.episodes_planned]
+        )
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 INSERT_RUN,
@@ -156,10 +177,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     request_id,
                     request.algorithm,
                     mode,
-                    request.env_id or "Taxi-v3",
+                    env_id,
                     Jsonb(params),
                     request.episodes_planned,
                     request.trainer_id,
+                    request.caller or None,
+                    fingerprint,
                 ),
             )
             created = await cursor.fetchone() is not None
@@ -170,7 +193,13 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 existing = await cursor.fetchone()
                 if existing is None:  # pragma: no cover - a concurrent delete between the two statements
                     raise failed_precondition("run was deleted while registering; retry", run_id=str(run_id))
-                run_id = existing[0]
+                run_id, stored_caller, stored_fingerprint = existing
+                # AIP-155: a retry is the same request from the same caller; anything else reusing
+                # the id is refused (runs registered before fingerprints existed cannot be compared).
+                if stored_fingerprint is not None and (
+                    stored_fingerprint != fingerprint or (stored_caller or "") != request.caller
+                ):
+                    raise request_id_reused("run", str(run_id))
             run = await fetch_run(conn, run_id)
         return ingest_service_pb2.RegisterRunResponse(run=run, created=created)
 
@@ -354,7 +383,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             cursor = await conn.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
-            artifact, _ = await store_artifact(
+            stored = await store_artifact(
                 conn,
                 run_id=run_id,
                 kind=kind,
@@ -364,7 +393,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 metadata=struct_to_dict(header.metadata),
                 data=data,
             )
-        return ingest_service_pb2.UploadArtifactResponse(artifact=artifact)
+            assert stored is not None  # replace=True always stores
+        return ingest_service_pb2.UploadArtifactResponse(artifact=stored[0])
 
     async def GetLatestCheckpoint(
         self, request: ingest_service_pb2.GetLatestCheckpointRequest, context: grpc.aio.ServicerContext

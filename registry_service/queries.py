@@ -31,12 +31,14 @@ from registry_service.convert import (
     RUN_COLUMNS,
     annotation_from_row,
     artifact_from_row,
+    check_text,
     curves_from_rows,
     model_from_row,
     parse_uuid,
     run_from_row,
     struct_to_dict,
     timestamp,
+    user_struct,
     value_to_proto,
 )
 from registry_service.filters import (
@@ -45,10 +47,11 @@ from registry_service.filters import (
     compile_filter,
     decode_page_token,
     encode_page_token,
+    load_token,
     parse_order_by,
 )
 from registry_service.settings import RegistrySettings
-from taxidriver.errors import Violations, bad_field, not_found
+from taxidriver.errors import FieldViolation, ServiceError, Violations, bad_field, not_found, request_id_reused
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc, resources_pb2
 
@@ -192,14 +195,16 @@ class SimpleToken:
         if not token:
             return None
         try:
-            payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+            payload = load_token(token)
             if payload["s"] != hashlib.sha256(scope.encode()).hexdigest()[:16]:
                 raise ValueError("other listing")
+            if not isinstance(payload["t"], str) or not isinstance(payload["id"], str):
+                raise TypeError("forged token")
             moment = datetime.fromisoformat(payload["t"])
             if moment.tzinfo is None:
                 raise ValueError("naive")
             return moment, uuid.UUID(payload["id"])
-        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError):
             raise bad_field("page_token", "is not a page token of this listing") from None
 
 
@@ -235,6 +240,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         size: int,
         full: bool,
         count: bool,
+        where_field: str = "filter",
     ) -> tuple[list[resources_pb2.Run], str, int]:
         """One keyset page of runs; the token is bound to `scope` + `binding_text` + ordering."""
         after = decode_page_token(token, scope, binding_text, ordering) or Compiled("TRUE")
@@ -252,7 +258,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             except errors.DataError as exc:
                 # e.g. a seed-style ::FLOAT cast over a hand-written non-numeric value.
                 raise bad_field(
-                    "filter", f"cannot be evaluated on the stored data: {exc.diag.message_primary}"
+                    where_field, f"cannot be evaluated on the stored data: {exc.diag.message_primary}"
                 ) from None
             rows = await cursor.fetchall()
             total = 0
@@ -367,7 +373,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     async def SearchRunsByParams(
         self, request: pb.SearchRunsByParamsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchRunsByParamsResponse:
-        wanted = struct_to_dict(request.params)
+        wanted = user_struct(request.params, "params")
         if not wanted:
             raise bad_field("params", "give at least one parameter to match")
         size = page_size(request.page_size)
@@ -381,6 +387,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             size=size,
             full=False,
             count=False,
+            where_field="params",
         )
         return pb.SearchRunsByParamsResponse(runs=runs, next_page_token=token)
 
@@ -456,6 +463,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                 violations.add(f"tags[{index}]", "lower-case [a-z0-9_-], 1 to 64 characters")
         if len(request.request_id) > 200:
             violations.add("request_id", "at most 200 characters")
+        check_text(violations, "annotation", request.annotation)
+        check_text(violations, "request_id", request.request_id)
         violations.raise_if_any()
         assert run_id is not None
         tags = list(dict.fromkeys(request.tags))
@@ -463,22 +472,21 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         async with self.pool.connection() as conn, conn.transaction():
             cursor = conn.cursor(row_factory=dict_row)
             if request_id is not None:
-                await cursor.execute(
-                    f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE request_id = %s", (request_id,)
-                )
+                await cursor.execute(FIND_ANNOTATION, (request_id,))
                 existing = await cursor.fetchone()
                 if existing is not None:
-                    return pb.CreateAnnotationResponse(annotation=annotation_from_row(existing))
+                    return _annotation_retry(existing, run_id, request.annotation, tags)
             await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
-            await cursor.execute(
-                f"INSERT INTO run_annotations (annotation_id, run_id, annotation, tags, request_id)"
-                f" VALUES (%s, %s, %s, %s, %s) RETURNING {ANNOTATION_COLUMNS}",
-                (uuid.uuid4(), run_id, request.annotation, tags, request_id),
-            )
+            # Concurrent first tries of one request_id: one inserts, the others wait for it and read it.
+            await cursor.execute(INSERT_ANNOTATION, (uuid.uuid4(), run_id, request.annotation, tags, request_id))
             row = await cursor.fetchone()
-            assert row is not None
+            if row is None:
+                await cursor.execute(FIND_ANNOTATION, (request_id,))
+                existing = await cursor.fetchone()
+                assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
+                return _annotation_retry(existing, run_id, request.annotation, tags)
         return pb.CreateAnnotationResponse(annotation=annotation_from_row(row))
 
     async def ListAnnotations(
@@ -621,37 +629,81 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             violations.add("header.model_name", "is required, at most 100 characters")
         if len(header.request_id) > 200:
             violations.add("header.request_id", "at most 200 characters")
+        check_text(violations, "header.model_name", header.model_name)
+        check_text(violations, "header.request_id", header.request_id)
+        metadata = user_struct(header.model_metadata, "header.model_metadata", violations)
         if not data:
             violations.add("chunk", "a model needs at least one byte")
         violations.raise_if_any()
         request_id = header.request_id or None
+        digest = hashlib.sha256(data).hexdigest()
         async with self.pool.connection() as conn, conn.transaction():
             if request_id is not None:
-                cursor = await conn.execute(
-                    "SELECT m.model_id FROM saved_models m JOIN artifacts a USING (artifact_id)"
-                    " WHERE a.request_id = %s",
-                    (request_id,),
-                )
-                existing = await cursor.fetchone()
-                if existing is not None:
-                    return pb.ImportModelResponse(model=model_from_row(await self._model_row(conn, existing[0], False)))
+                retried = await self._imported(conn, request_id, run_id, header.model_name, metadata, digest)
+                if retried is not None:
+                    return retried
             if run_id is not None:
                 cursor = await conn.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
                 if await cursor.fetchone() is None:
                     raise not_found("run", str(run_id))
-            _, model_row = await store_artifact(
+            stored = await store_artifact(
                 conn,
                 run_id=run_id,
                 kind="model",
                 name=header.model_name,
                 content_type="application/x-npy",
                 episode=0,
-                metadata=struct_to_dict(header.model_metadata),
+                metadata=metadata,
                 data=data,
                 request_id=request_id,
+                replace=False,
             )
+            if stored is None:
+                # Taken meanwhile by a concurrent first try of this request_id, or the name is taken.
+                if request_id is not None:
+                    retried = await self._imported(conn, request_id, run_id, header.model_name, metadata, digest)
+                    if retried is not None:
+                        return retried
+                raise ServiceError(
+                    code=grpc.StatusCode.ALREADY_EXISTS,
+                    message=f"run {run_id} already has a model named {header.model_name!r}; "
+                    "imports never replace a model: choose another model_name",
+                    reason="MODEL_NAME_TAKEN",
+                    violations=[FieldViolation(field="header.model_name", description="already used on this run")],
+                    metadata={"run_id": str(run_id), "model_name": header.model_name},
+                )
+            model_row = stored[1]
         assert model_row is not None
         return pb.ImportModelResponse(model=model_from_row(model_row))
+
+    async def _imported(
+        self,
+        conn: AsyncConnection[Any],
+        request_id: str,
+        run_id: uuid.UUID | None,
+        name: str,
+        metadata: dict[str, Any],
+        digest: str,
+    ) -> pb.ImportModelResponse | None:
+        """AIP-155 for imports: the first answer for a retry, an error for another request, None if new."""
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(
+            "SELECT m.model_id, a.run_id, a.name, a.metadata, a.sha256 FROM saved_models m"
+            " JOIN artifacts a USING (artifact_id) WHERE a.request_id = %s",
+            (request_id,),
+        )
+        existing = await cursor.fetchone()
+        if existing is None:
+            return None
+        same = (existing["run_id"], existing["name"], existing["metadata"], existing["sha256"]) == (
+            run_id,
+            name,
+            metadata,
+            digest,
+        )
+        if not same:
+            raise request_id_reused("model", str(existing["model_id"]), "header.request_id")
+        return pb.ImportModelResponse(model=model_from_row(await self._model_row(conn, existing["model_id"], False)))
 
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
@@ -707,6 +759,24 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
 
         async for event in watch_many(self.pool, self.hub, request_iterator):
             yield pb.WatchRunsResponse(event=event)
+
+
+FIND_ANNOTATION = f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE request_id = %s"
+INSERT_ANNOTATION = f"""
+INSERT INTO run_annotations (annotation_id, run_id, annotation, tags, request_id)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (request_id) DO NOTHING
+RETURNING {ANNOTATION_COLUMNS}
+"""
+
+
+def _annotation_retry(
+    existing: dict[str, Any], run_id: uuid.UUID, text: str, tags: list[str]
+) -> pb.CreateAnnotationResponse:
+    """AIP-155: a retry gets the first answer; the same request_id on another request is an error."""
+    if existing["run_id"] != run_id or existing["annotation"] != text or list(existing["tags"]) != tags:
+        raise request_id_reused("annotation", str(existing["annotation_id"]))
+    return pb.CreateAnnotationResponse(annotation=annotation_from_row(existing))
 
 
 def _is_number(value: Any) -> bool:

@@ -95,6 +95,22 @@ def failed_precondition(message: str, reason: str = "FAILED_PRECONDITION", **met
     )
 
 
+def request_id_reused(what: str, ident: str, field_name: str = "request_id") -> ServiceError:
+    """AIP-155: a request_id already used by a different request (other fields, or another caller).
+
+    ALREADY_EXISTS, not INVALID_ARGUMENT: the request is well formed, but its id is taken
+    by another one. A true retry (same request) gets the first answer instead.
+    """
+    return ServiceError(
+        code=grpc.StatusCode.ALREADY_EXISTS,
+        message=f"{field_name} was already used for a different request (it made {what} {ident}); "
+        "use a new request_id for a new request",
+        reason="REQUEST_ID_REUSED",
+        violations=[FieldViolation(field=field_name, description="already used for a different request")],
+        metadata={what.replace(" ", "_"): ident},
+    )
+
+
 def unavailable(message: str, reason: str = "UNAVAILABLE", **metadata: str) -> ServiceError:
     return ServiceError(code=grpc.StatusCode.UNAVAILABLE, message=message, reason=reason, metadata=dict(metadata))
 

@@ -140,10 +140,20 @@ def test_register_is_idempotent_on_run_id_and_request_id(ingest) -> None:
     assert ingest.RegisterRun(request).created
     again = ingest.RegisterRun(request)
     assert not again.created and again.run.run_id == run_id
-    other = ingest.RegisterRun(
-        ingest_pb2.RegisterRunRequest(run_id=str(uuid.uuid4()), request_id=request_id, algorithm="sarsa")
+    # A trainer retrying StartRun picks a new run_id: same request otherwise, so the same run.
+    retried = ingest.RegisterRun(
+        ingest_pb2.RegisterRunRequest(
+            run_id=str(uuid.uuid4()), request_id=request_id, algorithm="sarsa", mode="optimized"
+        )
     )
-    assert not other.created and other.run.run_id == run_id
+    assert not retried.created and retried.run.run_id == run_id
+    # AIP-155: the same request_id on a different request (here: another mode) is refused.
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.RegisterRun(
+            ingest_pb2.RegisterRunRequest(run_id=str(uuid.uuid4()), request_id=request_id, algorithm="sarsa")
+        )
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert status_details(caught.value)[1] == "REQUEST_ID_REUSED"
 
 
 def test_register_validation_names_every_bad_field(ingest, db) -> None:

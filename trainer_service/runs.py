@@ -21,7 +21,15 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from taxidriver.errors import ServiceError, bad_field, failed_precondition, resource_exhausted, unavailable
+from taxidriver.errors import (
+    ServiceError,
+    bad_field,
+    failed_precondition,
+    resource_exhausted,
+    status_details,
+    unavailable,
+)
+from taxidriver.idempotency import message_fingerprint
 from taxidriver.ingest.v1 import ingest_service_pb2
 from taxidriver.logs import run_id_var
 from taxidriver.registry.v1 import resources_pb2
@@ -51,7 +59,11 @@ async def registry_errors(what: str) -> AsyncIterator[None]:
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             raise failed_precondition(f"{what}: {details}") from error
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
-            raise ServiceError(code=code, message=f"{what}: {details}", reason=code.name) from error
+            # The registry's field violations and reason name the caller's own fields (request_id...).
+            violations, reason = status_details(error)
+            raise ServiceError(
+                code=code, message=f"{what}: {details}", reason=reason or code.name, violations=violations
+            ) from error
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise unavailable(
                 f"{what}: the registry is unreachable ({details})", reason="REGISTRY_UNAVAILABLE"
@@ -146,6 +158,9 @@ class RunManager:
             params=to_struct(spec.to_params()),
             episodes_planned=spec.hyperparameters.training_episodes,
             trainer_id=self.trainer_id,
+            # AIP-155: the registry refuses this request_id reused by another caller or request.
+            caller=caller,
+            request_fingerprint=message_fingerprint(request),
         )
         async with registry_errors("registering the run"):
             reply = await self.client.register_run(register)
