@@ -22,9 +22,9 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.auth import CALLER_KEY, CALLER_ROLE_KEY, ROLE_NAMES, current_principal
+from taxidriver.keepalive import channel_options
 from taxidriver.logs import request_id_var
 from taxidriver.metrics import REQUEST_ID_KEY
-from taxidriver.server import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,7 @@ SECRET_OR_TRUSTED = frozenset({"authorization", CALLER_KEY, CALLER_ROLE_KEY})
 # The one reserved trailing key a proxy must relay: the rich google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+UPSTREAM_OPTIONS: list[tuple[str, Any]] = [
     # A dns:/// (or ipv4:a,b) target with several addresses is balanced per call.
     ("grpc.lb_policy_name", "round_robin"),
     # Fail fast and report UNAVAILABLE rather than hide an outage behind retries.
@@ -121,7 +117,9 @@ class Upstream:
 
     def __post_init__(self) -> None:
         if not self.channels:
-            self.channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in self.targets]
+            # Keepalive from taxidriver.keepalive, the same setting the upstream servers enforce.
+            options = [*channel_options(), *UPSTREAM_OPTIONS]
+            self.channels = [grpc.aio.insecure_channel(t, options=options) for t in self.targets]
         if not self.healthy:
             # Optimistic until the health mirror says otherwise.
             self.healthy = [True] * len(self.targets)

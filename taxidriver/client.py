@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import duration_pb2, struct_pb2
 
 from taxidriver.errors import FieldViolation, status_details
+from taxidriver.keepalive import channel_options
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 
@@ -140,10 +141,8 @@ class RawClient:
         self, target: str | None = None, *, channel: grpc.Channel | None = None, api_key: str | None = None
     ) -> None:
         self.target = target or gateway_from_env()
-        self.channel = channel or grpc.insecure_channel(
-            self.target,
-            options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
-        )
+        # Keepalive the gateway's server accepts (taxidriver.keepalive): a long `watch` stays up.
+        self.channel = channel or grpc.insecure_channel(self.target, options=channel_options())
         key = api_key_from_env() if api_key is None else api_key
         if key:
             self.channel = grpc.intercept_channel(self.channel, BearerKey(key))

@@ -21,20 +21,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taxidriver.errors import ErrorInterceptor
+from taxidriver.keepalive import MAX_MESSAGE_BYTES, Keepalive
 from taxidriver.metrics import TelemetryInterceptor, metrics_port_from_env, start_metrics_server
 
 log = logging.getLogger(__name__)
 
-# Generous but bounded: artifacts stream in chunks well below this.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -141,6 +136,7 @@ async def create_server(
     error_mapping: bool = True,
     telemetry: bool = True,
     credentials: grpc.ServerCredentials | None = None,
+    keepalive: Keepalive | None = None,
 ) -> RunningServer:
     """Build and start a server on `address` ("host:port", port 0 for any).
 
@@ -151,7 +147,8 @@ async def create_server(
     all_interceptors.extend(interceptors)
     if error_mapping:
         all_interceptors.append(DomainErrorInterceptor())
-    server = grpc.aio.server(interceptors=all_interceptors, options=SERVER_OPTIONS)
+    options = [*SERVER_OPTIONS, *(keepalive or Keepalive.from_env()).server_options()]
+    server = grpc.aio.server(interceptors=all_interceptors, options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in services:

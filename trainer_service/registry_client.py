@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from taxidriver.keepalive import channel_options
 from taxidriver.registry.v1 import resources_pb2
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,6 @@ T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 ARTIFACT_CHUNK_BYTES = 64 * 1024
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
@@ -39,7 +38,8 @@ def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
 class RegistryClient:
     def __init__(self, target: str, *, call_timeout: float = 10.0, retry_for: float = 60.0) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        # Message limits and keepalive shared with the registry's server (taxidriver.keepalive).
+        self.channel = grpc.aio.insecure_channel(target, options=[*channel_options(), *CHANNEL_OPTIONS])
         self.stub = ingest_service_pb2_grpc.IngestServiceStub(self.channel)
         self.call_timeout = call_timeout
         self.retry_for = retry_for
