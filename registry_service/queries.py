@@ -272,11 +272,30 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                 total = counted[0] if counted else 0
             runs = [run_from_row(row) for row in rows[:size]]
             if full:
-                for run in runs:
-                    chunks = await episodes.read_chunks(conn, uuid.UUID(run.run_id))
-                    run.curves.CopyFrom(curves_from_rows(chunks))
-        next_token = encode_page_token(scope, binding_text, ordering, rows[size - 1]) if len(rows) > size else ""
+                runs = await self._with_curves(conn, runs)
+        # A page cut short by its byte budget continues after its last run, like a full one.
+        more = len(rows) > len(runs)
+        next_token = encode_page_token(scope, binding_text, ordering, rows[len(runs) - 1]) if more else ""
         return runs, next_token, total
+
+    async def _with_curves(self, conn: AsyncConnection[Any], runs: list[resources_pb2.Run]) -> list[resources_pb2.Run]:
+        """Runs with their curves, as many as fit the page's byte budget (at least one).
+
+        Curves are ~15 bytes per episode: two 1,000,000-episode runs already exceed the
+        16 MiB message limit, so a FULL page is bounded by size as well as count.
+        """
+        budget = self.settings.max_page_bytes
+        kept: list[resources_pb2.Run] = []
+        used = 0
+        for run in runs:
+            chunks = await episodes.read_chunks(conn, uuid.UUID(run.run_id))
+            run.curves.CopyFrom(curves_from_rows(chunks))
+            size = run.ByteSize() + 8  # + field tag and length prefix
+            if kept and used + size > budget:
+                break
+            kept.append(run)
+            used += size
+        return kept
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
         size = page_size(request.page_size)

@@ -28,10 +28,15 @@ class RegistrySettings:
     max_artifact_bytes: int = 64 * 1024 * 1024
     # Seconds given to in-flight calls on SIGTERM.
     shutdown_grace: float = 10.0
+    # Largest listing page with curves (ListRuns view FULL), in bytes; a page holds at least
+    # one run and stops before this, with a next_page_token (REGISTRY_MAX_PAGE_BYTES).
+    max_page_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.database_url:
             raise SettingsError("DATABASE_URL is required: the registry stores every run in PostgreSQL")
+        if self.max_page_bytes < 1024:
+            raise SettingsError("REGISTRY_MAX_PAGE_BYTES must be at least 1024")
 
     @classmethod
     def from_env(cls) -> RegistrySettings:
@@ -45,4 +50,5 @@ class RegistrySettings:
             lease_seconds=env_float("REGISTRY_LEASE_SECONDS", 30.0),
             max_artifact_bytes=env_int("REGISTRY_MAX_ARTIFACT_BYTES", 64 * 1024 * 1024),
             shutdown_grace=env_float("REGISTRY_SHUTDOWN_GRACE", 10.0),
+            max_page_bytes=env_int("REGISTRY_MAX_PAGE_BYTES", 8 * 1024 * 1024),
         )

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from taxidriver.errors import status_details
+from taxidriver.keepalive import channel_options
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from taxidriver.registry.v1 import resources_pb2
@@ -206,3 +207,67 @@ def test_active_runs_per_caller_are_capped(capped: InProcessService, db: psycopg
         for run_id in (started[1], bob, third):
             stub.CancelRun(tpb.CancelRunRequest(run_id=run_id), timeout=30)
     assert wait_status(db, [*started, bob, third], "cancelled") == ["cancelled"] * 4
+
+
+def test_full_view_pages_are_bounded_by_size_and_continue_with_a_token(
+    open_gateway: InProcessService, registry: InProcessService, db: psycopg.Connection
+) -> None:
+    """Three runs of 400,000 episodes: ~18 MB as one FULL page, above the 16 MiB message limit
+    (issue 10 saw RESOURCE_EXHAUSTED for page_size 2). Pages now stop at a byte budget."""
+    from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
+    from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
+
+    scope = f"big-{uuid.uuid4().hex[:8]}"
+    episodes, batch = 400_000, 100_000
+    run_ids = []
+    with grpc.insecure_channel(registry.target) as channel:
+        ingest = ingest_grpc.IngestServiceStub(channel)
+        for _ in range(3):
+            run_id = str(uuid.uuid4())
+            ingest.RegisterRun(
+                ingest_pb2.RegisterRunRequest(
+                    run_id=run_id, algorithm="sarsa", env_id=scope, episodes_planned=episodes
+                ),
+                timeout=30,
+            )
+            for first in range(0, episodes, batch):
+                request = ingest_pb2.IngestEpisodesRequest(
+                    run_id=run_id,
+                    first_episode=first,
+                    rewards=[-1.5] * batch,
+                    steps=[200] * batch,
+                    epsilons=[0.5] * batch,
+                    td_errors=[0.25] * batch,
+                    successes=[True] * batch,
+                )
+                list(ingest.IngestEpisodes(iter([request]), timeout=120))
+            run_ids.append(run_id)
+    # Our clients' channel options (taxidriver.client): 16 MiB messages, like the servers'.
+    gateway_channel = grpc.insecure_channel(open_gateway.target, options=channel_options())
+    try:
+        stub = registry_grpc.RegistryServiceStub(gateway_channel)
+        seen: list[str] = []
+        token = ""
+        pages = 0
+        while True:
+            reply = stub.ListRuns(
+                pb.ListRunsRequest(
+                    filter=f'env_id = "{scope}"', page_size=3, view=resources_pb2.RUN_VIEW_FULL, page_token=token
+                ),
+                timeout=120,
+            )
+            pages += 1
+            assert reply.runs, "a page always holds at least one run"
+            assert reply.ByteSize() < MAX_MESSAGE_BYTES
+            for run in reply.runs:
+                assert len(run.curves.rewards) == episodes
+                assert len(run.curves.successes) == episodes
+                seen.append(run.run_id)
+            token = reply.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == sorted(run_ids)
+        assert pages > 1
+    finally:
+        gateway_channel.close()
+        db.execute("DELETE FROM training_runs WHERE env_id = %s", (scope,))
