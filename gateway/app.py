@@ -16,6 +16,7 @@ from gateway.settings import GatewaySettings
 from gateway.upstream_health import HealthMirror
 from taxidriver.config import SettingsError
 from taxidriver.ingest.v1 import ingest_service_pb2
+from taxidriver.internal_auth import token_metadata
 from taxidriver.registry.v1 import registry_service_pb2
 from taxidriver.server import RunningServer, ServiceBinding, create_server
 from taxidriver.trainer.v1 import trainer_service_pb2
@@ -67,13 +68,20 @@ def tls_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
 
 
 async def start_gateway(settings: GatewaySettings) -> GatewayApp:
-    trainer = Upstream(name="trainer", service=TRAINER_SERVICE.full_name, targets=settings.trainer_targets)
-    registry = Upstream(name="registry", service=REGISTRY_SERVICE.full_name, targets=(settings.registry_target,))
+    extra = token_metadata(settings.internal_token)
+    trainer = Upstream(
+        name="trainer", service=TRAINER_SERVICE.full_name, targets=settings.trainer_targets, extra_metadata=extra
+    )
+    registry = Upstream(
+        name="registry", service=REGISTRY_SERVICE.full_name, targets=(settings.registry_target,), extra_metadata=extra
+    )
 
     authenticator: KeyAuthenticator | None = None
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.auth_required:
-        authenticator = KeyAuthenticator(settings.registry_target, ttl=settings.auth_cache_seconds)
+        authenticator = KeyAuthenticator(
+            settings.registry_target, ttl=settings.auth_cache_seconds, internal_token=settings.internal_token
+        )
         interceptors.append(AuthInterceptor(authenticator, required_roles([TRAINER_SERVICE, REGISTRY_SERVICE])))
     credentials = tls_credentials(settings)
 

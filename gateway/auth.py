@@ -24,6 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taxidriver.errors import ServiceError
 from taxidriver.handlers import rewrap
+from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
 
 READER = auth_service_pb2.ROLE_READER
@@ -73,8 +74,12 @@ def _unauthenticated(message: str, reason: str) -> ServiceError:
 class KeyAuthenticator:
     """Resolves bearer keys through the registry, caching answers for `ttl` seconds."""
 
-    def __init__(self, registry_target: str, *, ttl: float = 30.0, max_entries: int = 10_000) -> None:
-        self.channel = grpc.aio.insecure_channel(registry_target, options=channel_options())
+    def __init__(
+        self, registry_target: str, *, ttl: float = 30.0, max_entries: int = 10_000, internal_token: str = ""
+    ) -> None:
+        self.channel = grpc.aio.insecure_channel(
+            registry_target, options=channel_options(), interceptors=client_interceptors(internal_token)
+        )
         self.stub = auth_service_pb2_grpc.AuthServiceStub(self.channel)
         self.registry_target = registry_target
         self.ttl = ttl

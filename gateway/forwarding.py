@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.auth import CALLER_KEY, CALLER_ROLE_KEY, ROLE_NAMES, current_principal
+from taxidriver.internal_auth import INTERNAL_TOKEN_KEY
 from taxidriver.keepalive import channel_options
 from taxidriver.logs import request_id_var
 from taxidriver.metrics import REQUEST_ID_KEY
@@ -45,7 +46,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Never forwarded: the API key (checked here), and identity only the gateway may assert.
-SECRET_OR_TRUSTED = frozenset({"authorization", CALLER_KEY, CALLER_ROLE_KEY})
+SECRET_OR_TRUSTED = frozenset({"authorization", CALLER_KEY, CALLER_ROLE_KEY, INTERNAL_TOKEN_KEY})
 # The one reserved trailing key a proxy must relay: the rich google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -110,6 +111,8 @@ class Upstream:
     name: str
     service: str
     targets: tuple[str, ...]
+    # Sent with every forwarded call: the internal token when the deployment sets one.
+    extra_metadata: Metadata = ()
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     healthy: list[bool] = field(default_factory=list)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
@@ -196,7 +199,9 @@ def _forward_unary_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandler
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         index = upstream.pick()
         call = upstream.multicallable(index, "unary_unary", path)(
-            request, timeout=context.time_remaining(), metadata=request_metadata(context.invocation_metadata())
+            request,
+            timeout=context.time_remaining(),
+            metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
         )
         try:
             response: bytes = await call
@@ -219,7 +224,7 @@ def _forward_stream_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandle
         call = upstream.multicallable(index, "stream_unary", path)(
             request_iterator,
             timeout=context.time_remaining(),
-            metadata=request_metadata(context.invocation_metadata()),
+            metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
         )
         try:
             response: bytes = await call
@@ -281,7 +286,9 @@ def _forward_unary_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandle
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> None:
         index = upstream.pick()
         call = upstream.multicallable(index, "unary_stream", path)(
-            request, timeout=context.time_remaining(), metadata=request_metadata(context.invocation_metadata())
+            request,
+            timeout=context.time_remaining(),
+            metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
         )
         await _pipe_responses(call, context, upstream, index)
 
@@ -294,7 +301,7 @@ def _forward_stream_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandl
         call = upstream.multicallable(index, "stream_stream", path)(
             request_iterator,
             timeout=context.time_remaining(),
-            metadata=request_metadata(context.invocation_metadata()),
+            metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
         )
         await _pipe_responses(call, context, upstream, index)
 

@@ -39,6 +39,9 @@ class GatewaySettings:
     # PEM certificate chain and private key: both set -> the public port speaks TLS.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Shared secret sent to the registry and the trainers (INTERNAL_TOKEN), which refuse calls
+    # without it when they have it set. Never required from the gateway's own clients.
+    internal_token: str = ""
 
     def __post_init__(self) -> None:
         if not self.trainer_targets:
@@ -61,4 +64,5 @@ class GatewaySettings:
             auth_cache_seconds=env_float("GATEWAY_AUTH_CACHE_SECONDS", 30.0),
             tls_cert_file=env_str("GATEWAY_TLS_CERT_FILE", ""),
             tls_key_file=env_str("GATEWAY_TLS_KEY_FILE", ""),
+            internal_token=env_str("INTERNAL_TOKEN", ""),
         )

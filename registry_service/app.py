@@ -128,6 +128,7 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
                 ServiceBinding(name=INGEST_SERVICE, register=add_ingest),
                 ServiceBinding(name=AUTH_SERVICE, register=add_auth),
             ],
+            internal_token=settings.internal_token,
         )
     except Exception:
         await hub.stop()

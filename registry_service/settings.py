@@ -31,6 +31,9 @@ class RegistrySettings:
     # Largest listing page with curves (ListRuns view FULL), in bytes; a page holds at least
     # one run and stops before this, with a next_page_token (REGISTRY_MAX_PAGE_BYTES).
     max_page_bytes: int = 8 * 1024 * 1024
+    # Shared secret every call must carry (x-internal-token) when set (INTERNAL_TOKEN); empty:
+    # no check, and the loopback-only default address is the protection (taxidriver.internal_auth).
+    internal_token: str = ""
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -51,4 +54,5 @@ class RegistrySettings:
             max_artifact_bytes=env_int("REGISTRY_MAX_ARTIFACT_BYTES", 64 * 1024 * 1024),
             shutdown_grace=env_float("REGISTRY_SHUTDOWN_GRACE", 10.0),
             max_page_bytes=env_int("REGISTRY_MAX_PAGE_BYTES", 8 * 1024 * 1024),
+            internal_token=env_str("INTERNAL_TOKEN", ""),
         )

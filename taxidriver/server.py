@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taxidriver.errors import ErrorInterceptor
+from taxidriver.internal_auth import InternalTokenInterceptor
 from taxidriver.keepalive import MAX_MESSAGE_BYTES, Keepalive
 from taxidriver.metrics import TelemetryInterceptor, metrics_port_from_env, start_metrics_server
 
@@ -137,6 +138,7 @@ async def create_server(
     telemetry: bool = True,
     credentials: grpc.ServerCredentials | None = None,
     keepalive: Keepalive | None = None,
+    internal_token: str = "",
 ) -> RunningServer:
     """Build and start a server on `address` ("host:port", port 0 for any).
 
@@ -144,6 +146,9 @@ async def create_server(
     final codes), then the caller's, then error mapping next to the servicers.
     """
     all_interceptors: list[grpc.aio.ServerInterceptor] = [TelemetryInterceptor()] if telemetry else []
+    if internal_token:
+        # Internal ports with INTERNAL_TOKEN set: refused calls are still counted and logged.
+        all_interceptors.append(InternalTokenInterceptor(internal_token))
     all_interceptors.extend(interceptors)
     if error_mapping:
         all_interceptors.append(DomainErrorInterceptor())

@@ -78,7 +78,7 @@ def test_deploy_validate_passes_offline() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "deploy/k8s/base renders 24 objects, all valid for Kubernetes 1.37.0 (strict)" in result.stdout
-    assert "deploy/k8s/overlays/dev renders 28 objects" in result.stdout
+    assert "deploy/k8s/overlays/dev renders 29 objects" in result.stdout
     assert result.stdout.count("hadolint deploy/") == 4
 
 
@@ -256,6 +256,18 @@ def test_every_referenced_config_and_secret_is_rendered(dev: list[dict[str, Any]
                 assert ("ConfigMap", source["configMapRef"]["name"]) in rendered, name
     registry = find(dev, "Deployment", "registry")["spec"]["template"]["spec"]["containers"][0]
     assert "secretKeyRef" in env_of(registry)["DATABASE_URL"]
+
+
+def test_internal_ports_require_the_shared_token(base: list[dict[str, Any]]) -> None:
+    """Registry and trainers listen on the pod network: every service has INTERNAL_TOKEN from one Secret."""
+    for name in SERVICES:
+        container = find(base, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        assert env_of(container)["INTERNAL_TOKEN"] == {
+            "secretKeyRef": {"name": "taxidriver-internal", "key": "INTERNAL_TOKEN"}
+        }, name
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    tokens = {compose[name]["environment"]["INTERNAL_TOKEN"] for name in SERVICES}
+    assert len(tokens) == 1 and tokens != {""}
 
 
 def test_compose_starts_in_dependency_order_on_loopback() -> None:

@@ -39,7 +39,7 @@ class TrainerApp:
 
 
 async def start_trainer(settings: TrainerSettings) -> TrainerApp:
-    client = RegistryClient(settings.registry_target)
+    client = RegistryClient(settings.registry_target, internal_token=settings.internal_token)
     runs = RunManager(
         client,
         settings.workers,
@@ -58,6 +58,7 @@ async def start_trainer(settings: TrainerSettings) -> TrainerApp:
                 register=lambda server: trainer_service_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
             )
         ],
+        internal_token=settings.internal_token,
     )
     log.info("trainer listening on port %d with %d workers", running.port, settings.workers)
     return TrainerApp(settings=settings, running=running, runs=runs, client=client)

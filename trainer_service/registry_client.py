@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
 from taxidriver.registry.v1 import resources_pb2
 
@@ -36,10 +37,15 @@ def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 
 class RegistryClient:
-    def __init__(self, target: str, *, call_timeout: float = 10.0, retry_for: float = 60.0) -> None:
+    def __init__(
+        self, target: str, *, call_timeout: float = 10.0, retry_for: float = 60.0, internal_token: str = ""
+    ) -> None:
         self.target = target
-        # Message limits and keepalive shared with the registry's server (taxidriver.keepalive).
-        self.channel = grpc.aio.insecure_channel(target, options=[*channel_options(), *CHANNEL_OPTIONS])
+        # Message limits and keepalive shared with the registry's server (taxidriver.keepalive);
+        # the internal token, when the deployment sets one, on every call.
+        self.channel = grpc.aio.insecure_channel(
+            target, options=[*channel_options(), *CHANNEL_OPTIONS], interceptors=client_interceptors(internal_token)
+        )
         self.stub = ingest_service_pb2_grpc.IngestServiceStub(self.channel)
         self.call_timeout = call_timeout
         self.retry_for = retry_for

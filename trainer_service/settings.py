@@ -32,6 +32,9 @@ class TrainerSettings:
     # the caller is the `x-caller` metadata value, else the peer's host.
     max_active_runs_per_caller: int = 8
     log_level: str = "INFO"
+    # Shared secret of the internal ports (INTERNAL_TOKEN): required on this server's calls and
+    # sent to the registry when set; empty: no check (loopback-only default address).
+    internal_token: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -53,4 +56,5 @@ class TrainerSettings:
             grace=env_float("TRAINER_GRACE_S", 20.0),
             max_active_runs_per_caller=env_int("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER", 8),
             log_level=env_str("LOG_LEVEL", "INFO"),
+            internal_token=env_str("INTERNAL_TOKEN", ""),
         )

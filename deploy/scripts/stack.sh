@@ -13,6 +13,7 @@ TAG=${TAG:-dev}
 PREFIX=${IMAGE_PREFIX:-taxidriver}
 GATEWAY_PORT=${GATEWAY_PORT:-50051}
 POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-taxidriver-dev}
+INTERNAL_TOKEN=${INTERNAL_TOKEN:-taxidriver-dev-internal-token}
 TRAINER_WORKERS=${TRAINER_WORKERS:-2}
 HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-120}
 NET="$PROJECT"
@@ -54,16 +55,17 @@ up() {
   $DOCKER run --rm --name "$PROJECT-migrate" --network "$NET" --label "taxidriver.project=$PROJECT" "${HARDENING[@]}" \
     -e DATABASE_URL="$DATABASE_URL" --entrypoint python "$PREFIX/registry:$TAG" -m registry_service.migrate
   run registry "$PREFIX/registry:$TAG" -e DATABASE_URL="$DATABASE_URL" -e REGISTRY_ADDRESS=0.0.0.0:50053 \
+    -e INTERNAL_TOKEN="$INTERNAL_TOKEN" \
     --health-cmd "grpc-health-probe --service taxidriver.registry.v1.RegistryService 127.0.0.1:50053" \
     --health-interval 2s --health-retries 30 "$PREFIX/registry:$TAG"
   wait_healthy registry
   run trainer "$PREFIX/trainer:$TAG" -e TRAINER_ADDRESS=0.0.0.0:50052 -e REGISTRY_TARGET=registry:50053 \
-    -e TRAINER_WORKERS="$TRAINER_WORKERS" --shm-size 256m \
+    -e TRAINER_WORKERS="$TRAINER_WORKERS" -e INTERNAL_TOKEN="$INTERNAL_TOKEN" --shm-size 256m \
     --health-cmd "grpc-health-probe --service taxidriver.trainer.v1.TrainerService 127.0.0.1:50052" \
     --health-interval 2s --health-retries 30 "$PREFIX/trainer:$TAG"
   wait_healthy trainer
   run gateway "$PREFIX/gateway:$TAG" -e GATEWAY_ADDRESS=0.0.0.0:50051 -e TRAINER_TARGETS=trainer:50052 \
-    -e REGISTRY_TARGET=registry:50053 -p "127.0.0.1:$GATEWAY_PORT:50051" \
+    -e REGISTRY_TARGET=registry:50053 -e INTERNAL_TOKEN="$INTERNAL_TOKEN" -p "127.0.0.1:$GATEWAY_PORT:50051" \
     --health-cmd "grpc-health-probe 127.0.0.1:50051" --health-interval 2s --health-retries 30 "$PREFIX/gateway:$TAG"
   wait_healthy gateway
   echo "stack: up; gateway at 127.0.0.1:$GATEWAY_PORT"
