@@ -65,9 +65,69 @@ nasty_text = st.one_of(
             'create_time > "not a time"',
             "-success_rate",
             "params.alpha desc, , ",
+            "a\x00b",
+            "\x00" * 3,
         ]
     ),
 )
+HUGE = "9" * 400
+# Filters that were INTERNAL (issue 10): numbers beyond any column or double, NUL in strings.
+nasty_filters = st.one_of(
+    st.sampled_from(
+        [
+            f"episodes_recorded > {HUGE}",
+            f"params.alpha = {HUGE}",
+            f"params.alpha > -{HUGE}",
+            f"test_metrics.success_rate < {HUGE}.5",
+            "params.alpha = 1e999",
+            "execution_time > -1e400",
+            'algorithm = "sar\x00sa"',
+            'params.note = "a\x00"',
+            'tags:"x\x00"',
+            f"episodes_planned = {2**63}",
+        ]
+    ),
+    st.builds(
+        lambda field, op, number: f"{field} {op} {number}",
+        st.sampled_from(["episodes_recorded", "params.alpha", "test_metrics.avg_steps", "execution_time"]),
+        st.sampled_from(["=", "!=", "<", ">="]),
+        st.one_of(st.integers(-(10**30), 10**30), st.sampled_from(["1e308", "1e309", "-1e999", HUGE])),
+    ),
+)
+
+
+def _token(payload: Any) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**40), 10**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["\x00", "2026-01-01T00:00:00+00:00", str(uuid.uuid4())]),
+)
+# Page tokens a client can forge: our payload shapes with values of every JSON type.
+forged_tokens = st.one_of(
+    st.builds(
+        lambda b, k, ident: _token({"b": b, "k": k, "id": ident}),
+        st.one_of(st.text(max_size=16), json_scalars),
+        st.one_of(st.lists(json_scalars, max_size=3), json_scalars),
+        json_scalars,
+    ),
+    st.builds(
+        lambda scope, moment, ident: _token({"s": scope, "t": moment, "id": ident}),
+        json_scalars,
+        json_scalars,
+        json_scalars,
+    ),
+    st.sampled_from(["e30=", "bnVsbA==", "W10=", "!!", "eyJpZCI6IE5hTn0="]),
+)
+
 nasty_int32 = st.one_of(st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, -1, 1, 1000, 1001, 10**6, 10**6 + 1]))
 nasty_int64 = st.integers(-(2**63), 2**63 - 1)
 nasty_uint64 = st.integers(0, 2**64 - 1)
@@ -75,7 +135,14 @@ nasty_float = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampl
 
 
 def value_strategy() -> st.SearchStrategy[Any]:
-    leaves = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), nasty_text)
+    # NaN and infinities too: a Struct carries them (JSON and JSONB cannot).
+    leaves = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([math.nan, math.inf, -math.inf, 1e308]),
+        nasty_text,
+    )
     return st.recursive(
         leaves,
         lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(nasty_text, children, max_size=3)),
@@ -127,6 +194,10 @@ def message_strategy(descriptor: pd.Descriptor, depth: int = 0) -> st.SearchStra
             if depth >= 2 or field.message_type.GetOptions().map_entry:
                 continue
             inner = message_strategy(field.message_type, depth + 1)
+        elif field.name == "filter":
+            inner = st.one_of(nasty_text, nasty_filters)
+        elif field.name == "page_token":
+            inner = st.one_of(nasty_text, forged_tokens)
         else:
             inner = scalar_strategy(field)
         is_repeated = getattr(field, "is_repeated", None)
@@ -346,3 +417,95 @@ def test_non_finite_numbers_are_refused_by_name(channel: grpc.Channel) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         violations, _ = status_details(caught.value)
         assert any("alpha" in v.field for v in violations)
+
+
+def _new_run(registry: InProcessService) -> str:
+    from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+
+    run_id = str(uuid.uuid4())
+    with grpc.insecure_channel(registry.target) as direct:
+        ingest_service_pb2_grpc.IngestServiceStub(direct).RegisterRun(
+            ingest_service_pb2.RegisterRunRequest(run_id=run_id, algorithm="sarsa"), timeout=10
+        )
+    return run_id
+
+
+TABLES = {"CreateAnnotation": "run_annotations", "ImportModel": "artifacts", "StartRun": "training_runs"}
+
+
+@pytest.mark.parametrize("method_name", ["CreateAnnotation", "ImportModel", "StartRun"])
+def test_concurrent_duplicates_of_one_request_id_create_one_thing(
+    method_name: str, open_gateway: InProcessService, registry: InProcessService, db: psycopg.Connection
+) -> None:
+    """30 clients at once with one request_id, a third of them with a different request: one row,
+    every identical call answered with it, every different one ALREADY_EXISTS, never INTERNAL."""
+    import threading
+
+    from taxidriver.registry.v1 import registry_service_pb2_grpc
+    from taxidriver.trainer.v1 import trainer_service_pb2_grpc
+
+    request_id = f"dup-{method_name}-{uuid.uuid4()}"
+    run_id = _new_run(registry)
+    outcomes: list[tuple[bool, str | grpc.StatusCode]] = []
+    barrier = threading.Barrier(30)
+
+    def call(stub_channel: grpc.Channel, variant: bool) -> str:
+        if method_name == "CreateAnnotation":
+            stub = registry_service_pb2_grpc.RegistryServiceStub(stub_channel)
+            request = registry_service_pb2.CreateAnnotationRequest(
+                run_id=run_id, annotation="other" if variant else "same", request_id=request_id
+            )
+            return stub.CreateAnnotation(request, timeout=30).annotation.annotation_id
+        if method_name == "ImportModel":
+            stub = registry_service_pb2_grpc.RegistryServiceStub(stub_channel)
+            header = registry_service_pb2.ModelImportHeader(model_name="dup", request_id=request_id)
+            data = b"other" if variant else b"same"
+            messages = [
+                registry_service_pb2.ImportModelRequest(header=header),
+                registry_service_pb2.ImportModelRequest(chunk=data),
+            ]
+            return stub.ImportModel(iter(messages), timeout=30).model.model_id
+        trainer = trainer_service_pb2_grpc.TrainerServiceStub(stub_channel)
+        request = trainer_service_pb2.StartRunRequest(
+            request_id=request_id,
+            algorithm="sarsa" if variant else "q_learning",
+            mode=trainer_service_pb2.TRAINING_MODE_USER,
+            hyperparameters=trainer_service_pb2.Hyperparameters(
+                alpha=0.5,
+                gamma=0.9,
+                epsilon=1.0,
+                epsilon_min=0.1,
+                epsilon_decay=0.99,
+                training_episodes=10,
+                max_steps=10,
+            ),
+            test_episodes=1,
+        )
+        return trainer.StartRun(request, timeout=60).run_id
+
+    def client(index: int) -> None:
+        variant = index % 3 == 0
+        with grpc.insecure_channel(open_gateway.target) as own:
+            barrier.wait(30)
+            try:
+                outcomes.append((variant, call(own, variant)))
+            except grpc.RpcError as error:
+                outcomes.append((variant, error.code()))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(outcomes) == 30
+    assert not [code for _, code in outcomes if code in FORBIDDEN], outcomes
+    stored = db.execute(f"SELECT count(*) FROM {TABLES[method_name]} WHERE request_id = %s", (request_id,)).fetchone()
+    assert stored == (1,)
+    # Whichever request came first owns the id; the others are retries of it or refused.
+    ids = {answer for _, answer in outcomes if isinstance(answer, str)}
+    assert len(ids) == 1, outcomes
+    refused = {answer for _, answer in outcomes if not isinstance(answer, str)}
+    assert refused <= {grpc.StatusCode.ALREADY_EXISTS}, outcomes
+    # AIP-155: only calls identical to the first one get its answer; the other request is refused.
+    answered = {variant for variant, answer in outcomes if isinstance(answer, str)}
+    assert len(answered) == 1, outcomes
