@@ -27,6 +27,7 @@ from tests.support import free_port, spawn, stop_process, wait_for_health
 
 REGISTRY = "taxidriver.registry.v1.RegistryService"
 EPISODES = 35_000  # several WatchRun episode events (10,000 episodes each)
+ROUNDS = 25  # per client thread
 
 
 def _register(ingest: ingest_grpc.IngestServiceStub, planned: int) -> str:
@@ -103,18 +104,31 @@ def _abandon(target: str, done_run: str, live_run: str, artifact_id: str, model_
 
 
 @pytest.mark.slow
-def test_registry_survives_streams_abandoned_by_clients(database_url: str, registry, tmp_path: Path) -> None:
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    log_path = tmp_path / "registry.log"
+def test_registry_and_gateway_survive_streams_abandoned_by_clients(database_url: str, registry, tmp_path: Path) -> None:
+    """Half of the clients abandon their streams at the registry, half through a gateway process."""
+    target = f"127.0.0.1:{free_port()}"
+    gateway_target = f"127.0.0.1:{free_port()}"
+    log_path, gateway_log = tmp_path / "registry.log", tmp_path / "gateway.log"
     process = spawn(
         "registry_service",
         {"DATABASE_URL": database_url, "REGISTRY_ADDRESS": target, "PYTHONFAULTHANDLER": "1"},
         log_path,
     )
+    gateway = spawn(
+        "gateway",
+        {
+            "GATEWAY_ADDRESS": gateway_target,
+            "REGISTRY_TARGET": target,
+            "TRAINER_TARGETS": f"127.0.0.1:{free_port()}",  # no trainer: not used here
+            "GATEWAY_AUTH_REQUIRED": "false",
+            "PYTHONFAULTHANDLER": "1",
+        },
+        gateway_log,
+    )
     try:
         wait_for_health(target, REGISTRY)
-        pid = process.pid
+        wait_for_health(gateway_target, REGISTRY)
+        pids = (process.pid, gateway.pid)
         with grpc.insecure_channel(target) as channel:
             ingest = ingest_grpc.IngestServiceStub(channel)
             queries = registry_grpc.RegistryServiceStub(channel)
@@ -127,31 +141,43 @@ def test_registry_survives_streams_abandoned_by_clients(database_url: str, regis
 
         errors: list[BaseException] = []
 
-        def worker() -> None:
+        def worker(through: str) -> None:
             try:
-                _abandon(target, done_run, live_run, artifact_id, model_id, rounds=25)
+                _abandon(through, done_run, live_run, artifact_id, model_id, rounds=ROUNDS)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=worker) for _ in range(4)]
+        threads = [threading.Thread(target=worker, args=(t,)) for t in (target, target, gateway_target, gateway_target)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(300)
-        # Wait until the server has recorded (closed) every call abandoned above, or died.
-        abandoned = 4 * 25 * len(STREAMS_PER_ROUND)
+        # Wait until the servers have recorded (closed) every call abandoned above, or died.
+        per_client = ROUNDS * len(STREAMS_PER_ROUND)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None and _calls_logged(log_path) < abandoned:
+        while (
+            time.monotonic() < deadline
+            and process.poll() is None
+            and gateway.poll() is None
+            and (_calls_logged(log_path) < 4 * per_client or _calls_logged(gateway_log) < 2 * per_client)
+        ):
             time.sleep(0.2)
         assert process.poll() is None, f"registry died (exit {process.returncode}):\n{log_path.read_text()[-4000:]}"
-        assert process.pid == pid
+        assert gateway.poll() is None, f"gateway died (exit {gateway.returncode}):\n{gateway_log.read_text()[-4000:]}"
+        assert (process.pid, gateway.pid) == pids
         wait_for_health(target, REGISTRY, timeout=10)
+        wait_for_health(gateway_target, REGISTRY, timeout=10)
         # The survivors still answer real queries.
-        with grpc.insecure_channel(target) as channel:
-            run = registry_grpc.RegistryServiceStub(channel).GetRun(pb.GetRunRequest(run_id=done_run), timeout=30).run
-        assert run.episodes_recorded == EPISODES
+        for through in (target, gateway_target):
+            with grpc.insecure_channel(through) as channel:
+                stub = registry_grpc.RegistryServiceStub(channel)
+                run = stub.GetRun(pb.GetRunRequest(run_id=done_run), timeout=30).run
+            assert run.episodes_recorded == EPISODES
         assert not [e for e in errors if not isinstance(e, grpc.RpcError)], errors
     finally:
+        gateway_code = stop_process(gateway)
         code = stop_process(process)
     assert code == 0, log_path.read_text()[-4000:]
-    assert "Segmentation fault" not in log_path.read_text()
+    assert gateway_code == 0, gateway_log.read_text()[-4000:]
+    for path in (log_path, gateway_log):
+        assert "Segmentation fault" not in path.read_text()
