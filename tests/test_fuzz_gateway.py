@@ -2,8 +2,10 @@
 
 Two kinds of input per RPC: random byte strings sent as the request message (the gateway
 forwards bytes, so the upstream parses them), and structurally valid messages with random
-field values (odd unicode, huge and negative numbers, NaN, unknown enum values, random
-Structs). The properties: never INTERNAL or UNKNOWN, the stack stays healthy, and nothing
+field values (odd unicode and NUL bytes, huge and negative numbers, NaN and infinities in
+numbers and Structs, unknown enum values, random Structs, filters with out-of-range numbers,
+forged page tokens). Plus concurrent duplicates: many clients sending one request_id at once.
+The properties: never INTERNAL or UNKNOWN, the stack stays healthy, and nothing
 is half-written (row counts move only for calls that answered OK, and every run's
 episodes_recorded still equals the episodes stored for it).
 """
