@@ -39,7 +39,9 @@ class TrainerApp:
 
 
 async def start_trainer(settings: TrainerSettings) -> TrainerApp:
-    client = RegistryClient(settings.registry_target, internal_token=settings.internal_token)
+    client = RegistryClient(
+        settings.registry_target, internal_token=settings.internal_token, retry_for=settings.registry_retry
+    )
     runs = RunManager(
         client,
         settings.workers,

@@ -31,6 +31,9 @@ class TrainerSettings:
     # Queued + running runs one caller may have at once (TRAINER_MAX_ACTIVE_RUNS_PER_CALLER);
     # the caller is the `x-caller` metadata value, else the peer's host.
     max_active_runs_per_caller: int = 8
+    # How long a call that does not write a run we hold (registering, reading a run) retries an
+    # unreachable registry before the caller gets UNAVAILABLE (TRAINER_REGISTRY_RETRY_S).
+    registry_retry: float = 60.0
     log_level: str = "INFO"
     # Shared secret of the internal ports (INTERNAL_TOKEN): required on this server's calls and
     # sent to the registry when set; empty: no check (loopback-only default address).
@@ -43,6 +46,8 @@ class TrainerSettings:
             raise SettingsError("TRAINER_HEARTBEAT_S must be positive")
         if self.max_active_runs_per_caller < 1:
             raise SettingsError("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER must be at least 1")
+        if self.registry_retry <= 0:
+            raise SettingsError("TRAINER_REGISTRY_RETRY_S must be positive")
 
     @classmethod
     def from_env(cls) -> TrainerSettings:
@@ -55,6 +60,7 @@ class TrainerSettings:
             spill_dir=env_str("TRAINER_SPILL_DIR", ""),
             grace=env_float("TRAINER_GRACE_S", 20.0),
             max_active_runs_per_caller=env_int("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER", 8),
+            registry_retry=env_float("TRAINER_REGISTRY_RETRY_S", 60.0),
             log_level=env_str("LOG_LEVEL", "INFO"),
             internal_token=env_str("INTERNAL_TOKEN", ""),
         )
