@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import psycopg
@@ -29,11 +31,19 @@ REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistrySer
 INGEST_SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 
-# Runs whose trainer stopped heart-beating become INTERRUPTED, so ResumeRun can pick them up.
+# Live runs (queued or running) whose holder stopped heart-beating become INTERRUPTED, so
+# ResumeRun can take them; one whose cancel was asked becomes CANCELLED (its epoch moves on,
+# so a holder that comes back is refused). A run registered but never heart-beaten has no
+# lease yet: it counts from its last update.
 EXPIRE_LEASES = """
 WITH expired AS (
-    UPDATE training_runs SET status = 'interrupted', stop_reason = 'lease_expired', updated_at = now()
-    WHERE status = 'running' AND lease_expires_at < now()
+    UPDATE training_runs SET
+        status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'interrupted' END,
+        stop_reason = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'lease_expired' END,
+        lease_epoch = CASE WHEN cancel_requested THEN lease_epoch + 1 ELSE lease_epoch END,
+        updated_at = now()
+    WHERE status IN ('queued', 'running')
+      AND COALESCE(lease_expires_at, updated_at + make_interval(secs => %s)) < now()
     RETURNING run_id
 )
 SELECT pg_notify('taxidriver_run_events', json_build_object('run_id', run_id, 'kind', 'status')::text)
@@ -41,13 +51,21 @@ FROM expired
 """
 
 
-# While the registry (or its database) was away, trainers could not heartbeat: their
-# leases must not count that time, or every running run would be declared INTERRUPTED
-# the moment the registry came back. A dead trainer is still caught one lease later.
+# While the registry was away (stopped, paused, cut off from its database, or its event
+# loop starved), trainers could not heartbeat: their leases must not count that time, or
+# every live run would be declared INTERRUPTED the moment the registry came back - and a
+# second trainer could then take a run the first is still training. A dead trainer is
+# still caught one lease after the registry is back.
 RENEW_LEASES = """
 UPDATE training_runs SET lease_expires_at = now() + make_interval(secs => %s)
-WHERE status = 'running' AND lease_expires_at IS NOT NULL
+WHERE status IN ('queued', 'running')
 """
+
+# A sweep that starts later than this after the end of the previous one (beyond its own
+# interval) means the registry was not running in between: renew instead of expiring.
+# It must stay well below a lease minus a heartbeat, or a pause shorter than the gap
+# could still expire a live lease; a false alarm only delays an expiry by one sweep.
+SWEEP_GAP_TOLERANCE_S = 0.5
 
 
 @dataclass(kw_only=True)
@@ -64,24 +82,53 @@ class RegistryApp:
         return self.running.port
 
     async def _watch_database(self) -> None:
-        """Cheap periodic probe: health follows the database without a restart."""
+        """Cheap periodic probe: health follows the database without a restart; leases are swept.
+
+        Leases expire only while this sweeper has been running continuously and connected:
+        after any gap (a failed probe, a restart, SIGSTOP/SIGCONT, a starved event loop) it
+        renews every live lease instead. The gap is measured on the monotonic clock, which
+        keeps counting while the process is stopped.
+        """
         interval = self.settings.health_interval
+        lease = self.settings.lease_seconds
+        last_sweep: float | None = None  # monotonic end of the last successful sweep
         while True:
             await asyncio.sleep(interval)
             healthy = True
             try:
                 async with self.pool.connection(timeout=max(interval * 2, 2.0)) as conn:
-                    if not self.serving:
-                        await conn.execute(RENEW_LEASES, (self.settings.lease_seconds,))
-                    await conn.execute(EXPIRE_LEASES)
+                    began = time.monotonic()
+                    continuous = last_sweep is not None and began - last_sweep <= interval + SWEEP_GAP_TOLERANCE_S
+                    if continuous:
+                        continuous = await self._expire_leases(conn, began)
+                    if not continuous:
+                        await conn.execute(RENEW_LEASES, (lease,))
+                        if last_sweep is not None:
+                            log.info("lease sweep: %.1fs since the last one; live leases renewed", began - last_sweep)
+                last_sweep = time.monotonic()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 healthy = False
+                last_sweep = None
                 if self.serving:
                     log.warning("database unreachable: %s", exc)
             if healthy != self.serving:
                 self.serving = healthy
                 await self.running.set_serving(healthy)
                 log.info("health: %s", "SERVING" if healthy else "NOT_SERVING")
+
+    async def _expire_leases(self, conn: psycopg.AsyncConnection[Any], began: float) -> bool:
+        """Expires overdue leases; False (nothing changed) if the sweep itself was interrupted.
+
+        The rows are chosen by the database's clock when the statement runs; the transaction
+        commits only if this process did not stop between deciding to expire and the answer,
+        so a pause that lands mid-sweep cannot expire leases it kept trainers from renewing.
+        """
+        async with conn.transaction():
+            await conn.execute(EXPIRE_LEASES, (self.settings.lease_seconds,))
+            if time.monotonic() - began > SWEEP_GAP_TOLERANCE_S:
+                raise psycopg.Rollback()
+            return True
+        return False
 
     async def stop(self, grace: float | None = None) -> None:
         for task in self._tasks:

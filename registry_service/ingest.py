@@ -25,6 +25,7 @@ from registry_service.convert import (
     METRIC_GROUPS,
     MODES,
     RUN_COLUMNS,
+    STATUS_FROM_DB,
     STATUS_TO_DB,
     TERMINAL_STATUSES,
     artifact_from_row,
@@ -64,7 +65,23 @@ WHERE run_id = %s OR (%s::text IS NOT NULL AND request_id = %s)
 """
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-LOCK_RUN = "SELECT status, episodes_recorded, episodes_planned FROM training_runs WHERE run_id = %s FOR UPDATE"
+LOCK_RUN = (
+    "SELECT status, episodes_recorded, episodes_planned, lease_epoch FROM training_runs WHERE run_id = %s FOR UPDATE"
+)
+
+LEASE_EPOCH = "SELECT lease_epoch FROM training_runs WHERE run_id = %s"
+
+CLAIM_RUN = """
+UPDATE training_runs SET
+    status = 'queued', lease_epoch = lease_epoch + 1, trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
+    lease_expires_at = now() + make_interval(secs => %s), cancel_requested = false,
+    stop_reason = '', error_message = '', updated_at = now()
+WHERE run_id = %s
+RETURNING lease_epoch
+"""
+
+# Statuses ClaimRun may take a run from: nobody holds it (a live run is the sweeper's to expire).
+CLAIMABLE = frozenset({"interrupted", "failed"})
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
@@ -90,6 +107,17 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     # ResumeRun continues a FAILED run from its last checkpoint too.
     "failed": frozenset({"queued", "running", "failed"}),
 }
+
+
+def check_epoch(run_id: uuid.UUID, sent: int, current: int) -> None:
+    """Refuses a write from a trainer that no longer holds the run (0 = an unfenced caller)."""
+    if sent and sent != current:
+        raise failed_precondition(
+            f"run {run_id} was taken by another writer (lease epoch {current}); "
+            f"this writer's epoch {sent} is stale: stop writing this run",
+            reason="LEASE_LOST",
+            lease_epoch=str(current),
+        )
 
 
 async def notify(conn: AsyncConnection[Any], run_id: uuid.UUID, kind: str) -> None:
@@ -201,7 +229,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 ):
                     raise request_id_reused("run", str(run_id))
             run = await fetch_run(conn, run_id)
-        return ingest_service_pb2.RegisterRunResponse(run=run, created=created)
+            epoch = await _lease_epoch(conn, run_id) if request.run_id == str(run_id) else 0
+        return ingest_service_pb2.RegisterRunResponse(run=run, created=created, lease_epoch=epoch)
 
     async def UpdateRunStatus(
         self, request: ingest_service_pb2.UpdateRunStatusRequest, context: grpc.aio.ServicerContext
@@ -218,6 +247,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             if row is None:
                 raise not_found("run", str(run_id))
             current = row[0]
+            check_epoch(run_id, request.lease_epoch, row[3])
             if current != target:
                 if target not in ALLOWED_TRANSITIONS.get(current, frozenset()):
                     raise failed_precondition(
@@ -230,7 +260,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                         stop_reason = COALESCE(NULLIF(%s, ''), stop_reason),
                         error_message = %s,
                         trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
-                        lease_expires_at = CASE WHEN %s = 'running'
+                        lease_expires_at = CASE WHEN %s IN ('queued', 'running')
                             THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
                         updated_at = now()
                     WHERE run_id = %s
@@ -283,7 +313,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             row = await cursor.fetchone()
             if row is None:
                 raise not_found("run", str(run_id))
-            status, recorded, planned = row
+            status, recorded, planned, epoch = row
+            check_epoch(run_id, batch.lease_epoch, epoch)
             if first > recorded:
                 raise failed_precondition(
                     f"batch starts at episode {first} but only {recorded} are stored: episodes would be missing",
@@ -324,7 +355,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             row = await cursor.fetchone()
             if row is None:
                 raise not_found("run", str(run_id))
-            status, recorded, _planned = row
+            status, recorded, _planned, epoch = row
+            check_epoch(run_id, request.lease_epoch, epoch)
             if status in TERMINAL_STATUSES:
                 if status == target:
                     return ingest_service_pb2.CompleteRunResponse(run=await fetch_run(conn, run_id))
@@ -380,9 +412,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         violations.raise_if_any()
         assert kind is not None
         async with self.pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
-            if await cursor.fetchone() is None:
+            cursor = await conn.execute(LEASE_EPOCH + " FOR SHARE", (run_id,))
+            found = await cursor.fetchone()
+            if found is None:
                 raise not_found("run", str(run_id))
+            check_epoch(run_id, header.lease_epoch, found[0])
             stored = await store_artifact(
                 conn,
                 run_id=run_id,
@@ -431,14 +465,15 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     lease_expires_at = CASE WHEN status IN ('queued', 'running')
                         THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
                     trainer_id = COALESCE(NULLIF(%s, ''), trainer_id)
-                WHERE run_id = %s
+                WHERE run_id = %s AND (%s = 0 OR lease_epoch = %s)
                 RETURNING cancel_requested
                 """,
-                (self.settings.lease_seconds, request.trainer_id, run_id),
+                (self.settings.lease_seconds, request.trainer_id, run_id, request.lease_epoch, request.lease_epoch),
             )
             row = await cursor.fetchone()
-        if row is None:
-            raise not_found("run", str(run_id))
+            if row is None:  # unknown run (NOT_FOUND), or taken by another writer (LEASE_LOST)
+                check_epoch(run_id, request.lease_epoch, await _lease_epoch(conn, run_id))
+                raise not_found("run", str(run_id))
         return ingest_service_pb2.HeartbeatResponse(
             cancel_requested=row[0], lease=duration_pb2.Duration(seconds=int(self.settings.lease_seconds))
         )
@@ -448,12 +483,66 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     ) -> ingest_service_pb2.RequestCancelResponse:
         run_id = parse_uuid(request.run_id, "run_id")
         async with self.pool.connection() as conn, conn.transaction():
+            # A live holder sees the request on its next heartbeat and ends the run itself.
+            # A run nobody holds (interrupted, or its lease ran out: a trainer that vanished)
+            # would wait for nobody: it is cancelled here, and its epoch moves on so that a
+            # holder that comes back after all is refused.
             cursor = await conn.execute(
-                "UPDATE training_runs SET cancel_requested = true, updated_at = now()"
-                " WHERE run_id = %s AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING 1",
+                """
+                UPDATE training_runs SET
+                    cancel_requested = true,
+                    status = CASE WHEN status = 'interrupted' OR lease_expires_at < now()
+                        THEN 'cancelled' ELSE status END,
+                    stop_reason = CASE WHEN status = 'interrupted' OR lease_expires_at < now()
+                        THEN 'cancelled' ELSE stop_reason END,
+                    lease_epoch = CASE WHEN status = 'interrupted' OR lease_expires_at < now()
+                        THEN lease_epoch + 1 ELSE lease_epoch END,
+                    updated_at = now()
+                WHERE run_id = %s AND status NOT IN ('completed', 'failed', 'cancelled')
+                RETURNING 1
+                """,
                 (run_id,),
             )
             if await cursor.fetchone() is not None:
                 await notify(conn, run_id, "status")
             run = await fetch_run(conn, run_id)
         return ingest_service_pb2.RequestCancelResponse(run=run)
+
+    async def ClaimRun(
+        self, request: ingest_service_pb2.ClaimRunRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.ClaimRunResponse:
+        """A resume takes the run: one statement under the row lock, so two trainers never both win."""
+        run_id = parse_uuid(request.run_id, "run_id")
+        if len(request.trainer_id) > MAX_NAME_CHARS:
+            raise bad_field("trainer_id", f"at most {MAX_NAME_CHARS} characters")
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT status, trainer_id FROM training_runs WHERE run_id = %s FOR UPDATE", (run_id,)
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise not_found("run", str(run_id))
+            status, holder = row
+            if status not in CLAIMABLE:
+                name = resources_pb2.RunStatus.Name(STATUS_FROM_DB[status])
+                held = f" (held by trainer {holder})" if status in ("queued", "running") and holder else ""
+                raise failed_precondition(
+                    f"only INTERRUPTED or FAILED runs can be resumed; run {run_id} is {name}{held}",
+                    reason="RUN_NOT_RESUMABLE",
+                    status=name,
+                    trainer_id=holder,
+                )
+            cursor = await conn.execute(CLAIM_RUN, (request.trainer_id, self.settings.lease_seconds, run_id))
+            claimed = await cursor.fetchone()
+            assert claimed is not None
+            await notify(conn, run_id, "status")
+            run = await fetch_run(conn, run_id)
+        return ingest_service_pb2.ClaimRunResponse(run=run, lease_epoch=claimed[0])
+
+
+async def _lease_epoch(conn: AsyncConnection[Any], run_id: uuid.UUID) -> int:
+    cursor = await conn.execute(LEASE_EPOCH, (run_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        raise not_found("run", str(run_id))
+    return int(row[0])

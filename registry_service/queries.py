@@ -554,6 +554,10 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             counts = await cursor.fetchone()
             if counts is None:
                 raise not_found("run", str(run_id))
+            # A live run is cancelled by its deletion: once the row is gone every write of its
+            # trainer (heartbeat, episodes, status, artifacts) is NOT_FOUND, and the trainer
+            # stops the run's worker at the first one (at most one heartbeat later) and writes
+            # nothing more. Nothing can re-create the row: only RegisterRun inserts runs.
             await conn.execute("DELETE FROM training_runs WHERE run_id = %s", (run_id,))
             await conn.execute(
                 "SELECT pg_notify('taxidriver_run_events', %s)",
@@ -802,14 +806,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-PURGE_COUNT = (
-    "SELECT count(*), now() - make_interval(days => %s) FROM training_runs"
-    " WHERE created_at < now() - make_interval(days => %s) AND status NOT IN ('running', 'queued')"
-)
-PURGE_DELETE = """
+# Live runs are never purged under a trainer - unless no trainer has renewed their lease
+# since before the cutoff (the registry that should have expired them was not running):
+# skipping those forever would keep them, and their episodes, for good.
+PURGEABLE = """
+created_at < now() - make_interval(days => %s)
+AND (status NOT IN ('running', 'queued') OR COALESCE(lease_expires_at, updated_at) < now() - make_interval(days => %s))
+"""
+PURGE_COUNT = f"SELECT count(*), now() - make_interval(days => %s) FROM training_runs WHERE {PURGEABLE}"
+PURGE_DELETE = f"""
 WITH gone AS (
-    DELETE FROM training_runs
-    WHERE created_at < now() - make_interval(days => %s) AND status NOT IN ('running', 'queued')
+    DELETE FROM training_runs WHERE {PURGEABLE}
     RETURNING 1
 )
 SELECT count(*), now() - make_interval(days => %s) FROM gone
@@ -817,8 +824,9 @@ SELECT count(*), now() - make_interval(days => %s) FROM gone
 
 
 async def purge_runs(conn: AsyncConnection[Any], older_than_days: int, *, validate_only: bool) -> tuple[int, datetime]:
-    """The seed's 30-day cleanup; runs still queued or running are never purged under a trainer."""
-    cursor = await conn.execute(PURGE_COUNT if validate_only else PURGE_DELETE, (older_than_days, older_than_days))
+    """The seed's 30-day cleanup; runs still queued or running are never purged under a live trainer."""
+    days = older_than_days  # every placeholder of both statements is the number of days
+    cursor = await conn.execute(PURGE_COUNT if validate_only else PURGE_DELETE, (days, days, days))
     row = await cursor.fetchone()
     assert row is not None
     return int(row[0]), row[1]

@@ -1,4 +1,4 @@
-"""Faults with real processes: SIGKILL, SIGTERM and a PostgreSQL restart in the middle of a run.
+"""Faults with real processes: SIGKILL, SIGSTOP/SIGCONT, SIGTERM and a PostgreSQL restart mid-run.
 
 Each service runs as `python -m <service>` on a free port against the session's database.
 The registry runs with REGISTRY_LEASE_SECONDS=3 (and a 0.5 s health/lease sweep) so that a
@@ -8,12 +8,14 @@ After every fault, the run's episodes are checked in PostgreSQL: indices 0..N-1,
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ TERMINAL = {
 }
 EPISODES = 300_000
 CHECKPOINT_EVERY = 20_000
+LEASE_SECONDS = 3
 
 
 @dataclass
@@ -116,7 +119,7 @@ def make_stack(database_url: str, logs: Path) -> Stack:
         {
             "DATABASE_URL": database_url,
             "REGISTRY_ADDRESS": registry_target,
-            "REGISTRY_LEASE_SECONDS": "3",
+            "REGISTRY_LEASE_SECONDS": str(LEASE_SECONDS),
             "REGISTRY_HEALTH_INTERVAL": "0.5",
             "REGISTRY_SHUTDOWN_GRACE": "5",
         },
@@ -142,7 +145,7 @@ def make_stack(database_url: str, logs: Path) -> Stack:
     return Stack(registry, trainer, gateway)
 
 
-def trainer_service(registry_target: str, port: int, log_path: Path) -> Service:
+def trainer_service(registry_target: str, port: int, log_path: Path, **env: str) -> Service:
     return Service(
         "trainer_service",
         port,
@@ -152,6 +155,7 @@ def trainer_service(registry_target: str, port: int, log_path: Path) -> Service:
             "TRAINER_WORKERS": "1",
             "TRAINER_HEARTBEAT_S": "0.5",
             "TRAINER_GRACE_S": "20",
+            **env,
         },
         log_path,
         TRAINER,
@@ -428,3 +432,154 @@ def test_sigterm_registry_and_gateway_drain_and_exit_zero(healthy_stack: Stack, 
     with grpc.insecure_channel(healthy_stack.gateway.target) as channel:
         wait_for_health(healthy_stack.gateway.target, REGISTRY, timeout=30)
         assert registry_grpc.RegistryServiceStub(channel).ListRuns(pb.ListRunsRequest(page_size=1), timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Bounded polling on a condition (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def lease_expired_for(db: psycopg.Connection, run_id: str, seconds: float) -> bool:
+    """True once the run's lease (as last renewed) ended at least `seconds` ago, by the database's clock."""
+    found = db.execute(
+        "SELECT lease_expires_at IS NOT NULL AND lease_expires_at + make_interval(secs => %s) < now()"
+        " FROM training_runs WHERE run_id = %s",
+        (seconds, run_id),
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def writer_of(db: psycopg.Connection, run_id: str) -> str:
+    found = db.execute("SELECT trainer_id FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert found is not None
+    return str(found[0])
+
+
+def logged(service: Service, run_id: str, prefix: str) -> bool:
+    """Whether the service logged a JSON line about `run_id` whose message starts with `prefix`."""
+    if not service.log_path.exists():
+        return False
+    for line in service.log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("run_id") == run_id and str(entry.get("msg", "")).startswith(prefix):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def second_trainer(stack: Stack, log_path: Path, **env: str) -> Iterator[Service]:
+    other = trainer_service(stack.registry.target, free_port(), log_path, **env)
+    stack.extra.append(other)
+    other.start()
+    try:
+        yield other
+    finally:
+        other.stop()
+        stack.extra.remove(other)
+
+
+def test_registry_paused_longer_than_the_lease_keeps_its_one_writer(
+    healthy_stack: Stack, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """SIGSTOP the registry for three leases: the live run stays with its trainer; nobody else may take it."""
+    with second_trainer(healthy_stack, tmp_path / "trainer-2.log") as other:
+        with grpc.insecure_channel(healthy_stack.trainer.target) as channel:
+            run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=25), timeout=60).run_id
+        wait_row(db, run_id, statuses={"running"}, min_episodes=10_000)
+        first_writer = writer_of(db, run_id)
+        registry = healthy_stack.registry.process
+        assert registry is not None
+        outcomes: list[grpc.StatusCode] = []
+
+        def resume_elsewhere() -> None:
+            with grpc.insecure_channel(other.target) as channel:
+                try:
+                    trainer_grpc.TrainerServiceStub(channel).ResumeRun(tpb.ResumeRunRequest(run_id=run_id), timeout=180)
+                    outcomes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    outcomes.append(error.code())
+
+        registry.send_signal(signal.SIGSTOP)
+        try:
+            # A second trainer asks for the run while the registry is frozen (its call waits).
+            resumer = threading.Thread(target=resume_elsewhere)
+            resumer.start()
+            # The fault: frozen until the run's lease has been over for two more lease periods.
+            wait_until(lambda: lease_expired_for(db, run_id, 2 * LEASE_SECONDS), "lease over for 2 periods")
+        finally:
+            registry.send_signal(signal.SIGCONT)
+        resumer.join(200)
+        assert not resumer.is_alive()
+        assert outcomes == [grpc.StatusCode.FAILED_PRECONDITION], (outcomes, other.log_tail())
+        # Once the registry is back, the run is still its first trainer's: asking again is refused too.
+        with grpc.insecure_channel(other.target) as channel, pytest.raises(grpc.RpcError) as refused:
+            trainer_grpc.TrainerServiceStub(channel).ResumeRun(tpb.ResumeRunRequest(run_id=run_id), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        status, _ = wait_row(db, run_id, statuses={"completed", "failed"}, timeout=120)
+        assert status == "completed", healthy_stack.trainer.log_tail()
+        assert_complete_exactly_once(db, run_id)
+        final = db.execute(
+            "SELECT trainer_id, stop_reason, lease_epoch FROM training_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        # One writer from start to end: never re-taken (epoch 1), never interrupted.
+        assert final == (first_writer, "episodes_done", 1)
+
+
+def test_registry_outage_longer_than_every_retry_strands_no_run(
+    healthy_stack: Stack, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The registry dies while a queued run's trainer reports it started; it stays down past every retry."""
+    retry_s = 1.0
+    with second_trainer(healthy_stack, tmp_path / "trainer-2.log", TRAINER_REGISTRY_RETRY_S=str(retry_s)) as other:
+        with grpc.insecure_channel(other.target) as channel:
+            stub = trainer_grpc.TrainerServiceStub(channel)
+            first = stub.StartRun(run_request(seed=26), timeout=60).run_id
+            second = stub.StartRun(run_request(seed=27), timeout=60).run_id  # waits for the one worker
+        wait_row(db, first, statuses={"running"}, min_episodes=10_000)
+        assert row(db, second)[0] == "queued"
+        healthy_stack.registry.kill()
+        # The worker finishes the first run and starts the second; reporting it RUNNING fails ...
+        wait_until(lambda: logged(other, second, "UpdateRunStatus"), "the second run's status retries", timeout=120)
+        # ... and the outage lasts well past the trainer's retry window (the fault's duration).
+        outage_ends = time.monotonic() + 5 * retry_s
+        wait_until(lambda: time.monotonic() > outage_ends, "outage over")
+        healthy_stack.registry.start()
+        for run_id in (first, second):
+            status, _ = wait_row(db, run_id, statuses={"completed", "failed", "cancelled"}, timeout=180)
+            assert status == "completed", (run_id, other.log_tail())
+            assert_complete_exactly_once(db, run_id)
+
+
+def test_trainer_sigkilled_alone_leaves_no_worker_behind(
+    healthy_stack: Stack, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """SIGKILL only the trainer's main process: its worker processes must not outlive it."""
+    other = trainer_service(healthy_stack.registry.target, free_port(), tmp_path / "trainer-2.log")
+    other.start()
+    workers: list[psutil.Process] = []
+    try:
+        with grpc.insecure_channel(other.target) as channel:
+            run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=28), timeout=60).run_id
+        wait_row(db, run_id, statuses={"running"}, min_episodes=10_000)
+        assert other.process is not None
+        workers = psutil.Process(other.process.pid).children(recursive=True)
+        assert workers
+        other.process.kill()  # the main process only, as the OOM killer or `kill -9 <pid>` would
+        other.process.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert alive == [], [(p.pid, p.name()) for p in alive]
+        # The run it was training has a way out: its lease expires and it can be resumed.
+        status, _ = wait_row(db, run_id, statuses={"interrupted"}, timeout=60)
+        assert status == "interrupted"
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        other.stop()
