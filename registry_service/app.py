@@ -61,10 +61,19 @@ UPDATE training_runs SET lease_expires_at = now() + make_interval(secs => %s)
 WHERE status IN ('queued', 'running')
 """
 
+# After a gap of known length (a pause, a database outage, a starved event loop) live
+# leases are pushed back by that length: they resume where they stood, so a trainer that
+# was alive has its full margin again and a dead one still expires soon after.
+EXTEND_LEASES = """
+UPDATE training_runs SET
+    lease_expires_at = COALESCE(lease_expires_at, updated_at + make_interval(secs => %s)) + make_interval(secs => %s)
+WHERE status IN ('queued', 'running')
+"""
+
 # A sweep that starts later than this after the end of the previous one (beyond its own
-# interval) means the registry was not running in between: renew instead of expiring.
+# interval) means the registry was not running in between: extend instead of expiring.
 # It must stay well below a lease minus a heartbeat, or a pause shorter than the gap
-# could still expire a live lease; a false alarm only delays an expiry by one sweep.
+# could still expire a live lease; a false alarm only delays expiries by the gap.
 SWEEP_GAP_TOLERANCE_S = 0.5
 
 
@@ -85,30 +94,29 @@ class RegistryApp:
         """Cheap periodic probe: health follows the database without a restart; leases are swept.
 
         Leases expire only while this sweeper has been running continuously and connected:
-        after any gap (a failed probe, a restart, SIGSTOP/SIGCONT, a starved event loop) it
-        renews every live lease instead. The gap is measured on the monotonic clock, which
-        keeps counting while the process is stopped.
+        after any gap (failed probes, SIGSTOP/SIGCONT, a starved event loop) it pushes every
+        live lease back by the gap instead (a restart renews them all at start-up). The gap
+        is measured on the monotonic clock, which keeps counting while the process is stopped.
         """
         interval = self.settings.health_interval
         lease = self.settings.lease_seconds
-        last_sweep: float | None = None  # monotonic end of the last successful sweep
+        last_sweep = time.monotonic()  # end of the last successful sweep (start-up renewed every lease)
         while True:
             await asyncio.sleep(interval)
             healthy = True
             try:
                 async with self.pool.connection(timeout=max(interval * 2, 2.0)) as conn:
                     began = time.monotonic()
-                    continuous = last_sweep is not None and began - last_sweep <= interval + SWEEP_GAP_TOLERANCE_S
+                    continuous = began - last_sweep <= interval + SWEEP_GAP_TOLERANCE_S
                     if continuous:
                         continuous = await self._expire_leases(conn, began)
                     if not continuous:
-                        await conn.execute(RENEW_LEASES, (lease,))
-                        if last_sweep is not None:
-                            log.info("lease sweep: %.1fs since the last one; live leases renewed", began - last_sweep)
+                        gap = time.monotonic() - last_sweep
+                        await conn.execute(EXTEND_LEASES, (lease, gap))
+                        log.info("lease sweep: %.1fs since the last one; live leases extended by it", gap)
                 last_sweep = time.monotonic()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 healthy = False
-                last_sweep = None
                 if self.serving:
                     log.warning("database unreachable: %s", exc)
             if healthy != self.serving:

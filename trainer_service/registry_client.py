@@ -1,19 +1,24 @@
 """The trainer's thin client for the registry's internal ingest API.
 
 Unary calls retry on UNAVAILABLE / DEADLINE_EXCEEDED with capped backoff: a registry that
-restarts must not fail a run that trained fine. Every other error is the caller's.
+restarts must not fail a run that trained fine. Writes for a run this trainer holds retry for
+as long as it holds the run (a registry outage of any length must not strand the run); other
+calls give up after `retry_for`. Every other error is the caller's, except that a refusal
+meaning "this trainer no longer holds the run" is raised as RunLost for held-run writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
 
+from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
@@ -23,6 +28,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Backoff between retries of an unreachable registry (seconds).
+FIRST_DELAY, MAX_DELAY = 0.05, 2.0
+# Registry refusals that mean the run is no longer this trainer's to write: another trainer
+# took it (LEASE_LOST), it was deleted (NOT_FOUND) or it already ended (RUN_FINISHED, e.g.
+# cancelled while this trainer was cut off).
+LOST_REASONS = frozenset({"LEASE_LOST", "RUN_FINISHED"})
 ARTIFACT_CHUNK_BYTES = 64 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -34,6 +45,26 @@ def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(values)
     return struct
+
+
+class RunLost(Exception):
+    """The registry refused a write because this trainer no longer holds the run."""
+
+    def __init__(self, run_id: str, reason: str, details: str) -> None:
+        super().__init__(f"run {run_id}: {reason}: {details}")
+        self.run_id = run_id
+        self.reason = reason
+
+
+def lost_reason(error: grpc.aio.AioRpcError) -> str:
+    """Why a refused write means the run is lost ("" when it does not)."""
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return "RUN_DELETED"
+    if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        reason = status_details(error)[1]
+        if reason in LOST_REASONS:
+            return reason
+    return ""
 
 
 class RegistryClient:
@@ -53,19 +84,22 @@ class RegistryClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def _retry(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _retry(self, call: Callable[[], Awaitable[T]], what: str, *, held_run: str = "") -> T:
+        """Retries an unreachable registry; `held_run`: a write for a run we hold (no time limit)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_for
-        delay = 0.05
+        deadline = math.inf if held_run else loop.time() + self.retry_for
+        delay = FIRST_DELAY
         while True:
             try:
                 return await call()
             except grpc.aio.AioRpcError as error:
+                if held_run and (reason := lost_reason(error)):
+                    raise RunLost(held_run, reason, error.details() or "") from error
                 if error.code() not in RETRYABLE or loop.time() + delay > deadline:
                     raise
                 log.warning("%s: registry %s (%s); retrying in %.2fs", what, error.code().name, error.details(), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, MAX_DELAY)
 
     async def register_run(
         self, request: ingest_service_pb2.RegisterRunRequest
@@ -77,21 +111,34 @@ class RegistryClient:
         run_id: str,
         status: resources_pb2.RunStatus,
         *,
+        lease_epoch: int,
         trainer_id: str = "",
         stop_reason: str = "",
         error_message: str = "",
     ) -> resources_pb2.Run:
         request = ingest_service_pb2.UpdateRunStatusRequest(
-            run_id=run_id, status=status, trainer_id=trainer_id, stop_reason=stop_reason, error_message=error_message
+            run_id=run_id,
+            status=status,
+            trainer_id=trainer_id,
+            stop_reason=stop_reason,
+            error_message=error_message,
+            lease_epoch=lease_epoch,
         )
         reply = await self._retry(
-            lambda: self.stub.UpdateRunStatus(request, timeout=self.call_timeout), "UpdateRunStatus"
+            lambda: self.stub.UpdateRunStatus(request, timeout=self.call_timeout), "UpdateRunStatus", held_run=run_id
         )
         return reply.run
 
     async def complete_run(self, request: ingest_service_pb2.CompleteRunRequest) -> resources_pb2.Run:
-        reply = await self._retry(lambda: self.stub.CompleteRun(request, timeout=self.call_timeout), "CompleteRun")
+        """`request.lease_epoch` must be set: completing is a write for a run we hold."""
+        reply = await self._retry(
+            lambda: self.stub.CompleteRun(request, timeout=self.call_timeout), "CompleteRun", held_run=request.run_id
+        )
         return reply.run
+
+    async def claim_run(self, run_id: str, trainer_id: str) -> ingest_service_pb2.ClaimRunResponse:
+        request = ingest_service_pb2.ClaimRunRequest(run_id=run_id, trainer_id=trainer_id)
+        return await self._retry(lambda: self.stub.ClaimRun(request, timeout=self.call_timeout), "ClaimRun")
 
     async def upload_artifact(
         self,
@@ -101,6 +148,7 @@ class RegistryClient:
         data: bytes,
         *,
         content_type: str,
+        lease_epoch: int,
         episode: int = 0,
         metadata: dict[str, Any] | None = None,
     ) -> resources_pb2.Artifact:
@@ -111,6 +159,7 @@ class RegistryClient:
             content_type=content_type,
             episode=episode,
             metadata=to_struct(metadata or {}),
+            lease_epoch=lease_epoch,
         )
 
         async def requests() -> AsyncIterator[ingest_service_pb2.UploadArtifactRequest]:
@@ -119,7 +168,9 @@ class RegistryClient:
                 yield ingest_service_pb2.UploadArtifactRequest(chunk=data[start : start + ARTIFACT_CHUNK_BYTES])
 
         reply = await self._retry(
-            lambda: self.stub.UploadArtifact(requests(), timeout=self.call_timeout * 3), f"UploadArtifact {name}"
+            lambda: self.stub.UploadArtifact(requests(), timeout=self.call_timeout * 3),
+            f"UploadArtifact {name}",
+            held_run=run_id,
         )
         return reply.artifact
 
@@ -151,12 +202,17 @@ class RegistryClient:
 
         return await self._retry(fetch, "GetLatestCheckpoint")
 
-    async def heartbeat(self, run_id: str, trainer_id: str, episodes_done: int) -> bool:
-        """True when a cancel was requested; one attempt (the next beat retries)."""
-        reply = await self.stub.Heartbeat(
-            ingest_service_pb2.HeartbeatRequest(run_id=run_id, trainer_id=trainer_id, episodes_done=episodes_done),
-            timeout=self.call_timeout,
+    async def heartbeat(self, run_id: str, trainer_id: str, episodes_done: int, lease_epoch: int) -> bool:
+        """True when a cancel was requested; one attempt (the next beat retries); RunLost if lost."""
+        request = ingest_service_pb2.HeartbeatRequest(
+            run_id=run_id, trainer_id=trainer_id, episodes_done=episodes_done, lease_epoch=lease_epoch
         )
+        try:
+            reply = await self.stub.Heartbeat(request, timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as error:
+            if reason := lost_reason(error):
+                raise RunLost(run_id, reason, error.details() or "") from error
+            raise
         return bool(reply.cancel_requested)
 
     async def request_cancel(self, run_id: str) -> resources_pb2.Run:

@@ -37,7 +37,7 @@ from taxidriver.trainer.v1 import trainer_service_pb2
 from trainer_service.engine import EpisodeColumns, load_checkpoint
 from trainer_service.params import RunSpec, resolve
 from trainer_service.pool import Message, WorkerPool
-from trainer_service.registry_client import RegistryClient, to_struct
+from trainer_service.registry_client import RegistryClient, RunLost, to_struct
 from trainer_service.streamer import EpisodeStreamer
 from trainer_service.worker import Job
 
@@ -57,7 +57,9 @@ async def registry_errors(what: str) -> AsyncIterator[None]:
         if code == grpc.StatusCode.NOT_FOUND:
             raise ServiceError(code=code, message=details, reason="RUN_NOT_FOUND") from error
         if code == grpc.StatusCode.FAILED_PRECONDITION:
-            raise failed_precondition(f"{what}: {details}") from error
+            # Keep the registry's reason (RUN_NOT_RESUMABLE, ...): callers branch on it.
+            reason = status_details(error)[1] or "FAILED_PRECONDITION"
+            raise failed_precondition(f"{what}: {details}", reason=reason) from error
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
             # The registry's field violations and reason name the caller's own fields (request_id...).
             violations, reason = status_details(error)
@@ -87,6 +89,11 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None
     caller: str = ""
+    # The lease epoch this trainer holds the run under; every write carries it.
+    lease_epoch: int = 0
+    # Set when the registry refused us the run (taken by another trainer, deleted, ended):
+    # from then on the worker is stopped and nothing more is written.
+    lost: bool = False
 
 
 class RunManager:
@@ -111,6 +118,8 @@ class RunManager:
         self.active: dict[str, ActiveRun] = {}
         self.pool = WorkerPool(size=workers, on_message=self._on_message, on_worker_lost=self._on_worker_lost)
         self._background: set[asyncio.Task[Any]] = set()
+        # Runs given up because the registry refused them: their worker's last messages are dropped quietly.
+        self._lost: set[str] = set()
 
     async def start(self) -> None:
         await self.pool.start()
@@ -164,7 +173,9 @@ class RunManager:
         )
         async with registry_errors("registering the run"):
             reply = await self.client.register_run(register)
-        if not reply.created:
+        # created is False also when our own RegisterRun was stored but its answer was lost
+        # and the retry found it: same run_id, so it is ours to train (not a StartRun retry).
+        if not reply.created and reply.run.run_id != run_id:
             # A retry of an earlier StartRun: answer with that run, do not train twice.
             existing = reply.run
             resolved = RunSpec.from_params(
@@ -176,7 +187,7 @@ class RunManager:
                 hyperparameters=resolved.hyperparameters.to_proto(),
                 seed=resolved.seed,
             )
-        self._launch(run_id, spec, checkpoint=None, recorded=0, caller=caller)
+        self._launch(run_id, spec, checkpoint=None, recorded=0, caller=caller, lease_epoch=reply.lease_epoch)
         log.info("run %s queued: %s %s", run_id, spec.algorithm, spec.mode, extra={"run_id": run_id})
         return trainer_service_pb2.StartRunResponse(
             run_id=run_id,
@@ -215,17 +226,35 @@ class RunManager:
                 reason="RUN_NOT_RESUMABLE",
                 status=name,
             )
-        spec = RunSpec.from_params(
-            registered.algorithm, registered.mode, registered.env_id, struct_dict(registered.params)
-        )
-        async with registry_errors("reading the latest checkpoint"):
-            latest = await self.client.latest_checkpoint(run_id)
+        # Taking the run is one atomic step in the registry: of two trainers resuming at once,
+        # or one resuming a run its first trainer still holds, exactly one wins; the epoch it
+        # gets fences out every earlier writer before we read the checkpoint.
+        async with registry_errors("taking the run"):
+            claim = await self.client.claim_run(run_id, self.trainer_id)
+        registered = claim.run
+        try:
+            spec = RunSpec.from_params(
+                registered.algorithm, registered.mode, registered.env_id, struct_dict(registered.params)
+            )
+            async with registry_errors("reading the latest checkpoint"):
+                latest = await self.client.latest_checkpoint(run_id)
+        except Exception:
+            # Hand the run back at once rather than leave it QUEUED until its lease runs out.
+            with contextlib.suppress(Exception):
+                await self.client.update_status(
+                    run_id, STATUS.RUN_STATUS_INTERRUPTED, lease_epoch=claim.lease_epoch, stop_reason="resume_failed"
+                )
+            raise
         data = latest[1] if latest is not None else None
         history = load_checkpoint(data)[1] if data is not None else EpisodeColumns.empty(0, 0)
-        async with registry_errors("re-queueing the run"):
-            await self.client.update_status(run_id, STATUS.RUN_STATUS_QUEUED, trainer_id=self.trainer_id)
         self._launch(
-            run_id, spec, checkpoint=data, recorded=registered.episodes_recorded, history=history, caller=caller
+            run_id,
+            spec,
+            checkpoint=data,
+            recorded=registered.episodes_recorded,
+            history=history,
+            caller=caller,
+            lease_epoch=claim.lease_epoch,
         )
         log.info("run %s resumed from episode %d", run_id, len(history), extra={"run_id": run_id})
         return trainer_service_pb2.ResumeRunResponse(
@@ -243,9 +272,15 @@ class RunManager:
         recorded: int,
         history: EpisodeColumns | None = None,
         caller: str = "",
+        lease_epoch: int,
     ) -> None:
         streamer = EpisodeStreamer(
-            self.client, run_id, max_buffered_episodes=self.max_buffered_episodes, spill_dir=self.spill_dir
+            self.client,
+            run_id,
+            max_buffered_episodes=self.max_buffered_episodes,
+            spill_dir=self.spill_dir,
+            lease_epoch=lease_epoch,
+            on_lost=lambda reason: self._lose_soon(run_id, reason),
         )
         streamer.acked = recorded
         streamer.sent_until = recorded
@@ -261,7 +296,14 @@ class RunManager:
                     history.successes[recorded:],
                 )
             )
-        run = ActiveRun(run_id=run_id, spec=spec, streamer=streamer, episodes_done=len(history or ()), caller=caller)
+        run = ActiveRun(
+            run_id=run_id,
+            spec=spec,
+            streamer=streamer,
+            episodes_done=len(history or ()),
+            caller=caller,
+            lease_epoch=lease_epoch,
+        )
         self.active[run_id] = run
         streamer.start()
         run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"run-{run_id}")
@@ -271,7 +313,8 @@ class RunManager:
     def _on_message(self, message: Message) -> None:
         run = self.active.get(message[1])
         if run is None:
-            log.warning("message %s for unknown run %s", message[0], message[1])
+            if message[1] not in self._lost:
+                log.warning("message %s for unknown run %s", message[0], message[1])
             return
         if message[0] == "episodes":
             # Straight to the streamer: ordering with the rest does not matter, latency does.
@@ -293,7 +336,9 @@ class RunManager:
                 kind, _, payload = await run.messages.get()
                 if kind == "started":
                     run.status = STATUS.RUN_STATUS_RUNNING
-                    await self.client.update_status(run.run_id, STATUS.RUN_STATUS_RUNNING, trainer_id=self.trainer_id)
+                    await self.client.update_status(
+                        run.run_id, STATUS.RUN_STATUS_RUNNING, lease_epoch=run.lease_epoch, trainer_id=self.trainer_id
+                    )
                 elif kind == "checkpoint":
                     await self._upload_checkpoint(run, payload)
                 elif kind == "done":
@@ -310,7 +355,11 @@ class RunManager:
                     await run.streamer.flush(wait_s=30.0)
                     run.status = STATUS.RUN_STATUS_INTERRUPTED
                     await self.client.update_status(
-                        run.run_id, run.status, trainer_id=self.trainer_id, stop_reason="interrupted"
+                        run.run_id,
+                        run.status,
+                        lease_epoch=run.lease_epoch,
+                        trainer_id=self.trainer_id,
+                        stop_reason="interrupted",
                     )
                     return
                 elif kind == "failed":
@@ -320,6 +369,10 @@ class RunManager:
                     await self._fail(run, payload["error"])
                     return
         except Exception as exc:
+            if run.lost or isinstance(exc, RunLost):
+                # Not ours any more: stop the worker; write nothing (a stale writer is refused anyway).
+                await self._lose(run, exc.reason if isinstance(exc, RunLost) else "refused")
+                return
             log.exception("run %s: could not report to the registry", run.run_id)
             if not completed:
                 with contextlib.suppress(Exception):
@@ -340,6 +393,7 @@ class RunManager:
                 f"episode-{episode:09d}",
                 payload["data"],
                 content_type="application/x-npz",
+                lease_epoch=run.lease_epoch,
                 episode=episode,
                 metadata={"epsilon": payload["epsilon"], "format": 1},
             )
@@ -357,6 +411,7 @@ class RunManager:
             "q_table.npy",
             result["model"],
             content_type="application/x-npy",
+            lease_epoch=run.lease_epoch,
             episode=result["episodes"],
             metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, "shape": [500, 6]},
         )
@@ -378,6 +433,7 @@ class RunManager:
             improvement_metrics=to_struct(result["improvement_metrics"]),
             execution_time=result["execution_time"],
             stop_reason=result["stop_reason"],
+            lease_epoch=run.lease_epoch,
         )
         await self.client.complete_run(request)
         run.status = STATUS.RUN_STATUS_COMPLETED
@@ -387,7 +443,12 @@ class RunManager:
         for name, png in plots.items():
             try:
                 await self.client.upload_artifact(
-                    run.run_id, STATUS.ARTIFACT_KIND_PLOT, name, png, content_type="image/png"
+                    run.run_id,
+                    STATUS.ARTIFACT_KIND_PLOT,
+                    name,
+                    png,
+                    content_type="image/png",
+                    lease_epoch=run.lease_epoch,
                 )
             except grpc.aio.AioRpcError as error:
                 log.warning("run %s: plot %s not stored: %s", run.run_id, name, error.details())
@@ -404,6 +465,7 @@ class RunManager:
                 stop_reason=reason,
                 error_message=error,
                 training_metrics=to_struct({"episodes": episodes, "stop_reason": reason}),
+                lease_epoch=run.lease_epoch,
             )
         )
         run.status = status
@@ -412,9 +474,15 @@ class RunManager:
         log.error("run %s failed: %s", run.run_id, error, extra={"run_id": run.run_id})
         with contextlib.suppress(Exception):
             await run.streamer.flush(wait_s=10.0)
+        if run.lost:
+            return
         run.status = STATUS.RUN_STATUS_FAILED
         await self.client.update_status(
-            run.run_id, STATUS.RUN_STATUS_FAILED, trainer_id=self.trainer_id, error_message=error[:2000]
+            run.run_id,
+            STATUS.RUN_STATUS_FAILED,
+            lease_epoch=run.lease_epoch,
+            trainer_id=self.trainer_id,
+            error_message=error[:2000],
         )
 
     async def _heartbeats(self, run: ActiveRun) -> None:
@@ -422,7 +490,10 @@ class RunManager:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                cancel = await self.client.heartbeat(run.run_id, self.trainer_id, run.episodes_done)
+                cancel = await self.client.heartbeat(run.run_id, self.trainer_id, run.episodes_done, run.lease_epoch)
+            except RunLost as lost:
+                self._lose_soon(run.run_id, lost.reason)
+                return
             except grpc.aio.AioRpcError as error:
                 log.warning("run %s: heartbeat failed: %s", run.run_id, error.code().name)
                 continue
@@ -433,6 +504,44 @@ class RunManager:
                 else:
                     self.pool.signal(run.run_id, cancel=True)
                 return
+
+    # ---- a run taken away ----------------------------------------------------------
+
+    def _lose_soon(self, run_id: str, reason: str) -> None:
+        """From a heartbeat or the streamer: stop the run from a task of its own."""
+        run = self.active.get(run_id)
+        if run is None or run.lost:
+            return
+        run.lost = True
+        task = asyncio.get_running_loop().create_task(self._lose(run, reason), name=f"lose-{run_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _lose(self, run: ActiveRun, reason: str) -> None:
+        """The registry refused us the run (another trainer took it, it was deleted or ended).
+
+        Stops its worker (a queued run is withdrawn, a running one cancelled between chunks),
+        drops its unsent episodes and ends its task, all without another write: a paused
+        trainer that wakes up must never become a second writer.
+        """
+        run.lost = True
+        self._lost.add(run.run_id)
+        log.warning(
+            "run %s: no longer ours (%s); stopping its worker, writing nothing more",
+            run.run_id,
+            reason,
+            extra={"run_id": run.run_id},
+        )
+        if not self.pool.withdraw(run.run_id):
+            self.pool.signal(run.run_id, cancel=True)
+        if run.heartbeat is not None:
+            run.heartbeat.cancel()
+        await run.streamer.abandon()
+        current = asyncio.current_task()
+        if run.task is not None and run.task is not current and not run.task.done():
+            run.task.cancel()
+        run.finished.set()
+        self.active.pop(run.run_id, None)
 
     # ---- shutdown -------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from grpc._cython import cygrpc
 
 from taxidriver.ingest.v1 import ingest_service_pb2
 from trainer_service.engine import EpisodeColumns
-from trainer_service.registry_client import RegistryClient
+from trainer_service.registry_client import RegistryClient, lost_reason
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,15 @@ class EpisodeStreamer:
         *,
         max_buffered_episodes: int = 200_000,
         spill_dir: Path | None = None,
+        lease_epoch: int = 0,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
+        # Sent with every batch: the registry refuses the batches of a writer that lost the run.
+        self.lease_epoch = lease_epoch
+        # Told (with the reason) when the registry says the run is no longer ours.
+        self.on_lost = on_lost
         self.max_buffered_episodes = max_buffered_episodes
         self.spill_dir = spill_dir
         self._spill: tempfile.TemporaryDirectory[str] | None = None
@@ -147,6 +154,18 @@ class EpisodeStreamer:
             raise StreamFailed(str(self.error)) from self.error
         return self.acked
 
+    async def abandon(self) -> None:
+        """The run is no longer ours: drop what is unsent, send nothing more."""
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._entries:
+            self._drop_head()
+        if self._spill is not None:
+            self._spill.cleanup()
+            self._spill = None
+
     async def close(self) -> None:
         self._closed = True
         self._wake.set()
@@ -176,6 +195,7 @@ class EpisodeStreamer:
             epsilons=batch.epsilons.tolist(),
             td_errors=batch.td_errors.tolist(),
             successes=batch.successes.tolist(),
+            lease_epoch=self.lease_epoch,
         )
 
     def _drop_head(self) -> None:
@@ -239,6 +259,9 @@ class EpisodeStreamer:
                 ):
                     log.error("run %s: registry refused episodes: %s %s", self.run_id, code.name, str(error))
                     await self._fail(error)
+                    reason = lost_reason(error) if isinstance(error, grpc.aio.AioRpcError) else ""
+                    if reason and self.on_lost is not None:
+                        self.on_lost(reason)
                     return
                 self.reconnects += 1
                 log.warning(
