@@ -583,3 +583,35 @@ def test_trainer_sigkilled_alone_leaves_no_worker_behind(
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.kill()
         other.stop()
+
+
+def test_trainer_paused_past_its_lease_is_refused_after_another_took_the_run(
+    healthy_stack: Stack, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """A SIGSTOPped trainer wakes up believing it still trains the run: it must not write again."""
+    with second_trainer(healthy_stack, tmp_path / "trainer-2.log") as other:
+        with grpc.insecure_channel(healthy_stack.trainer.target) as channel:
+            run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=29), timeout=60).run_id
+        wait_row(db, run_id, statuses={"running"}, min_episodes=2 * CHECKPOINT_EVERY)
+        first_writer = writer_of(db, run_id)
+        paused = healthy_stack.trainer.process
+        assert paused is not None
+        paused.send_signal(signal.SIGSTOP)
+        try:
+            status, _ = wait_row(db, run_id, statuses={"interrupted"}, timeout=60)
+            with grpc.insecure_channel(other.target) as channel:
+                resumed = trainer_grpc.TrainerServiceStub(channel).ResumeRun(
+                    tpb.ResumeRunRequest(run_id=run_id), timeout=60
+                )
+            assert resumed.resumed_from_episode >= CHECKPOINT_EVERY
+        finally:
+            paused.send_signal(signal.SIGCONT)
+        # The first trainer's next writes carry the old epoch: refused, so it stops its worker.
+        wait_until(
+            lambda: logged(healthy_stack.trainer, run_id, f"run {run_id}: no longer ours"), "first trainer gave up"
+        )
+        status, _ = wait_row(db, run_id, statuses={"completed", "failed"}, timeout=120)
+        assert status == "completed", other.log_tail()
+        assert_complete_exactly_once(db, run_id)
+        final = db.execute("SELECT trainer_id, lease_epoch FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+        assert final is not None and final[1] == 2 and final[0] not in ("", first_writer)

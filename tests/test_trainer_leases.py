@@ -1,0 +1,71 @@
+"""The trainer when the registry takes a run away from it: it stops the run's worker, writes nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import psycopg
+import pytest
+
+from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from tests.support import InProcessService
+
+# Purely random episodes of up to 200 steps: about a minute of training here, far longer
+# than the trainer needs to notice that its run is gone (one heartbeat, then one chunk).
+LONG_RANDOM_RUN = trainer_service_pb2.Hyperparameters(
+    alpha=0.5,
+    gamma=0.9,
+    epsilon=1.0,
+    epsilon_min=1.0,
+    epsilon_decay=0.99,
+    training_episodes=1_000_000,
+    max_steps=200,
+)
+
+
+@pytest.fixture()
+def trainer_stub(trainer: InProcessService) -> Iterator[trainer_service_pb2_grpc.TrainerServiceStub]:
+    with grpc.insecure_channel(trainer.target) as channel:
+        yield trainer_service_pb2_grpc.TrainerServiceStub(channel)
+
+
+@pytest.fixture()
+def registry_stub(registry: InProcessService) -> Iterator[registry_service_pb2_grpc.RegistryServiceStub]:
+    with grpc.insecure_channel(registry.target) as channel:
+        yield registry_service_pb2_grpc.RegistryServiceStub(channel)
+
+
+def wait_until(condition: object, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"not true after {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+def test_deleting_a_live_run_stops_its_worker(
+    trainer: InProcessService,
+    trainer_stub: trainer_service_pb2_grpc.TrainerServiceStub,
+    registry_stub: registry_service_pb2_grpc.RegistryServiceStub,
+    db: psycopg.Connection,
+) -> None:
+    request = trainer_service_pb2.StartRunRequest(
+        algorithm="q_learning", mode=trainer_service_pb2.TRAINING_MODE_USER, hyperparameters=LONG_RANDOM_RUN, seed=3
+    )
+    run_id = trainer_stub.StartRun(request, timeout=60).run_id
+    pool = trainer.app.runs.pool
+
+    def recorded() -> int:
+        found = db.execute("SELECT episodes_recorded FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+        return int(found[0]) if found else 0
+
+    wait_until(lambda: run_id in pool.running() and recorded() > 0, "the run is training", timeout=60)
+    deleted = registry_stub.DeleteRun(registry_service_pb2.DeleteRunRequest(run_id=run_id), timeout=30)
+    assert deleted.run_id == run_id
+    # The worker is freed long before the run could have finished training.
+    wait_until(lambda: run_id not in pool.running(), "the worker stopped", timeout=30)
+    assert run_id not in trainer.app.runs.active
+    # Nothing re-created the run meanwhile.
+    assert db.execute("SELECT count(*) FROM training_runs WHERE run_id = %s", (run_id,)).fetchone() == (0,)
