@@ -80,6 +80,22 @@ WHERE run_id = %s
 RETURNING lease_epoch
 """
 
+HEARTBEAT = """
+WITH before AS (
+    SELECT run_id, status = 'interrupted' AND stop_reason = 'lease_expired' AS expired
+    FROM training_runs WHERE run_id = %(run_id)s FOR UPDATE
+)
+UPDATE training_runs r SET
+    status = CASE WHEN b.expired AND %(back)s::text IS NOT NULL THEN %(back)s ELSE r.status END,
+    stop_reason = CASE WHEN b.expired AND %(back)s::text IS NOT NULL THEN '' ELSE r.stop_reason END,
+    lease_expires_at = CASE WHEN r.status IN ('queued', 'running') OR (b.expired AND %(back)s::text IS NOT NULL)
+        THEN now() + make_interval(secs => %(lease)s) ELSE r.lease_expires_at END,
+    trainer_id = COALESCE(NULLIF(%(trainer_id)s, ''), r.trainer_id)
+FROM before b
+WHERE r.run_id = b.run_id AND (%(epoch)s = 0 OR r.lease_epoch = %(epoch)s)
+RETURNING r.cancel_requested, b.expired AND %(back)s::text IS NOT NULL
+"""
+
 # Statuses ClaimRun may take a run from: nobody holds it (a live run is the sweeper's to expire).
 CLAIMABLE = frozenset({"interrupted", "failed"})
 
@@ -458,22 +474,27 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         run_id = parse_uuid(request.run_id, "run_id")
         if request.episodes_done < 0:
             raise bad_field("episodes_done", "must be >= 0")
+        # The holder of the current epoch takes back a run whose lease ran out while nobody
+        # took it (the registry could not tell a paused or cut-off trainer from a dead one).
+        back = STATUS_TO_DB.get(request.status) if request.lease_epoch else None
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                """
-                UPDATE training_runs SET
-                    lease_expires_at = CASE WHEN status IN ('queued', 'running')
-                        THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
-                    trainer_id = COALESCE(NULLIF(%s, ''), trainer_id)
-                WHERE run_id = %s AND (%s = 0 OR lease_epoch = %s)
-                RETURNING cancel_requested
-                """,
-                (self.settings.lease_seconds, request.trainer_id, run_id, request.lease_epoch, request.lease_epoch),
+                HEARTBEAT,
+                {
+                    "run_id": run_id,
+                    "epoch": request.lease_epoch,
+                    "trainer_id": request.trainer_id,
+                    "lease": self.settings.lease_seconds,
+                    "back": back if back in ("queued", "running") else None,
+                },
             )
             row = await cursor.fetchone()
             if row is None:  # unknown run (NOT_FOUND), or taken by another writer (LEASE_LOST)
                 check_epoch(run_id, request.lease_epoch, await _lease_epoch(conn, run_id))
                 raise not_found("run", str(run_id))
+            if row[1]:
+                log.info("run %s: its trainer is back before anyone took the run; %s again", run_id, back)
+                await notify(conn, run_id, "status")
         return ingest_service_pb2.HeartbeatResponse(
             cancel_requested=row[0], lease=duration_pb2.Duration(seconds=int(self.settings.lease_seconds))
         )

@@ -253,6 +253,15 @@ def wait_row(
         time.sleep(0.05)
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Bounded polling on a condition (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout}s: {what}")
+        time.sleep(0.05)
+
+
 def assert_complete_exactly_once(db: psycopg.Connection, run_id: str) -> None:
     status, recorded = row(db, run_id)
     assert (status, recorded) == ("completed", EPISODES)
@@ -266,10 +275,10 @@ def test_registry_sigkilled_mid_training_loses_no_episode(healthy_stack: Stack, 
         run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(run_request(seed=21), timeout=60).run_id
     _, before = wait_row(db, run_id, statuses={"running"}, min_episodes=10_000)
     healthy_stack.registry.kill()
-    # Longer than the 3 s lease: the outage must not count against the trainer's lease
-    # (the registry renews running leases when it comes back). The trainer keeps
-    # training and buffering meanwhile.
-    time.sleep(4.0)
+    # Longer than the lease: the outage must not count against the trainer's lease (the
+    # registry renews live leases when it comes back). The trainer keeps training and
+    # buffering meanwhile. The registry stays down until the run's lease has been over a second.
+    wait_until(lambda: lease_expired_for(db, run_id, 1.0), "the run's lease is over")
     healthy_stack.registry.start()
     status, _ = wait_row(db, run_id, statuses={"completed", "failed", "interrupted"}, timeout=120)
     reason = db.execute("SELECT stop_reason, error_message FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
@@ -345,17 +354,17 @@ def test_postgres_restarted_mid_run_without_restarting_any_service(
     stop = threading.Event()
     recorder = threading.Thread(target=_health_recorder, args=(healthy_stack.registry.target, stop, seen))
     recorder.start()
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     try:
-        time.sleep(0.3)
+        wait_until(lambda: bool(seen) and seen[-1] == serving, "the recorder saw SERVING", timeout=30)
         embedded_postgres.stop()
-        time.sleep(2.0)  # long enough for the 0.5 s health probe to notice
+        wait_until(lambda: not_serving in seen, "the 0.5 s health probe noticed", timeout=30)
         embedded_postgres.start()
         wait_for_health(healthy_stack.registry.target, REGISTRY, timeout=30)
-        time.sleep(1.5)  # the recorder's next probe sees SERVING too
+        wait_until(lambda: seen[-1] == serving, "the recorder saw SERVING again", timeout=30)
     finally:
         stop.set()
         recorder.join(10)
-    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     assert serving in seen and not_serving in seen, seen
     assert seen.index(not_serving) < len(seen) - 1 - seen[::-1].index(serving), seen  # NOT_SERVING, then SERVING
     assert seen[-1] == serving
@@ -412,7 +421,7 @@ def test_sigterm_registry_and_gateway_drain_and_exit_zero(healthy_stack: Stack, 
         threads = [threading.Thread(target=hammer, args=(healthy_stack.gateway.target,)) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: codes.count(grpc.StatusCode.OK) >= 20, "calls in flight and answered", timeout=30)
         exit_code = service.terminate()
         stop.set()
         for thread in threads:
@@ -432,15 +441,6 @@ def test_sigterm_registry_and_gateway_drain_and_exit_zero(healthy_stack: Stack, 
     with grpc.insecure_channel(healthy_stack.gateway.target) as channel:
         wait_for_health(healthy_stack.gateway.target, REGISTRY, timeout=30)
         assert registry_grpc.RegistryServiceStub(channel).ListRuns(pb.ListRunsRequest(page_size=1), timeout=10)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Bounded polling on a condition (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not true after {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def lease_expired_for(db: psycopg.Connection, run_id: str, seconds: float) -> bool:

@@ -220,3 +220,39 @@ def test_a_live_run_under_its_trainer_is_never_purged(
     ingest.Heartbeat(ingest_pb2.HeartbeatRequest(run_id=run_id, trainer_id="a", lease_epoch=epoch))
     queries.PurgeRuns(registry_pb2.PurgeRunsRequest(older_than_days=30))
     assert state(db, run_id)[0] == "queued"
+
+
+def test_its_holder_takes_back_a_run_whose_lease_ran_out_while_nobody_took_it(
+    ingest: ingest_grpc.IngestServiceStub, db: psycopg.Connection
+) -> None:
+    run_id, epoch = register(ingest)
+    ingest.UpdateRunStatus(
+        ingest_pb2.UpdateRunStatusRequest(run_id=run_id, status=STATUS.RUN_STATUS_RUNNING, lease_epoch=epoch)
+    )
+    # Its trainer was paused (or cut off) past its lease; the registry, alive all along, expired it.
+    db.execute("UPDATE training_runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s", (run_id,))
+    assert wait_status(db, run_id, "interrupted")[4] == "lease_expired"
+    ingest.Heartbeat(
+        ingest_pb2.HeartbeatRequest(run_id=run_id, trainer_id="a", lease_epoch=epoch, status=STATUS.RUN_STATUS_RUNNING)
+    )
+    assert state(db, run_id)[:5] == ("running", 0, epoch, "a", "")
+    live = db.execute("SELECT lease_expires_at > now() FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert live == (True,)
+
+
+def test_an_expired_run_someone_else_took_stays_theirs(
+    ingest: ingest_grpc.IngestServiceStub, db: psycopg.Connection
+) -> None:
+    run_id, epoch = register(ingest)
+    interrupt(ingest, run_id, epoch)
+    db.execute("UPDATE training_runs SET stop_reason = 'lease_expired' WHERE run_id = %s", (run_id,))
+    taken = ingest.ClaimRun(ingest_pb2.ClaimRunRequest(run_id=run_id, trainer_id="b")).lease_epoch
+    code, reason = refused(
+        lambda: ingest.Heartbeat(
+            ingest_pb2.HeartbeatRequest(
+                run_id=run_id, trainer_id="a", lease_epoch=epoch, status=STATUS.RUN_STATUS_RUNNING
+            )
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+    assert state(db, run_id)[:4] == ("queued", 0, taken, "b")

@@ -202,10 +202,12 @@ class RegistryClient:
 
         return await self._retry(fetch, "GetLatestCheckpoint")
 
-    async def heartbeat(self, run_id: str, trainer_id: str, episodes_done: int, lease_epoch: int) -> bool:
+    async def heartbeat(
+        self, run_id: str, trainer_id: str, episodes_done: int, lease_epoch: int, status: resources_pb2.RunStatus
+    ) -> bool:
         """True when a cancel was requested; one attempt (the next beat retries); RunLost if lost."""
         request = ingest_service_pb2.HeartbeatRequest(
-            run_id=run_id, trainer_id=trainer_id, episodes_done=episodes_done, lease_epoch=lease_epoch
+            run_id=run_id, trainer_id=trainer_id, episodes_done=episodes_done, lease_epoch=lease_epoch, status=status
         )
         try:
             reply = await self.stub.Heartbeat(request, timeout=self.call_timeout)

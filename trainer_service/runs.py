@@ -490,7 +490,9 @@ class RunManager:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                cancel = await self.client.heartbeat(run.run_id, self.trainer_id, run.episodes_done, run.lease_epoch)
+                cancel = await self.client.heartbeat(
+                    run.run_id, self.trainer_id, run.episodes_done, run.lease_epoch, run.status
+                )
             except RunLost as lost:
                 self._lose_soon(run.run_id, lost.reason)
                 return
