@@ -526,6 +526,8 @@ class RunManager:
         drops its unsent episodes and ends its task, all without another write: a paused
         trainer that wakes up must never become a second writer.
         """
+        if run.run_id in self._lost:
+            return  # already given up (by the heartbeat, the streamer or the run's own task)
         run.lost = True
         self._lost.add(run.run_id)
         log.warning(
