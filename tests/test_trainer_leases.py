@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import grpc
 import psycopg
 import pytest
 
-from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
+from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
+from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from tests.support import InProcessService
 
@@ -69,3 +72,19 @@ def test_deleting_a_live_run_stops_its_worker(
     assert run_id not in trainer.app.runs.active
     # Nothing re-created the run meanwhile.
     assert db.execute("SELECT count(*) FROM training_runs WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+
+
+def test_cancelling_a_run_whose_trainer_vanished_cancels_it(
+    trainer_stub: trainer_service_pb2_grpc.TrainerServiceStub, registry: InProcessService, db: psycopg.Connection
+) -> None:
+    """A run registered by a trainer that is gone has nobody to act on a cancel request."""
+    run_id = str(uuid.uuid4())
+    with grpc.insecure_channel(registry.target) as channel:
+        ingest_grpc.IngestServiceStub(channel).RegisterRun(
+            ingest_pb2.RegisterRunRequest(run_id=run_id, algorithm="q_learning", episodes_planned=10, trainer_id="gone")
+        )
+    db.execute("UPDATE training_runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s", (run_id,))
+    reply = trainer_stub.CancelRun(trainer_service_pb2.CancelRunRequest(run_id=run_id), timeout=30)
+    assert reply.status == resources_pb2.RUN_STATUS_CANCELLED
+    found = db.execute("SELECT status, stop_reason FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert found == ("cancelled", "cancelled")
