@@ -216,6 +216,12 @@ class RunManager:
         _check_uuid(run_id)
         if run_id in self.active:
             raise failed_precondition(f"run {run_id} is already active on this trainer", reason="RUN_ACTIVE")
+        if run_id in self.pool.running():
+            # A run this trainer lost is still stopping on a worker: the worker's last messages
+            # carry only the run id, and must not reach the resumed run.
+            raise failed_precondition(
+                f"run {run_id} is still stopping on this trainer; retry in a moment", reason="RUN_ACTIVE"
+            )
         self._check_caller_quota(caller)
         async with registry_errors("reading the run"):
             registered = await self.client.get_run(run_id)
