@@ -100,21 +100,24 @@ class RegistryApp:
         """
         interval = self.settings.health_interval
         lease = self.settings.lease_seconds
-        last_sweep = time.monotonic()  # end of the last successful sweep (start-up renewed every lease)
+        # The last instant this sweeper knows it was running with its leases up to date; any
+        # time after it counts as a gap at the next sweep (start-up renewed every lease).
+        last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             healthy = True
             try:
                 async with self.pool.connection(timeout=max(interval * 2, 2.0)) as conn:
                     began = time.monotonic()
-                    continuous = began - last_sweep <= interval + SWEEP_GAP_TOLERANCE_S
-                    if continuous:
-                        continuous = await self._expire_leases(conn, began)
-                    if not continuous:
-                        gap = time.monotonic() - last_sweep
+                    swept = None
+                    if began - last_sweep <= interval + SWEEP_GAP_TOLERANCE_S:
+                        swept = await self._expire_leases(conn, began)
+                    if swept is None:
+                        swept = time.monotonic()
+                        gap = swept - last_sweep
                         await conn.execute(EXTEND_LEASES, (lease, gap))
                         log.info("lease sweep: %.1fs since the last one; live leases extended by it", gap)
-                last_sweep = time.monotonic()
+                last_sweep = swept
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 healthy = False
                 if self.serving:
@@ -124,19 +127,21 @@ class RegistryApp:
                 await self.running.set_serving(healthy)
                 log.info("health: %s", "SERVING" if healthy else "NOT_SERVING")
 
-    async def _expire_leases(self, conn: psycopg.AsyncConnection[Any], began: float) -> bool:
-        """Expires overdue leases; False (nothing changed) if the sweep itself was interrupted.
+    async def _expire_leases(self, conn: psycopg.AsyncConnection[Any], began: float) -> float | None:
+        """Expires overdue leases; None (nothing changed) if the sweep itself was interrupted.
 
         The rows are chosen by the database's clock when the statement runs; the transaction
         commits only if this process did not stop between deciding to expire and the answer,
         so a pause that lands mid-sweep cannot expire leases it kept trainers from renewing.
+        Returns the instant of that check: a pause after it is the next sweep's gap.
         """
         async with conn.transaction():
             await conn.execute(EXPIRE_LEASES, (self.settings.lease_seconds,))
-            if time.monotonic() - began > SWEEP_GAP_TOLERANCE_S:
+            checked = time.monotonic()
+            if checked - began > SWEEP_GAP_TOLERANCE_S:
                 raise psycopg.Rollback()
-            return True
-        return False
+            return checked
+        return None
 
     async def stop(self, grace: float | None = None) -> None:
         for task in self._tasks:
