@@ -6,9 +6,11 @@ Against the session's in-process registry and real PostgreSQL. The process-level
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -256,3 +258,27 @@ def test_an_expired_run_someone_else_took_stays_theirs(
     )
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
     assert state(db, run_id)[:4] == ("queued", 0, taken, "b")
+
+
+def test_of_trainers_claiming_at_once_exactly_one_wins(
+    registry: InProcessService, ingest: ingest_grpc.IngestServiceStub, db: psycopg.Connection
+) -> None:
+    run_id, epoch = register(ingest)
+    interrupt(ingest, run_id, epoch)
+    start = threading.Barrier(8)
+
+    def claim(trainer: str) -> str:
+        with grpc.insecure_channel(registry.target) as channel:
+            stub = ingest_grpc.IngestServiceStub(channel)
+            start.wait(30)
+            try:
+                stub.ClaimRun(ingest_pb2.ClaimRunRequest(run_id=run_id, trainer_id=trainer), timeout=30)
+                return "won"
+            except grpc.RpcError as error:
+                return status_details(error)[1]
+
+    with ThreadPoolExecutor(8) as executor:
+        outcomes = list(executor.map(claim, [f"t{i}" for i in range(8)]))
+    assert sorted(outcomes) == ["RUN_NOT_RESUMABLE"] * 7 + ["won"]
+    winner = f"t{outcomes.index('won')}"
+    assert state(db, run_id)[:4] == ("queued", 0, epoch + 1, winner)
