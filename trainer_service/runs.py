@@ -173,9 +173,7 @@ class RunManager:
         )
         async with registry_errors("registering the run"):
             reply = await self.client.register_run(register)
-        # created is False also when our own RegisterRun was stored but its answer was lost
-        # and the retry found it: same run_id, so it is ours to train (not a StartRun retry).
-        if not reply.created and reply.run.run_id != run_id:
+        if not reply.created:
             # A retry of an earlier StartRun: answer with that run, do not train twice.
             existing = reply.run
             resolved = RunSpec.from_params(
