@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import psycopg
@@ -14,7 +15,7 @@ from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
-from tests.support import InProcessService
+from tests.support import InProcessService, LoopThread
 
 # Purely random episodes of up to 200 steps: about a minute of training here, far longer
 # than the trainer needs to notice that its run is gone (one heartbeat, then one chunk).
@@ -88,3 +89,79 @@ def test_cancelling_a_run_whose_trainer_vanished_cancels_it(
     assert reply.status == resources_pb2.RUN_STATUS_CANCELLED
     found = db.execute("SELECT status, stop_reason FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
     assert found == ("cancelled", "cancelled")
+
+
+REGISTER_RUN = "/taxidriver.ingest.v1.IngestService/RegisterRun"
+
+
+class ReplyLosingProxy(grpc.GenericRpcHandler):
+    """A loopback proxy to the registry that forwards every call as raw bytes, except that
+    the first RegisterRun's answer is lost on the way back (the run *is* stored)."""
+
+    def __init__(self, upstream: grpc.aio.Channel) -> None:
+        self.upstream = upstream
+        self.lost_replies = 0
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+
+        async def forward(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            call = self.upstream.stream_stream(method)(requests, timeout=context.time_remaining())
+            async for reply in call:
+                if method == REGISTER_RUN and self.lost_replies == 0:
+                    self.lost_replies += 1
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset (injected)")
+                yield reply
+
+        return grpc.stream_stream_rpc_method_handler(forward)
+
+
+def test_a_run_whose_registration_answer_was_lost_is_still_trained(
+    loop_thread: LoopThread, registry: InProcessService, db: psycopg.Connection
+) -> None:
+    """RegisterRun stored the run but its answer was lost; the retry finds it: it is ours to train."""
+    from trainer_service.app import start_trainer
+    from trainer_service.settings import TrainerSettings
+
+    async def start_proxy() -> tuple[grpc.aio.Server, grpc.aio.Channel, ReplyLosingProxy, int]:
+        upstream = grpc.aio.insecure_channel(registry.target)
+        proxy = ReplyLosingProxy(upstream)
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((proxy,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, upstream, proxy, port
+
+    server, upstream, proxy, port = loop_thread.run(start_proxy())
+    trainer = InProcessService(
+        loop_thread,
+        lambda: start_trainer(TrainerSettings(address="127.0.0.1:0", registry_target=f"127.0.0.1:{port}", workers=1)),
+    )
+    try:
+        hyperparameters = trainer_service_pb2.Hyperparameters(
+            alpha=0.9, gamma=1.0, epsilon=1.0, epsilon_min=0.0, epsilon_decay=0.99, training_episodes=500, max_steps=200
+        )
+        request = trainer_service_pb2.StartRunRequest(
+            algorithm="q_learning",
+            mode=trainer_service_pb2.TRAINING_MODE_USER,
+            hyperparameters=hyperparameters,
+            seed=5,
+            request_id=str(uuid.uuid4()),
+        )
+        with grpc.insecure_channel(trainer.target) as channel:
+            started = trainer_service_pb2_grpc.TrainerServiceStub(channel).StartRun(request, timeout=60)
+        assert proxy.lost_replies == 1
+        assert db.execute(
+            "SELECT count(*) FROM training_runs WHERE request_id = %s", (request.request_id,)
+        ).fetchone() == (1,)
+
+        def status() -> str:
+            found = db.execute("SELECT status FROM training_runs WHERE run_id = %s", (started.run_id,)).fetchone()
+            return str(found[0]) if found else ""
+
+        wait_until(lambda: status() in ("completed", "failed", "interrupted", "cancelled"), "run finished", 60)
+        assert status() == "completed"
+    finally:
+        trainer.stop()
+        loop_thread.run(server.stop(0))
+        loop_thread.run(upstream.close())

@@ -173,7 +173,10 @@ class RunManager:
         )
         async with registry_errors("registering the run"):
             reply = await self.client.register_run(register)
-        if not reply.created:
+        # created is False also when our own RegisterRun was stored but its answer was lost and
+        # the retry found it: the same run_id (we drew it), so it is ours to train. Only a run
+        # found under another run_id is an earlier StartRun's.
+        if not reply.created and reply.run.run_id != run_id:
             # A retry of an earlier StartRun: answer with that run, do not train twice.
             existing = reply.run
             resolved = RunSpec.from_params(
