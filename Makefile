@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv protos test run bench lint backup restore clean up down
+.PHONY: help venv protos test run bench lint backup restore clean up down descriptor
 
 help:
 	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the three services, a first training"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one)"
 	@echo "make lint    - buf lint, ruff, mypy"
 	@echo "make protos  - regenerate Python code from protos/"
+	@echo "make descriptor - $(DESCRIPTOR): FileDescriptorSet of the public API with its imports"
 	@echo "make backup / make restore FILE=... - pg_dump / pg_restore of the registry database"
 
 $(STAMPS)/venv: requirements.lock pyproject.toml
@@ -49,6 +50,19 @@ $(STAMPS)/buf:
 	@mkdir -p $(STAMPS)
 	npm install --silent --no-audit --no-fund --prefix $(STAMPS)/node @bufbuild/buf@1.75.0
 	@touch $@
+
+# The public API as one self-contained FileDescriptorSet (imports and comments
+# included) for clients that load contracts at run time (docs/clients.md).
+DESCRIPTOR := build/taxidriver-public.binpb
+PUBLIC_PROTOS := taxidriver/trainer/v1/trainer_service.proto taxidriver/registry/v1/registry_service.proto \
+	third_party/google/rpc/status.proto third_party/google/rpc/error_details.proto \
+	third_party/grpc/health/v1/health.proto
+
+descriptor: $(STAMPS)/buf
+	@mkdir -p $(dir $(DESCRIPTOR))
+	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf build --as-file-descriptor-set \
+		$(addprefix --path ,$(PUBLIC_PROTOS)) -o ../$(DESCRIPTOR)
+	@echo "wrote $(DESCRIPTOR)"
 
 lint: $(STAMPS)/protos $(STAMPS)/buf
 	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf lint

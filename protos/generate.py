@@ -18,10 +18,14 @@ WELL_KNOWN = str(Path(grpc_tools.__file__).parent / "_proto")
 
 PROTO_ROOT = Path(__file__).resolve().parent
 OUT = PROTO_ROOT.parent
+# Vendored upstream contracts (google.rpc, grpc.health.v1) for other languages'
+# clients; Python already has them from googleapis-common-protos and
+# grpcio-health-checking, so generating them here would shadow those packages.
+THIRD_PARTY = PROTO_ROOT / "third_party"
 
 
 def main() -> int:
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto") if THIRD_PARTY not in p.parents)
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
