@@ -208,6 +208,13 @@ class SimpleToken:
             raise bad_field("page_token", "is not a page token of this listing") from None
 
 
+def wants_curves(view: int) -> bool:
+    """RunView of a request; UNSPECIFIED is SUMMARY (documented), an unknown number is refused."""
+    if view not in (resources_pb2.RUN_VIEW_UNSPECIFIED, resources_pb2.RUN_VIEW_SUMMARY, resources_pb2.RUN_VIEW_FULL):
+        raise bad_field("view", f"unknown run view {view}: RUN_VIEW_SUMMARY or RUN_VIEW_FULL")
+    return view == resources_pb2.RUN_VIEW_FULL
+
+
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     def __init__(self, pool: AsyncConnectionPool, settings: RegistrySettings, hub: Any = None) -> None:
         self.pool = pool
@@ -217,6 +224,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     # ------------------------------------------------------------------ runs
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.GetRunResponse:
+        full = wants_curves(request.view)
         run_id = parse_uuid(request.run_id, "run_id")
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
@@ -225,7 +233,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             if row is None:
                 raise not_found("run", str(run_id))
             run = run_from_row(row)
-            if request.view == resources_pb2.RUN_VIEW_FULL:
+            if full:
                 run.curves.CopyFrom(curves_from_rows(await episodes.read_chunks(conn, run_id)))
         return pb.GetRunResponse(run=run)
 
@@ -298,6 +306,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         return kept
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
+        full = wants_curves(request.view)
         size = page_size(request.page_size)
         where = compile_filter(request.filter)
         ordering = parse_order_by(request.order_by)
@@ -308,7 +317,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             ordering=ordering,
             token=request.page_token,
             size=size,
-            full=request.view == resources_pb2.RUN_VIEW_FULL,
+            full=full,
             count=True,
         )
         return pb.ListRunsResponse(runs=runs, next_page_token=token, total_size=total)

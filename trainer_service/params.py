@@ -115,8 +115,9 @@ PRESETS: dict[str, Preset] = {
 # Time-budget runs stop on the budget or at the optimum; this is only the upper bound.
 TIME_BUDGET_MAX_EPISODES = 1_000_000
 
+# TRAINING_MODE_UNSPECIFIED is refused, not read as a default: a Node client's
+# unknown enum string (`mode: "optimized"`) arrives as 0, and the contract names no default.
 MODE_NAMES = {
-    trainer_service_pb2.TRAINING_MODE_UNSPECIFIED: "optimized",
     trainer_service_pb2.TRAINING_MODE_USER: "user",
     trainer_service_pb2.TRAINING_MODE_OPTIMIZED: "optimized",
     trainer_service_pb2.TRAINING_MODE_TIME_BUDGET: "time_budget",
@@ -188,7 +189,10 @@ def resolve(request: trainer_service_pb2.StartRunRequest, random_seed: int) -> R
     if algorithm not in ALGORITHMS:
         violations.add("algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
     if request.mode not in MODE_NAMES:
-        violations.add("mode", f"unknown training mode {request.mode}")
+        violations.add(
+            "mode",
+            f"must be TRAINING_MODE_USER, TRAINING_MODE_OPTIMIZED or TRAINING_MODE_TIME_BUDGET, got {request.mode}",
+        )
     mode = MODE_NAMES.get(request.mode, "optimized")
     env_id = request.env_id or DEFAULT_ENV_ID
     if env_id not in ENVIRONMENTS:
