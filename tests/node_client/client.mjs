@@ -9,6 +9,7 @@
 // report cannot carry.
 
 import { createHash, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 
@@ -68,10 +69,15 @@ errorTypes.resolvePath = (_origin, target) => {
 errorTypes.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
 const RpcStatus = errorTypes.lookupType("google.rpc.Status");
 
+// Deadlines and retries of UNAVAILABLE for the calls that are safe to repeat,
+// from the contract's service config (grpc-js refuses a config it cannot parse).
+const channelOptions = {
+  "grpc.service_config": readFileSync(path.join(args.protos, "taxidriver", "grpc_service_config.json"), "utf8"),
+};
 const credentials = grpc.credentials.createInsecure();
-const trainer = new api.taxidriver.trainer.v1.TrainerService(args.target, credentials);
-const registry = new api.taxidriver.registry.v1.RegistryService(args.target, credentials);
-const health = new api.grpc.health.v1.Health(args.target, credentials);
+const trainer = new api.taxidriver.trainer.v1.TrainerService(args.target, credentials, channelOptions);
+const registry = new api.taxidriver.registry.v1.RegistryService(args.target, credentials, channelOptions);
+const health = new api.grpc.health.v1.Health(args.target, credentials, channelOptions);
 
 const codeName = (code) => Object.keys(grpc.status).find((name) => grpc.status[name] === code) ?? String(code);
 
