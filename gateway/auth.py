@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from taxidriver.errors import ServiceError
+from taxidriver.errors import ServiceError, abort_call
 from taxidriver.handlers import rewrap
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
@@ -126,7 +126,7 @@ class KeyAuthenticator:
 
 def _refusing(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort_with_status(error.to_status())
+        await abort_call(context, error)
 
     return rewrap(handler, lambda kind, behavior: refuse)
 

@@ -135,8 +135,16 @@ class Violations:
             raise invalid_argument(self.items)
 
 
+async def abort_call(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """Ends a live call with `error`'s rich status, keeping the trailing metadata already set on
+    it (the x-request-id echo that TelemetryInterceptor sets at call start)."""
+    status = error.to_status()
+    kept = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, (*kept, *status.trailing_metadata))
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
-    await context.abort_with_status(error.to_status())
+    await abort_call(context, error)
 
 
 def _internal(method: str, exc: BaseException) -> ServiceError:
