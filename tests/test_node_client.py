@@ -196,7 +196,6 @@ def test_delete_and_purge(report: dict[str, Any]) -> None:
     assert report["purge"]["has_cutoff"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="x-request-id is not echoed yet (issue 16; fixed with the telemetry change)")
 def test_request_id_is_echoed_in_response_metadata(report: dict[str, Any]) -> None:
     assert report["request_id"]["echoed"] == report["request_id"]["sent"]
 
