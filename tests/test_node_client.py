@@ -204,3 +204,42 @@ def test_client_lock_pins_the_packages() -> None:
     lock = json.loads((CLIENT_DIR / "package-lock.json").read_text())
     pinned = lock["packages"][""]["dependencies"]
     assert pinned == {"@grpc/grpc-js": "1.14.7", "@grpc/proto-loader": "0.8.1", "protobufjs": "7.6.6"}
+
+
+LOAD_DESCRIPTOR = """
+import { readFileSync } from "node:fs";
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+const definition = protoLoader.loadFileDescriptorSetFromBuffer(readFileSync(process.argv[1]), {
+  keepCase: true, enums: String, longs: String, defaults: true, oneofs: true,
+});
+const api = grpc.loadPackageDefinition(definition);
+console.log(JSON.stringify({
+  trainer: Object.keys(api.taxidriver.trainer.v1.TrainerService.service),
+  registry: Object.keys(api.taxidriver.registry.v1.RegistryService.service).length,
+  health: Object.keys(api.grpc.health.v1.Health.service),
+  bad_request: Boolean(definition["google.rpc.BadRequest"]),
+}));
+"""
+
+
+def test_the_descriptor_set_loads_in_proto_loader() -> None:
+    """`make descriptor`'s file is enough for a Node.js client: no .proto files, no include dirs."""
+    install_client()
+    subprocess.run(["make", "-s", "descriptor"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    assert NODE is not None
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e", LOAD_DESCRIPTOR, str(ROOT / "build" / "taxidriver-public.binpb")],
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert loaded == {
+        "trainer": ["StartRun", "CancelRun", "ResumeRun", "ListAlgorithms"],
+        "registry": 18,
+        "health": ["Check", "Watch", "List"],
+        "bad_request": True,
+    }
