@@ -198,6 +198,7 @@ def test_delete_and_purge(report: dict[str, Any]) -> None:
 
 def test_request_id_is_echoed_in_response_metadata(report: dict[str, Any]) -> None:
     assert report["request_id"]["echoed"] == report["request_id"]["sent"]
+    assert report["error_request_id"]["echoed"] == report["error_request_id"]["sent"]  # errors too
 
 
 def test_client_lock_pins_the_packages() -> None:

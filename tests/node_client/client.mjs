@@ -9,7 +9,7 @@
 // report cannot carry.
 
 import { createHash, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 
@@ -56,15 +56,8 @@ const api = grpc.loadPackageDefinition(definition);
 // with protobufjs from the same .proto files.
 const errorTypes = new protobuf.Root();
 errorTypes.resolvePath = (_origin, target) => {
-  for (const dir of INCLUDE_DIRS) {
-    const candidate = path.join(dir, target);
-    try {
-      if (protobuf.util.fs.statSync(candidate).isFile()) return candidate;
-    } catch {
-      // not in this include dir
-    }
-  }
-  return target; // google/protobuf/*: protobufjs ships them
+  const found = INCLUDE_DIRS.map((dir) => path.join(dir, target)).find((candidate) => existsSync(candidate));
+  return found ?? target; // google/protobuf/*: protobufjs ships them
 };
 errorTypes.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
 const RpcStatus = errorTypes.lookupType("google.rpc.Status");
@@ -391,6 +384,7 @@ async function main() {
   // --- errors a client must be able to read
   const unknownMode = await unary(trainer, "StartRun", { algorithm: "q_learning", mode: "optimized" });
   report.unknown_enum = unknownMode.error;
+  report.error_request_id = { sent: unknownMode.sent, echoed: unknownMode.echoed };
   const badValues = await unary(trainer, "StartRun", {
     algorithm: "q_learning",
     mode: "TRAINING_MODE_OPTIMIZED",
