@@ -267,3 +267,28 @@ def test_grpcs_failed_last_batch_is_an_error_only_before_the_deadline(deadline_p
         grpc_log.removeHandler(handler)
     assert [r.levelno for r in seen] == [level]
     assert (seen[0].exc_info is None) == deadline_passed
+
+
+@pytest.fixture(scope="module")
+def secured_gateway(
+    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
+) -> Iterator[InProcessService]:
+    settings = GatewaySettings(
+        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target, auth_required=True
+    )
+    service = InProcessService(loop_thread, lambda: start_gateway(settings))
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("key", ["", "tdk_not-a-real-key"])
+def test_the_gateway_echoes_the_request_id_when_it_refuses_a_key(secured_gateway: InProcessService, key: str) -> None:
+    request_id = f"auth-{uuid.uuid4().hex[:8]}"
+    metadata = [("x-request-id", request_id)] + ([("authorization", f"Bearer {key}")] if key else [])
+    with grpc.insecure_channel(secured_gateway.target) as channel:
+        stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListRuns(rpb.ListRunsRequest(), metadata=metadata, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    trailing = caught.value.trailing_metadata()  # type: ignore[attr-defined]
+    assert [value for k, value in trailing if k == "x-request-id"] == [request_id]
