@@ -65,3 +65,13 @@ def test_documented_enum_defaults_still_apply(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         registry.ListArtifacts(rpb.ListArtifactsRequest(run_id=str(uuid.uuid4())), timeout=30)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # the kind passed, the run is unknown
+
+
+@pytest.mark.parametrize("method", ["ListRuns", "GetStatistics"])
+def test_an_unknown_status_in_a_filter_is_invalid(channel: grpc.Channel, method: str) -> None:
+    """Statuses in AIP-160 filters are the enum's names or their stored lower-case words."""
+    registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
+    call = getattr(registry, method)
+    request_type = getattr(rpb, f"{method}Request")
+    assert invalid_fields(lambda: call(request_type(filter='status = "finished"'), timeout=30)) == ["filter"]
+    call(request_type(filter='status = "RUN_STATUS_COMPLETED" OR status = "running"'), timeout=30)
