@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import ROOT, InProcessService, LoopThread
@@ -144,3 +146,28 @@ def test_trainer_is_serving_only_once_every_worker_is_warm(registry: InProcessSe
     finally:
         trainer.stop()
         loop.close()
+
+
+def test_containers_give_the_kernel_cache_a_writable_directory() -> None:
+    """Read-only root filesystems everywhere: NUMBA_CACHE_DIR must sit on the writable /tmp mount,
+    or every worker compiles every kernel at every start (kernels.jit falls back to no cache)."""
+    dockerfile = (ROOT / "deploy" / "trainer" / "Dockerfile").read_text()
+    cache_dir = re.search(r"NUMBA_CACHE_DIR=(\S+)", dockerfile)
+    assert cache_dir is not None and cache_dir.group(1).startswith("/tmp/")
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    trainer = compose["services"]["trainer"]
+    assert trainer["read_only"] is True and "/tmp" in trainer["tmpfs"]
+    manifest = next(
+        doc
+        for doc in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "base" / "trainer.yaml").read_text())
+        if doc["kind"] == "Deployment"
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The startup probe waits for "" (NOT_SERVING while warming) long enough for a cold compile.
+    probe = container["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 120

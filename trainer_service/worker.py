@@ -1,7 +1,8 @@
 """What runs inside a worker process: one training run at a time, never on an event loop.
 
-The worker trains in chunks, checking its control word between chunks (cancel or
-shutdown), and posts messages to the parent's outbox:
+`train` is the training loop (chunks of jitted episodes, checking the control word between
+chunks for cancel or shutdown); `_Progress` is the plumbing around it (batches to the parent,
+checkpoints); `_report` computes the metric groups. Messages posted to the parent's outbox:
   ("ready", worker, None), ("started", run_id, {...}), ("episodes", run_id, EpisodeColumns),
   ("checkpoint", run_id, {...}), ("done" | "cancelled" | "interrupted" | "failed", run_id, {...}),
   ("plots", run_id, {name: png}), ("idle", worker, None).
