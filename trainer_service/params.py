@@ -114,7 +114,7 @@ PRESETS: dict[str, Preset] = {
     "monte_carlo": Preset(
         Hyperparameters(0.1, 0.95, 1.0, 0.1, 0.999, 50000, 200),
         f"NOT at the exact optimum, and does not always deliver. {PRESETS_BENCH}: exactly optimal for 0/20"
-        " seeds; delivers from every start state for only 6/20 seeds; delivers from 90.1% of start states"
+        " seeds; delivers from every start state for 6/20 seeds only; delivers from 90.1% of start states"
         " on average, 74.7% for the worst seed; optimal on 58.2% of start states on average."
         " First-visit constant-alpha MC with an exploring (epsilon >= 0.1) behaviour policy.",
     ),
