@@ -171,3 +171,20 @@ def test_containers_give_the_kernel_cache_a_writable_directory() -> None:
     # The startup probe waits for "" (NOT_SERVING while warming) long enough for a cold compile.
     probe = container["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 120
+
+
+def test_workers_warming_up_together_compile_each_kernel_once(tmp_path: Path) -> None:
+    """A trainer's workers start at the same moment: one compiles, the others load its cache."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    code = KERNELS_SCRIPT + "\nfrom trainer_service.worker import warm_up\nwarm_up()\nprint(json.dumps(snapshot()))\n"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    first, second = (json.loads(output.strip().splitlines()[-1]) for output in outputs)
+    kernel = "trainer_service.algorithms.q_learning.train_episodes"
+    assert first[kernel]["misses"] + second[kernel]["misses"] == 1
+    compiled_twice = [key for key in first if first[key]["misses"] and second[key]["misses"]]
+    assert compiled_twice == []

@@ -46,6 +46,7 @@ from trainer_service.evaluation import (
     policy_optimality,
     random_policy_optimality,
 )
+from trainer_service.kernels import compiling_alone
 from trainer_service.metrics import (
     SystemSampler,
     brute_force_metrics,
@@ -93,13 +94,14 @@ def warm_up() -> None:
     Each kernel is called here with the argument types a run gives it, so a run never
     compiles on its own clock (tests/test_trainer_warmup.py checks that none is left).
     """
-    table, best = _Caches.table("Taxi-v3")
-    params = TrainingParams(0.5, 0.9, 0.1, 0.99, 10)
-    for name in ALGORITHMS:
-        train_chunk(name, table, params, TrainingState.fresh(table, 0, 1.0), 2)
-    policy_optimality(best.q, table, best)
-    random_policy_optimality(table, best)
-    evaluate_on_env("Taxi-v3", 2, None)
+    with compiling_alone():  # the first worker compiles, the others load its disk cache
+        table, best = _Caches.table("Taxi-v3")
+        params = TrainingParams(0.5, 0.9, 0.1, 0.99, 10)
+        for name in ALGORITHMS:
+            train_chunk(name, table, params, TrainingState.fresh(table, 0, 1.0), 2)
+        policy_optimality(best.q, table, best)
+        random_policy_optimality(table, best)
+        evaluate_on_env("Taxi-v3", 2, None)
     import matplotlib  # noqa: F401 - imported now so the first plot is not slow
 
     from trainer_service import plots  # noqa: F401
