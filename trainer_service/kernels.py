@@ -49,9 +49,10 @@ def compiling_alone() -> Iterator[None]:
 
     A trainer's workers warm up at the same moment: without this, each compiles every
     kernel on a first start (N times the CPU on a machine that has little). With it, the
-    first compiles into the disk cache and the others load from it. An advisory lock
-    (flock) beside the cache: released by the kernel if its holder dies. Without a disk
-    cache there is nothing to share, and no lock.
+    first to arrive warms up alone (compiling into the disk cache, or loading from it);
+    those that arrive meanwhile wait until it is done, then all load from the cache at
+    once. An advisory lock (flock) beside the cache, released by the kernel if its holder
+    dies. Without a disk cache there is nothing to share, and no lock.
     """
     if not disk_cache:
         yield
@@ -65,7 +66,17 @@ def compiling_alone() -> Iterator[None]:
         yield
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            first = True
+        except BlockingIOError:
+            first = False
+        if not first:
+            # Another process is warming up: wait until it is done, then load its cache.
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+            return
         try:
             yield
         finally:
