@@ -3,15 +3,24 @@
 - time_to_optimal_s_<algorithm>: median over seeds of the training time until the greedy
   policy is optimal on all 300 start states (optimized preset; inf when the median seed never is).
 - optimal_seed_fraction_<algorithm>: share of seeds whose final policy is exactly optimal.
+- preset <algorithm>: the line each preset note in trainer_service/params.py quotes (seeds
+  100-119: exactly optimal, delivering from every start state, worst delivery, optimal starts).
 - end_to_end_run_s: StartRun until the run is completed and persisted (in-process registry and
   trainer on an embedded PostgreSQL, q_learning optimized preset, 100 test episodes).
 - concurrent_runs_s: 4 such runs started at once on a 2-worker trainer.
+- trainer_ready_s_<cache>, first_run_queued_s_<cache>, first_run_s_after_start_<cache>: a fresh
+  2-worker trainer started as `make run` starts it (wait until its health says SERVING, then the
+  devstack's first training: SARSA optimized, 250 test episodes): seconds until SERVING, seconds
+  the first run sat queued, seconds from its StartRun to completed. cold_cache = an empty
+  NUMBA_CACHE_DIR (first start on a machine), warm_cache = the same directory again.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from taxidriver.embedded_pg import EmbeddedPostgres
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
-from tests.support import InProcessService, LoopThread
+from tests.support import InProcessService, LoopThread, wait_for_health
 from trainer_service.params import PRESETS
 from trainer_service.tuning import measure
 
-SEEDS = range(100, 110)
+SEEDS = range(100, 120)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +46,8 @@ def presets() -> None:
         result = measure(algorithm, preset.hyperparameters, SEEDS)
         median = result.median_time_to_optimal_s
         print(f"bench: time_to_optimal_s_{algorithm} = {median if median is not None else float('inf'):.4f} s")
-        print(f"bench: optimal_seed_fraction_{algorithm} = {result.optimal_fraction:.2f} fraction", flush=True)
+        print(f"bench: optimal_seed_fraction_{algorithm} = {result.optimal_fraction:.2f} fraction")
+        print(f"preset {algorithm}: {result.summary()}", flush=True)
 
 
 def wait_completed(stub: registry_service_pb2_grpc.RegistryServiceStub, run_id: str) -> None:
@@ -48,6 +58,68 @@ def wait_completed(stub: registry_service_pb2_grpc.RegistryServiceStub, run_id: 
         if run.status in (resources_pb2.RUN_STATUS_FAILED, resources_pb2.RUN_STATUS_CANCELLED):
             raise RuntimeError(f"run {run_id} ended {run.status}: {run.error_message}")
         time.sleep(0.005)
+
+
+def wait_running_then_completed(stub: registry_service_pb2_grpc.RegistryServiceStub, run_id: str) -> float:
+    """Seconds until the run left QUEUED; returns once it is completed."""
+    started, left_queue = time.perf_counter(), None
+    while left_queue is None:
+        run = stub.GetRun(registry_service_pb2.GetRunRequest(run_id=run_id)).run
+        if run.status != resources_pb2.RUN_STATUS_QUEUED:
+            left_queue = time.perf_counter() - started
+        else:
+            time.sleep(0.005)
+    wait_completed(stub, run_id)
+    return left_queue
+
+
+def first_run() -> None:
+    from registry_service.app import start_registry
+    from registry_service.settings import RegistrySettings
+    from trainer_service.app import start_trainer
+    from trainer_service.settings import TrainerSettings
+
+    postgres = EmbeddedPostgres(data_dir=ROOT / ".data" / "bench-trainer-pg", durable=False)
+    postgres.start()
+    loop = LoopThread()
+    previous = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        registry = InProcessService(
+            loop, lambda: start_registry(RegistrySettings(address="127.0.0.1:0", database_url=postgres.url()))
+        )
+        with tempfile.TemporaryDirectory(prefix="bench-numba-") as cache, grpc.insecure_channel(registry.target) as rc:
+            os.environ["NUMBA_CACHE_DIR"] = cache  # read by the spawned workers' numba
+            registry_stub = registry_service_pb2_grpc.RegistryServiceStub(rc)
+            for label in ("cold_cache", "warm_cache"):
+                started = time.perf_counter()
+                trainer = InProcessService(
+                    loop,
+                    lambda: start_trainer(
+                        TrainerSettings(address="127.0.0.1:0", registry_target=registry.target, workers=2)
+                    ),
+                )
+                wait_for_health(trainer.target, "", timeout=600)  # what `make run` waits for
+                ready = time.perf_counter() - started
+                with grpc.insecure_channel(trainer.target) as tc:
+                    request = trainer_service_pb2.StartRunRequest(
+                        algorithm="sarsa", mode=trainer_service_pb2.TRAINING_MODE_OPTIMIZED, test_episodes=250
+                    )
+                    started = time.perf_counter()
+                    run_id = trainer_service_pb2_grpc.TrainerServiceStub(tc).StartRun(request).run_id
+                    queued = wait_running_then_completed(registry_stub, run_id)
+                    first = time.perf_counter() - started
+                trainer.stop()
+                print(f"bench: trainer_ready_s_{label} = {ready:.2f} s")
+                print(f"bench: first_run_queued_s_{label} = {queued:.2f} s")
+                print(f"bench: first_run_s_after_start_{label} = {first:.2f} s", flush=True)
+        registry.stop()
+    finally:
+        if previous is None:
+            os.environ.pop("NUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = previous
+        loop.close()
+        postgres.stop()
 
 
 def end_to_end() -> None:
@@ -95,5 +167,9 @@ def end_to_end() -> None:
 
 
 if __name__ == "__main__":
-    presets()
-    end_to_end()
+    if "--first-run-only" not in sys.argv:
+        presets()
+    if "--presets-only" not in sys.argv:
+        first_run()
+    if "--presets-only" not in sys.argv and "--first-run-only" not in sys.argv:
+        end_to_end()

@@ -19,7 +19,7 @@ import pytest
 from psycopg import conninfo
 
 from taxidriver.embedded_pg import EmbeddedPostgres
-from tests.support import ROOT, InProcessService, LoopThread
+from tests.support import ROOT, InProcessService, LoopThread, wait_for_health
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +87,8 @@ def trainer(loop_thread: LoopThread, registry: InProcessService) -> Iterator[InP
         address="127.0.0.1:0", registry_target=registry.target, workers=2, max_active_runs_per_caller=10_000
     )
     service = InProcessService(loop_thread, lambda: start_trainer(settings))
+    # NOT_SERVING until its workers are warm: tests (and gateways mirroring it) start after.
+    wait_for_health(service.target, "taxidriver.trainer.v1.TrainerService", timeout=300)
     yield service
     service.stop()
 

@@ -23,6 +23,8 @@ def test_runs_are_spread_over_two_trainers(
         loop_thread,
         lambda: start_trainer(TrainerSettings(address="127.0.0.1:0", registry_target=registry.target, workers=1)),
     )
+    # A trainer still warming up is NOT_SERVING and the gateway rightly skips it.
+    wait_for_health(second.target, TRAINER, timeout=300)
     gateway = InProcessService(
         loop_thread,
         lambda: start_gateway(

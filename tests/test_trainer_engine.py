@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trainer_service import evaluation
 from trainer_service.algorithms import ALGORITHMS
 from trainer_service.engine import (
     EpisodeColumns,
@@ -15,8 +16,8 @@ from trainer_service.engine import (
     model_q,
     train_chunk,
 )
-from trainer_service.envs import transition_table
-from trainer_service.evaluation import evaluate_on_env, optimum, policy_optimality
+from trainer_service.envs import make_env, transition_table
+from trainer_service.evaluation import evaluate_on_env, optimum, policy_optimality, random_policy_optimality
 
 TABLE = transition_table("Taxi-v3")
 BEST = optimum(TABLE)
@@ -85,3 +86,42 @@ def test_optimal_q_is_scored_optimal_everywhere() -> None:
     optimality = policy_optimality(BEST.q, TABLE, BEST)
     assert optimality.optimal_fraction == 1.0
     assert optimality.steps_gap == 0.0 and optimality.reward_gap == 0.0
+
+
+def test_random_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env() -> None:
+    episodes = 400
+    env = make_env("Taxi-v3")
+    rewards, steps, successes, starts = [], [], [], []
+    for seed in evaluation.test_seeds(episodes):
+        state, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        starts.append(state)
+        total, count, done, terminated = 0.0, 0, False, False
+        while not done:
+            state, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, count = total + float(reward), count + 1
+            done = terminated or truncated
+        rewards.append(total)
+        steps.append(count)
+        successes.append(terminated)
+    env.close()
+    replayed = evaluate_on_env("Taxi-v3", episodes, None)
+    assert replayed.start_states.tolist() == starts
+    assert replayed.success_rate == float(np.mean(successes))
+    assert replayed.avg_steps == float(np.mean(steps))
+    assert replayed.avg_reward == pytest.approx(float(np.mean(rewards)), abs=1e-12)
+    assert replayed.std_reward == pytest.approx(float(np.std(rewards)), abs=1e-9)
+
+
+def test_random_policy_expectations_agree_with_twenty_thousand_random_episodes() -> None:
+    exact = random_policy_optimality(TABLE, BEST)
+    # brute_force's kernel: uniform start state, uniform actions, 200-step limit, on the table.
+    state = TrainingState.fresh(TABLE, 11, 1.0)
+    columns = train_chunk("brute_force", TABLE, TrainingParams(1.0, 1.0, 1.0, 1.0, 200), state, 20_000)
+    n = len(columns)
+    # Within 4 standard errors of the sample means.
+    assert abs(columns.successes.mean() - exact.success_rate) < 4 * columns.successes.std() / np.sqrt(n)
+    assert abs(columns.rewards.mean() - exact.mean_reward) < 4 * columns.rewards.std() / np.sqrt(n)
+    assert abs(columns.steps.mean() - exact.mean_steps) < 4 * columns.steps.std() / np.sqrt(n)
+    assert exact.optimal_fraction == 0.0
+    assert exact.reward_gap == pytest.approx(BEST.mean_reward - exact.mean_reward, abs=1e-12)

@@ -1,9 +1,19 @@
-"""Wires the trainer: registry client, worker pool, gRPC server."""
+"""Wires the trainer: registry client, worker pool, gRPC server.
+
+The server answers at once (liveness), but reports NOT_SERVING until every worker process
+has loaded its kernels (compiled by numba on the first start, then read from its on-disk
+cache: NUMBA_CACHE_DIR, else __pycache__ beside the sources): a run started on a SERVING
+trainer begins at once instead of waiting, queued, on a compiler.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxidriver.server import RunningServer, ServiceBinding, create_server
@@ -24,6 +34,7 @@ class TrainerApp:
     running: RunningServer
     runs: RunManager
     client: RegistryClient
+    warming: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def port(self) -> int:
@@ -32,6 +43,10 @@ class TrainerApp:
     async def stop(self, grace: float | None = None) -> None:
         """Running runs checkpoint and become INTERRUPTED, then the server drains."""
         grace = self.settings.grace if grace is None else grace
+        if self.warming is not None:
+            self.warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.warming
         await self.running.set_serving(False)
         await self.runs.shutdown(grace)
         await self.running.server.stop(grace)
@@ -54,6 +69,7 @@ async def start_trainer(settings: TrainerSettings) -> TrainerApp:
     servicer = TrainerServicer(runs)
     running = await create_server(
         address=settings.address,
+        serving=False,  # until the workers are warm (see _serve_when_warm)
         services=[
             ServiceBinding(
                 name=SERVICE_NAME,
@@ -62,5 +78,26 @@ async def start_trainer(settings: TrainerSettings) -> TrainerApp:
         ],
         internal_token=settings.internal_token,
     )
-    log.info("trainer listening on port %d with %d workers", running.port, settings.workers)
-    return TrainerApp(settings=settings, running=running, runs=runs, client=client)
+    log.info(
+        "trainer listening on port %d; NOT_SERVING while %d workers warm up (numba kernels are compiled on a"
+        " first start, then loaded from the cache in %s)",
+        running.port,
+        settings.workers,
+        os.environ.get("NUMBA_CACHE_DIR") or "__pycache__ beside the sources",
+    )
+    app = TrainerApp(settings=settings, running=running, runs=runs, client=client)
+    app.warming = asyncio.get_running_loop().create_task(_serve_when_warm(app), name="trainer-warm-up")
+    return app
+
+
+# How often start-up looks at the workers' readiness. The pool exposes it as a count, not an
+# event (a worker that dies while warming is replaced and counted when its successor is ready).
+WARM_POLL_S = 0.05
+
+
+async def _serve_when_warm(app: TrainerApp) -> None:
+    started = time.perf_counter()
+    while app.runs.pool.ready_workers < app.settings.workers:  # noqa: ASYNC110 - see WARM_POLL_S
+        await asyncio.sleep(WARM_POLL_S)
+    await app.running.set_serving(True)
+    log.info("trainer SERVING: %d workers warm after %.2f s", app.settings.workers, time.perf_counter() - started)

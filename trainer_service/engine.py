@@ -123,6 +123,11 @@ def model_q(algorithm: str, state: TrainingState) -> np.ndarray:
     return state.q
 
 
+def uniform_policy(table: TransitionTable) -> np.ndarray:
+    """pi(a|s) = 1/|A| everywhere: the saved model of the random agent (it has no Q-table)."""
+    return np.full((table.n_states, table.n_actions), 1.0 / table.n_actions)
+
+
 def q_table_bytes(q: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, q, allow_pickle=False)

@@ -34,6 +34,25 @@ class TransitionTable:
     start_states: np.ndarray  # int64, the states reset() can return (uniformly)
     max_episode_steps: int
 
+    @functools.cached_property
+    def acting_states(self) -> np.ndarray:
+        """States an agent can act in: start states and every state a non-terminating step
+        leads to from them (Taxi: 400 of 500; the 100 with the passenger already at the
+        destination are only ever entered by the terminating drop-off)."""
+        seen = np.zeros(self.n_states, dtype=np.bool_)
+        seen[self.start_states] = True
+        frontier = list(self.start_states)
+        while frontier:
+            state = frontier.pop()
+            for action in range(self.n_actions):
+                nxt = int(self.next_state[state, action])
+                if not self.terminated[state, action] and not seen[nxt]:
+                    seen[nxt] = True
+                    frontier.append(nxt)
+        states = np.flatnonzero(seen).astype(np.int64)
+        states.setflags(write=False)
+        return states
+
     @property
     def n_states(self) -> int:
         return int(self.next_state.shape[0])

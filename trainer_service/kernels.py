@@ -6,8 +6,13 @@ a run is a single integer that a checkpoint saves and restores exactly.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numba
@@ -18,17 +23,64 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# False once a kernel could not get an on-disk cache (then every process compiles its own).
+disk_cache = True
+
+
 def jit(function: F) -> F:
     """`numba.njit(cache=True)`, or uncached when no cache directory is writable.
 
     Containers often mount the code read-only; numba then refuses to cache at
-    decoration time, and compiling once per process is the right fallback.
+    decoration time, and compiling once per process is the right fallback. The
+    containers set NUMBA_CACHE_DIR to their writable /tmp instead.
     """
+    global disk_cache
     try:
         return numba.njit(cache=True)(function)  # type: ignore[return-value]
     except RuntimeError as exc:  # "cannot cache function ...: no locator available"
         log.info("numba cache unavailable for %s (%s); compiling without cache", function.__name__, exc)
+        disk_cache = False
         return numba.njit(function)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def compiling_alone() -> Iterator[None]:
+    """Serialises kernel compilation between the processes of this machine.
+
+    A trainer's workers warm up at the same moment: without this, each compiles every
+    kernel on a first start (N times the CPU on a machine that has little). With it, the
+    first to arrive warms up alone (compiling into the disk cache, or loading from it);
+    those that arrive meanwhile wait until it is done, then all load from the cache at
+    once. An advisory lock (flock) beside the cache, released by the kernel if its holder
+    dies. Without a disk cache there is nothing to share, and no lock.
+    """
+    if not disk_cache:
+        yield
+        return
+    directory = Path(os.environ.get("NUMBA_CACHE_DIR") or tempfile.gettempdir())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = (directory / "taxidriver-kernels.lock").open("a")
+    except OSError as exc:
+        log.info("no kernel compile lock (%s); workers may compile the same kernels at once", exc)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            first = True
+        except BlockingIOError:
+            first = False
+        if not first:
+            # Another process is warming up: wait until it is done, then load its cache.
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

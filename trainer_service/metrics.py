@@ -1,5 +1,9 @@
 """Metric groups under the seed's JSONB keys, computed in the worker from its numbers.
 
+Every field of a run describes the run's own policy (`test_metrics.policy`): the greedy
+policy of its Q-table, or, for brute_force, the uniformly random policy. docs/metrics.md
+describes each field.
+
 System metrics are sampled without blocking: psutil's cpu_times() deltas between two
 instants (never cpu_percent(interval=...), which sleeps) and RSS read at chunk boundaries.
 """
@@ -14,7 +18,7 @@ import numpy as np
 import psutil
 
 from trainer_service.engine import EpisodeColumns
-from trainer_service.evaluation import EnvScore, Optimality, Optimum
+from trainer_service.evaluation import GREEDY, EnvScore, Optimality, Optimum
 
 
 class SystemSampler:
@@ -81,16 +85,27 @@ def training_summary(history: EpisodeColumns) -> dict[str, Any]:
 
 
 def learning_stability(
-    q: np.ndarray,
+    q: np.ndarray | None,
+    acting_states: np.ndarray,
     history: EpisodeColumns,
     convergence_episode: int | None,
     q_changes: list[tuple[int, float]],
 ) -> dict[str, Any]:
+    """`q` is None for a policy without a Q-table (brute_force): no Q statistics then."""
     n = len(history)
     last = history.rewards[max(0, n - 100) :]
+    q_stats: dict[str, Any] = {}
+    if q is not None:
+        # Over the states an agent can act in only: the others' rows are never updated and
+        # would add zeros (Taxi: 100 states, 600 entries) to the mean and variance.
+        acted = q[acting_states]
+        q_stats = {
+            "final_q_variance": float(acted.var()),
+            "final_q_mean": float(acted.mean()),
+            "q_stats_states": len(acting_states),
+        }
     return {
-        "final_q_variance": float(q.var()),
-        "final_q_mean": float(q.mean()),
+        **q_stats,
         # First episode count (checked every chunk) at which the greedy policy was optimal
         # on every start state; null if never.
         "convergence_episode": convergence_episode,
@@ -101,30 +116,50 @@ def learning_stability(
     }
 
 
-def test_metrics(score: EnvScore, optimality: Optimality, best: Optimum, seed_set: str) -> dict[str, Any]:
+def test_metrics(
+    score: EnvScore, optimality: Optimality, best: Optimum, seed_set: str, policy: str = GREEDY
+) -> dict[str, Any]:
+    """The test episodes' scores, and exact scores of the same policy from every start state.
+
+    Greedy policies are rolled out (`greedy_*_all_starts`); the uniformly random policy has
+    exact expectations instead (`expected_*_all_starts`): never a field of one policy in a
+    run of another.
+    """
+    prefix = "greedy" if policy == GREEDY else "expected"
     return {
         **score.as_dict(),
+        "policy": policy,
         "test_seed_set": seed_set,
         # Exact scores on the transition table, from each of the start states.
         "optimal_start_state_fraction": optimality.optimal_fraction,
         "optimality_gap_steps": optimality.steps_gap,
         "optimality_gap_reward": optimality.reward_gap,
-        "greedy_mean_steps_all_starts": optimality.mean_steps,
-        "greedy_mean_reward_all_starts": optimality.mean_reward,
-        "greedy_success_rate_all_starts": optimality.success_rate,
+        f"{prefix}_mean_steps_all_starts": optimality.mean_steps,
+        f"{prefix}_mean_reward_all_starts": optimality.mean_reward,
+        f"{prefix}_success_rate_all_starts": optimality.success_rate,
         "optimal_mean_steps": best.mean_steps,
         "optimal_mean_reward": best.mean_reward,
     }
 
 
-def brute_force_metrics(agent: EnvScore, random_agent: EnvScore) -> dict[str, Any]:
-    """The seed's comparison with a random agent on the same test seeds."""
+def brute_force_metrics(agent: EnvScore, random_agent: EnvScore, best: Optimum) -> dict[str, Any]:
+    """The seed's comparison with a random agent on the same test seeds (same episodes)."""
+    if random_agent.episodes != agent.episodes:
+        raise ValueError(f"random agent on {random_agent.episodes} episodes, agent on {agent.episodes}")
     reward_gain = agent.avg_reward - random_agent.avg_reward
+    # The optimum on the very same start states: how far the agent got from chance to it.
+    optimal_reward = best.mean_reward_from(agent.start_states)
+    room = optimal_reward - random_agent.avg_reward
     return {
         "random_success_rate": random_agent.success_rate,
         "random_avg_steps": random_agent.avg_steps,
         "random_avg_reward": random_agent.avg_reward,
         "random_episodes": random_agent.episodes,
+        "optimal_avg_reward": optimal_reward,
+        # 0 = chance, 100 = optimal on every test episode.
+        "gap_closed_percent": 100.0 * reward_gain / room if room > 0 else 0.0,
+        # The seed's figure: gain relative to |random reward| (> 100 % whenever the agent's
+        # reward is positive, since the random reward is negative).
         "improvement_percent": 100.0 * reward_gain / abs(random_agent.avg_reward) if random_agent.avg_reward else 0.0,
         # How many times fewer steps the agent needs than chance.
         "efficiency_gain": random_agent.avg_steps / agent.avg_steps if agent.avg_steps else 0.0,

@@ -415,12 +415,12 @@ class RunManager:
         await self.client.upload_artifact(
             run.run_id,
             STATUS.ARTIFACT_KIND_MODEL,
-            "q_table.npy",
+            result["model_name"],  # q_table.npy, or policy.npy for the random agent
             result["model"],
             content_type="application/x-npy",
             lease_epoch=run.lease_epoch,
             episode=result["episodes"],
-            metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, "shape": [500, 6]},
+            metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, **result["model_metadata"]},
         )
         request = ingest_service_pb2.CompleteRunRequest(
             run_id=run.run_id,

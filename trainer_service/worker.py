@@ -1,7 +1,8 @@
 """What runs inside a worker process: one training run at a time, never on an event loop.
 
-The worker trains in chunks, checking its control word between chunks (cancel or
-shutdown), and posts messages to the parent's outbox:
+`train` is the training loop (chunks of jitted episodes, checking the control word between
+chunks for cancel or shutdown); `_Progress` is the plumbing around it (batches to the parent,
+checkpoints); `_report` computes the metric groups. Messages posted to the parent's outbox:
   ("ready", worker, None), ("started", run_id, {...}), ("episodes", run_id, EpisodeColumns),
   ("checkpoint", run_id, {...}), ("done" | "cancelled" | "interrupted" | "failed", run_id, {...}),
   ("plots", run_id, {name: png}), ("idle", worker, None).
@@ -9,6 +10,7 @@ shutdown), and posts messages to the parent's outbox:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -29,17 +31,22 @@ from trainer_service.engine import (
     model_q,
     q_table_bytes,
     train_chunk,
+    uniform_policy,
 )
 from trainer_service.envs import TransitionTable, transition_table
 from trainer_service.evaluation import (
+    GREEDY,
     TEST_SEEDS_VERSION,
+    UNIFORM_RANDOM,
     EnvScore,
     Optimum,
     evaluate_on_env,
     is_optimal_everywhere,
     optimum,
     policy_optimality,
+    random_policy_optimality,
 )
+from trainer_service.kernels import compiling_alone
 from trainer_service.metrics import (
     SystemSampler,
     brute_force_metrics,
@@ -59,8 +66,6 @@ CHUNK_EPISODES = 100
 # Send episodes to the parent at least this often.
 SEND_EVERY_S = 0.2
 SEND_EVERY_EPISODES = 5000
-# The random baseline is capped: beyond this it only costs time (each episode ~200 steps).
-MAX_BASELINE_EPISODES = 1000
 
 
 @dataclass(frozen=True)
@@ -71,10 +76,9 @@ class Job:
 
 
 class _Caches:
-    """Per-process caches: tables, optima and the random baseline are the same for every run."""
+    """Per-process caches: tables and optima are the same for every run."""
 
     tables: dict[str, tuple[TransitionTable, Optimum]] = {}
-    baselines: dict[tuple[str, int], EnvScore] = {}
 
     @classmethod
     def table(cls, env_id: str) -> tuple[TransitionTable, Optimum]:
@@ -83,22 +87,21 @@ class _Caches:
             cls.tables[env_id] = (table, optimum(table))
         return cls.tables[env_id]
 
-    @classmethod
-    def baseline(cls, env_id: str, episodes: int) -> EnvScore:
-        # Deterministic: the random agent's actions are seeded by the fixed test seeds.
-        key = (env_id, min(episodes, MAX_BASELINE_EPISODES))
-        if key not in cls.baselines:
-            cls.baselines[key] = evaluate_on_env(env_id, key[1], None)
-        return cls.baselines[key]
-
 
 def warm_up() -> None:
-    """Compile (or load from cache) every kernel and fill the caches before the first run."""
-    table, _ = _Caches.table("Taxi-v3")
-    params = TrainingParams(0.5, 0.9, 0.1, 0.99, 10)
-    for name in ALGORITHMS:
-        train_chunk(name, table, params, TrainingState.fresh(table, 0, 1.0), 2)
-    _Caches.baseline("Taxi-v3", 100)
+    """Compile (or load from the on-disk cache) every kernel a run uses, before the first run.
+
+    Each kernel is called here with the argument types a run gives it, so a run never
+    compiles on its own clock (tests/test_trainer_warmup.py checks that none is left).
+    """
+    with compiling_alone():  # the first worker compiles, the others load its disk cache
+        table, best = _Caches.table("Taxi-v3")
+        params = TrainingParams(0.5, 0.9, 0.1, 0.99, 10)
+        for name in ALGORITHMS:
+            train_chunk(name, table, params, TrainingState.fresh(table, 0, 1.0), 2)
+        policy_optimality(best.q, table, best)
+        random_policy_optimality(table, best)
+        evaluate_on_env("Taxi-v3", 2, None)
     import matplotlib  # noqa: F401 - imported now so the first plot is not slow
 
     from trainer_service import plots  # noqa: F401
@@ -119,122 +122,169 @@ def execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None:  
 
 
 def _execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None:  # type: ignore[type-var]
-    run_id, spec = job.run_id, job.spec
+    spec = job.spec
     sampler = SystemSampler()
     table, best = _Caches.table(spec.env_id)
-    params = _training_params(spec)
-    total = spec.hyperparameters.training_episodes
     if job.checkpoint is not None:
         state, history = load_checkpoint(job.checkpoint)
-        parts = [history] if len(history) else []
     else:
-        state, parts = TrainingState.fresh(table, spec.seed, spec.hyperparameters.epsilon), []
-    resumed_from = state.episode
-    outbox.put(("started", run_id, {"episode": state.episode}))
+        state, history = TrainingState.fresh(table, spec.seed, spec.hyperparameters.epsilon), None
+    outbox.put(("started", job.run_id, {"episode": state.episode}))
+    progress = _Progress(job.run_id, spec, outbox, sampler, state, history)
+    stop_reason = train(spec, table, best, state, progress, control)
+    progress.send_pending()
 
-    training_seconds, stop_reason = 0.0, "episodes_done"
-    convergence_episode: int | None = None
-    q_changes: list[tuple[int, float]] = []
-    previous_q = model_q(spec.algorithm, state).copy()
-    pending: list[EpisodeColumns] = []
-    last_sent = time.perf_counter()
-    learns = ALGORITHMS[spec.algorithm].learns
+    if stop_reason == "interrupted":
+        outbox.put(("checkpoint", job.run_id, _checkpoint(state, progress.parts)))
+        outbox.put(("interrupted", job.run_id, {"episodes": state.episode}))
+        return
+    if stop_reason == "cancelled":
+        outbox.put(("cancelled", job.run_id, {"episodes": state.episode}))
+        return
+    result, agent, random_agent = _report(spec, table, best, state, progress, stop_reason)
+    outbox.put(("done", job.run_id, result))
+    from trainer_service.plots import render_plots
 
-    def send_pending() -> None:
-        nonlocal last_sent
-        if pending:
-            outbox.put(("episodes", run_id, EpisodeColumns.concat(pending)))
-            pending.clear()
-        last_sent = time.perf_counter()
+    outbox.put(("plots", job.run_id, render_plots(progress.history(), agent, random_agent)))
 
+
+def train(
+    spec: RunSpec,
+    table: TransitionTable,
+    best: Optimum,
+    state: TrainingState,
+    progress: _Progress,
+    control: Synchronized[int],  # type: ignore[type-var]
+) -> str:
+    """The training loop: chunks of episodes until done, stopped, converged or out of time.
+
+    Returns the stop reason: episodes_done, converged, time_budget, cancelled or interrupted.
+    """
+    params, total = _training_params(spec), spec.hyperparameters.training_episodes
     while state.episode < total:
         if control.value == CONTROL_CANCEL:
-            stop_reason = "cancelled"
-            break
+            return "cancelled"
         if control.value == CONTROL_INTERRUPT:
-            stop_reason = "interrupted"
-            break
+            return "interrupted"
         next_checkpoint = (state.episode // spec.checkpoint_every + 1) * spec.checkpoint_every
         count = min(CHUNK_EPISODES, total - state.episode, next_checkpoint - state.episode)
         started = time.perf_counter()
         columns = train_chunk(spec.algorithm, table, params, state, count)
-        training_seconds += time.perf_counter() - started
-        parts.append(columns)
-        pending.append(columns)
-        if (
-            learns
-            and convergence_episode is None
-            and is_optimal_everywhere(model_q(spec.algorithm, state), table, best)
-        ):
-            convergence_episode = state.episode
-        at_checkpoint = state.episode % spec.checkpoint_every == 0 and state.episode < total
+        progress.training_seconds += time.perf_counter() - started
+        if progress.learns and progress.convergence_episode is None:
+            if is_optimal_everywhere(model_q(spec.algorithm, state), table, best):
+                progress.convergence_episode = state.episode
+        progress.add(columns, state, at_checkpoint=state.episode % spec.checkpoint_every == 0 and state.episode < total)
+        if spec.mode == "time_budget":
+            if progress.convergence_episode is not None:
+                return "converged"
+            if progress.training_seconds >= spec.time_budget_s:
+                return "time_budget"
+    return "episodes_done"
+
+
+class _Progress:
+    """The plumbing around the training loop: curves so far, batches to the parent, checkpoints."""
+
+    def __init__(
+        self,
+        run_id: str,
+        spec: RunSpec,
+        outbox: Queue[Any],
+        sampler: SystemSampler,
+        state: TrainingState,
+        history: EpisodeColumns | None,
+    ) -> None:
+        self.run_id, self.spec, self.outbox, self.sampler = run_id, spec, outbox, sampler
+        self.resumed_from = state.episode
+        self.parts = [history] if history is not None and len(history) else []  # every episode so far
+        self.pending: list[EpisodeColumns] = []
+        self.last_sent = time.perf_counter()
+        self.training_seconds = 0.0
+        self.convergence_episode: int | None = None
+        self.learns = ALGORITHMS[spec.algorithm].learns
+        # Mean |Q_k - Q_{k-1}| between consecutive checkpoints (learning algorithms only).
+        self.q_changes: list[tuple[int, float]] = []
+        self.previous_q = model_q(spec.algorithm, state).copy()
+
+    def add(self, columns: EpisodeColumns, state: TrainingState, *, at_checkpoint: bool) -> None:
+        self.parts.append(columns)
+        self.pending.append(columns)
         if (
             at_checkpoint
-            or sum(len(p) for p in pending) >= SEND_EVERY_EPISODES
-            or time.perf_counter() - last_sent >= SEND_EVERY_S
+            or sum(len(p) for p in self.pending) >= SEND_EVERY_EPISODES
+            or time.perf_counter() - self.last_sent >= SEND_EVERY_S
         ):
-            send_pending()
+            self.send_pending()
         if at_checkpoint:
-            sampler.sample()
-            q_now = model_q(spec.algorithm, state)
-            q_changes.append((state.episode, float(np.abs(q_now - previous_q).mean())))
-            previous_q = q_now.copy()
-            outbox.put(("checkpoint", run_id, _checkpoint(state, parts)))
-        if spec.mode == "time_budget":
-            if convergence_episode is not None:
-                stop_reason = "converged"
-                break
-            if training_seconds >= spec.time_budget_s:
-                stop_reason = "time_budget"
-                break
-    send_pending()
+            self.sampler.sample()
+            if self.learns:
+                q_now = model_q(self.spec.algorithm, state)
+                self.q_changes.append((state.episode, float(np.abs(q_now - self.previous_q).mean())))
+                self.previous_q = q_now.copy()
+            self.outbox.put(("checkpoint", self.run_id, _checkpoint(state, self.parts)))
 
-    if stop_reason == "interrupted":
-        outbox.put(("checkpoint", run_id, _checkpoint(state, parts)))
-        outbox.put(("interrupted", run_id, {"episodes": state.episode}))
-        return
-    if stop_reason == "cancelled":
-        outbox.put(("cancelled", run_id, {"episodes": state.episode}))
-        return
+    def send_pending(self) -> None:
+        if self.pending:
+            self.outbox.put(("episodes", self.run_id, EpisodeColumns.concat(self.pending)))
+            self.pending.clear()
+        self.last_sent = time.perf_counter()
 
-    history = EpisodeColumns.concat(parts)
-    q = model_q(spec.algorithm, state)
-    random_agent = _Caches.baseline(spec.env_id, spec.test_episodes)
-    if learns:
-        score = evaluate_on_env(spec.env_id, spec.test_episodes, q)
-        optimality = policy_optimality(q, table, best)
+    def history(self) -> EpisodeColumns:
+        return EpisodeColumns.concat(self.parts)
+
+
+@functools.lru_cache(maxsize=8)
+def _random_agent(env_id: str, episodes: int) -> EnvScore:
+    """The random baseline on the first `episodes` test seeds (deterministic, so cached)."""
+    return evaluate_on_env(env_id, episodes, None)
+
+
+def _report(
+    spec: RunSpec,
+    table: TransitionTable,
+    best: Optimum,
+    state: TrainingState,
+    progress: _Progress,
+    stop_reason: str,
+) -> tuple[dict[str, Any], EnvScore, EnvScore]:
+    """The "done" payload: every metric group and the model, all about the run's one policy."""
+    history = progress.history()
+    # The baseline plays exactly the agent's test episodes: same seeds, same count.
+    random_agent = _random_agent(spec.env_id, spec.test_episodes)
+    q: np.ndarray | None
+    if progress.learns:
+        q = model_q(spec.algorithm, state)
+        policy, model_name, model = GREEDY, "q_table.npy", q
+        agent, optimality = evaluate_on_env(spec.env_id, spec.test_episodes, q), policy_optimality(q, table, best)
     else:
-        # The random agent has no greedy policy: score it as what it is.
-        score = evaluate_on_env(spec.env_id, spec.test_episodes, None)
-        optimality = policy_optimality(np.zeros_like(q), table, best)
-    steps_total = int(history.steps[resumed_from:].sum())
-    system = sampler.summary(training_seconds, steps_total)
-    system["resumed_from_episode"] = resumed_from
-    outbox.put(
-        (
-            "done",
-            run_id,
-            {
-                "episodes": state.episode,
-                "stop_reason": stop_reason,
-                "training_metrics": {
-                    **training_summary(history),
-                    "stop_reason": stop_reason,
-                    "training_time_s": training_seconds,
-                },
-                "test_metrics": test_metrics(score, optimality, best, TEST_SEEDS_VERSION),
-                "system_metrics": system,
-                "learning_stability": learning_stability(q, history, convergence_episode, q_changes),
-                "brute_force_metrics": brute_force_metrics(score, random_agent),
-                "improvement_metrics": improvement_metrics(history),
-                "model": q_table_bytes(q),
-                "execution_time": system["wall_time_s"],
-            },
-        )
-    )
-    from trainer_service.plots import render_plots
-
-    outbox.put(("plots", run_id, render_plots(history, score, random_agent)))
+        # The random agent has no Q-table: its model is its policy, pi(a|s) = 1/|A|.
+        q, policy, model_name, model = None, UNIFORM_RANDOM, "policy.npy", uniform_policy(table)
+        agent, optimality = random_agent, random_policy_optimality(table, best)
+    steps_total = int(history.steps[progress.resumed_from :].sum())
+    system = progress.sampler.summary(progress.training_seconds, steps_total)
+    system["resumed_from_episode"] = progress.resumed_from
+    result = {
+        "episodes": state.episode,
+        "stop_reason": stop_reason,
+        "training_metrics": {
+            **training_summary(history),
+            "stop_reason": stop_reason,
+            "training_time_s": progress.training_seconds,
+        },
+        "test_metrics": test_metrics(agent, optimality, best, TEST_SEEDS_VERSION, policy),
+        "system_metrics": system,
+        "learning_stability": learning_stability(
+            q, table.acting_states, history, progress.convergence_episode, progress.q_changes
+        ),
+        "brute_force_metrics": brute_force_metrics(agent, random_agent, best),
+        "improvement_metrics": improvement_metrics(history),
+        "model": q_table_bytes(model),
+        "model_name": model_name,
+        "model_metadata": {"policy": policy, "shape": list(model.shape)},
+        "execution_time": system["wall_time_s"],
+    }
+    return result, agent, random_agent
 
 
 def _checkpoint(state: TrainingState, parts: list[EpisodeColumns]) -> dict[str, Any]:
