@@ -1,0 +1,275 @@
+"""`make run`'s dev stack as a user meets it: real processes, signals, a crash.
+
+Runs `python -m taxidriver.devstack` (what `make run` runs) as its own process
+group on free ports and its own data folder, then signals it or kills one of
+its services, and checks which processes are left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import psycopg
+import pytest
+
+from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from tests.support import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+class DevStack:
+    """One `python -m taxidriver.devstack` process; its output is read as it comes."""
+
+    def __init__(self, data_dir: Path, *args: str, database_url: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.gateway_port = free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINER_WORKERS": "1"}
+        env.pop("DATABASE_URL", None)
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "taxidriver.devstack",
+                "--data-dir",
+                str(data_dir),
+                "--gateway-port",
+                str(self.gateway_port),
+                "--trainer-port",
+                str(free_port()),
+                "--registry-port",
+                str(free_port()),
+                "--test-episodes",
+                "20",
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        # Every process of the stack ever seen, for the clean-up (psutil checks a pid's
+        # identity before signalling it: a reused pid is never hit).
+        self.seen: dict[int, psutil.Process] = {}
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match[str]:
+        """The first output line matching `pattern` (bounded wait on the output itself)."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    match = compiled.search(line)
+                    if match:
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r}; output so far:\n{self.output}\n{self.logs()}")
+                self._changed.wait(min(left, 1.0))
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in (self.data_dir / "logs").glob("*.log")
+        )
+
+    def service_pids(self) -> set[int]:
+        """Every process below the dev stack now (services and trainer workers)."""
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        self.seen.update({child.pid: child for child in children})
+        return {child.pid for child in children}
+
+    def postgres_pid(self) -> int | None:
+        pid_file = self.data_dir / "postgres" / "pgdata" / "postmaster.pid"
+        pid = int(pid_file.read_text().splitlines()[0]) if pid_file.exists() else None
+        if pid is not None and pid not in self.seen:
+            self.seen[pid] = psutil.Process(pid)
+        return pid
+
+    def terminate(self, timeout: float = 120) -> int:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def in_sessions(sessions: set[int]) -> set[int]:
+    """Live processes whose session is one of `sessions` (a service and what it spawned)."""
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) in sessions and process.status() != psutil.STATUS_ZOMBIE:
+                found.add(process.pid)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 15) -> set[int]:
+    deadline = time.monotonic() + timeout
+    left = {pid for pid in pids if alive(pid)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {pid for pid in left if alive(pid)}
+    return left
+
+
+@pytest.fixture()
+def data_dir() -> Iterator[Path]:
+    """Under the repository's .data, not /tmp: the embedded server runs as another user,
+    and a pytest session started meanwhile makes /tmp/pytest-of-<user> private again."""
+    folder = ROOT / ".data" / f"test-devstack-{uuid.uuid4().hex[:8]}"
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture()
+def stacks() -> Iterator[list[DevStack]]:
+    started: list[DevStack] = []
+    yield started
+    for stack in started:  # never leave a stack behind, whatever the test did
+        if stack.process.poll() is None:
+            stack.service_pids()
+            stack.postgres_pid()
+            stack.kill()
+        for process in stack.seen.values():
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_sigterm_during_the_first_training_leaves_no_process(data_dir: Path, stacks: list[DevStack]) -> None:
+    stack = DevStack(data_dir)  # its own embedded PostgreSQL
+    stacks.append(stack)
+    stack.wait_for(r"started run [0-9a-f-]{36}")
+    services = stack.service_pids()
+    sessions = {pid for pid in services if os.getsid(pid) == pid}  # the three services lead a session each
+    assert len(sessions) == 3, stack.output
+    postgres = stack.postgres_pid()
+    assert postgres is not None and alive(postgres)
+
+    code = stack.terminate()
+
+    assert code == 143, stack.output
+
+    assert "SIGTERM received: stopping everything" in stack.output
+    assert wait_gone(services) == set(), stack.output
+    assert in_sessions(sessions) == set(), stack.output
+    assert wait_gone({postgres}) == set(), stack.output
+    for service in ("gateway", "trainer_service", "registry_service"):
+        assert re.search(rf"{service} stopped \(exit code -?\d+\)", stack.output), stack.output
+
+
+def test_a_killed_trainer_is_restarted_and_the_stack_still_answers(
+    data_dir: Path, database_url: str, stacks: list[DevStack]
+) -> None:
+    stack = DevStack(data_dir, database_url=database_url)
+    stacks.append(stack)
+    stack.wait_for(r"the stack is up")
+    trainer = int(stack.wait_for(r"trainer_service SERVING on \S+ \(pid (\d+)").group(1))
+    workers = {child.pid for child in psutil.Process(trainer).children(recursive=True)}
+
+    os.kill(trainer, signal.SIGKILL)
+
+    stack.wait_for(rf"trainer_service \(pid {trainer}\) died with exit code -9", timeout=60)
+    restarted = int(stack.wait_for(r"trainer_service restarted \(pid (\d+)\)", timeout=180).group(1))
+    assert restarted != trainer
+    assert wait_gone(workers) == set(), "the killed trainer's workers were left running"
+    key = (data_dir / "dev-api-key").read_text().strip()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
+        stub = trainer_service_pb2_grpc.TrainerServiceStub(channel)
+        reply = stub.ListAlgorithms(
+            trainer_service_pb2.ListAlgorithmsRequest(),
+            metadata=(("authorization", f"Bearer {key}"),),
+            timeout=30,
+            wait_for_ready=True,
+        )
+    assert "sarsa" in {a.name for a in reply.algorithms}
+    services = stack.service_pids()
+    assert stack.terminate() == 143
+    assert wait_gone(services) == set(), stack.output
+
+
+def _active_dev_keys(database_url: str) -> set[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            SELECT k.key_sha256 FROM api_keys k JOIN users u USING (user_id)
+            WHERE u.username = 'dev' AND k.revoked_at IS NULL
+            """
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _sarsa_runs(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return int(conn.execute("SELECT count(*) FROM training_runs WHERE algorithm = 'sarsa'").fetchone()[0])  # type: ignore[index]
+
+
+def test_restarts_reuse_the_dev_key_and_the_first_training(
+    data_dir: Path, database_url: str, stacks: list[DevStack]
+) -> None:
+    from registry_service.users import hash_key
+
+    first = DevStack(data_dir, "--once", database_url=database_url)
+    stacks.append(first)
+    assert first.process.wait(600) == 0, first.output + first.logs()
+    key_file = data_dir / "dev-api-key"
+    key = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    keys_after_first = _active_dev_keys(database_url)
+    runs_after_first = _sarsa_runs(database_url)
+    assert hash_key(key) in keys_after_first
+
+    second = DevStack(data_dir, "--once", database_url=database_url)
+    stacks.append(second)
+    assert second.process.wait(600) == 0, second.output + second.logs()
+
+    assert key_file.read_text().strip() == key
+    assert _active_dev_keys(database_url) == keys_after_first
+    assert _sarsa_runs(database_url) == runs_after_first
+    assert "the first training was done before" in second.output
+    assert key not in first.output + second.output  # the key stays in its file
