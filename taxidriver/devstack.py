@@ -65,8 +65,16 @@ def say(message: str) -> None:
 def shout(message: str) -> None:
     """A loud line on stderr too: a death or a give-up must not scroll by unseen."""
     print(f"[make run] !!! {message}", flush=True)
-    if not sys.stdout.isatty() or not sys.stderr.isatty():
+    if not _same_file(sys.stdout, sys.stderr):
         print(f"[make run] !!! {message}", file=sys.stderr, flush=True)
+
+
+def _same_file(one: Any, other: Any) -> bool:
+    try:
+        a, b = os.fstat(one.fileno()), os.fstat(other.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class Stop(Exception):
@@ -439,11 +447,20 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-TRAINING_SUMMARY = ("final_avg_reward", "final_avg_steps", "convergence_episode", "final_success_rate", "avg_reward")
+# A short summary: how the run ended up, how close to the exact optimum, how long.
+TRAINING_SUMMARY = (
+    "episodes",
+    "stop_reason",
+    "convergence_episode",
+    "final_epsilon",
+    "last100_success_rate",
+    "last100_avg_steps",
+    "last100_avg_reward",
+)
+OPTIMALITY_SUMMARY = ("optimal_mean_steps", "optimality_gap_steps", "optimal_start_state_fraction")
 
 
 def print_summary(run: resources_pb2.Run, timeline: Timeline | None) -> None:
-    metrics = json_format.MessageToDict(run.test_metrics)
     if timeline is not None:
         say(
             f"run {run.run_id} {status_word(run.status)} in {run.execution_time:.2f}s of training;"
@@ -451,19 +468,20 @@ def print_summary(run: resources_pb2.Run, timeline: Timeline | None) -> None:
         )
     else:
         say(f"run {run.run_id} {status_word(run.status)} in {run.execution_time:.2f}s of training")
+    metrics = json_format.MessageToDict(run.test_metrics)
     say("test metrics (greedy policy on the real Gymnasium environment):")
     for key in ("success_rate", "avg_steps", "avg_reward"):
         say(f"  {key} = {_number(metrics.get(key))}")
-    training = json_format.MessageToDict(run.training_metrics)
-    shown = {k: v for k, v in training.items() if not isinstance(v, dict | list)}
-    if shown:
-        say("training metrics:")
-        for key in sorted(shown)[:12]:
-            say(f"  {key} = {_number(shown[key])}")
-    stability = json_format.MessageToDict(run.learning_stability)
-    optimality = {k: v for k, v in {**metrics, **stability}.items() if "optim" in k and not isinstance(v, dict | list)}
-    for key in sorted(optimality):
-        say(f"  {key} = {_number(optimality[key])}")
+    groups = {
+        **json_format.MessageToDict(run.learning_stability),
+        **json_format.MessageToDict(run.training_metrics),
+    }
+    training = [key for key in TRAINING_SUMMARY if key in groups]
+    if training:
+        say("training: " + ", ".join(f"{key} = {_number(groups[key])}" for key in training))
+    optimality = [key for key in OPTIMALITY_SUMMARY if key in metrics]
+    if optimality:
+        say("exact optimum (value iteration): " + ", ".join(f"{key} = {_number(metrics[key])}" for key in optimality))
 
 
 def print_plots(run: resources_pb2.Run | None, run_id: str, gateway: str) -> None:
@@ -520,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
         key_file = data_dir / KEY_FILE
         api_key, note = dev_api_key(database_url, key_file)
-        say(f"API key of the 'dev' user (admin role) in {key_file} (mode 0600): {note}")
+        say(f"API key of the 'dev' user (admin role): {note} (mode 0600)")
         first = FirstTraining(stack, gateway, api_key)
         try:
             run_file = data_dir / FIRST_RUN_FILE
