@@ -87,14 +87,21 @@ class Output:
         else:
             self.line(text)
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, wrap: bool = False) -> None:
+    def table(
+        self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, wrap: bool = False, literal: int = -1
+    ) -> None:
         """A table drawn by rich: numbers right-aligned; colours and the terminal's width
-        only on a terminal (a pipe gets plain, unwrapped lines)."""
+        only on a terminal (a pipe gets plain, unwrapped lines). Headers are shown
+        upper-case: all of them, or only the first `literal` ones (the others are run ids)."""
         terminal = is_terminal(self.out)
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold" if terminal else "")
-        numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
-        for header, right in zip(headers, numeric, strict=True):
-            table.add_column(header.upper(), justify="right" if right else "left", no_wrap=not wrap or not terminal)
+        numeric = [
+            any(_is_number(row[i]) for row in rows) and all(_is_number(row[i]) or row[i] is None for row in rows)
+            for i in range(len(headers))
+        ]
+        for index, (header, right) in enumerate(zip(headers, numeric, strict=True)):
+            shown = header.upper() if literal < 0 or index < literal else header
+            table.add_column(shown, justify="right" if right else "left", no_wrap=not wrap or not terminal)
         for row in rows:
             table.add_row(*(_cell(value) for value in row))
         buffer = io.StringIO()
@@ -194,7 +201,8 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
         request_id=args.request_id or "",
     )
     run_id = started.run_id
-    print(f"run {run_id} {status_name(started.status)} (seed {started.seed})", file=output.err)
+    waiting = "; waiting for a free trainer worker" if started.status == resources_pb2.RUN_STATUS_QUEUED else ""
+    print(f"run {run_id} {status_name(started.status)} (seed {started.seed}){waiting}", file=output.err)
     progress = make_progress(
         output.err, planned=started.hyperparameters.training_episodes, enabled=not args.no_progress
     )
@@ -541,12 +549,12 @@ def cmd_runs_compare(client: TaxiDriverClient, args: argparse.Namespace, output:
         return 0
     ids = [r.run_id for r in reply.runs] or list(args.run_ids)
     short = [run_id[:8] for run_id in ids]
-    output.table(
-        ["metric", *short, "best"], [[m.metric, *(_value(v) for v in m.values), _best(m)] for m in reply.metrics]
-    )
+    rows = [[m.metric, *(_value(v) for v in m.values), _best(m)] for m in reply.metrics]
+    output.table(["metric", *short, "BEST"], rows, literal=1)
     if reply.param_differences:
         output.line()
-        output.table(["param", *short], [[d.key, *(_value(v) for v in d.values)] for d in reply.param_differences])
+        differences = [[d.key, *(_value(v) for v in d.values)] for d in reply.param_differences]
+        output.table(["param", *short], differences, literal=1)
     return 0
 
 
@@ -693,6 +701,13 @@ def cmd_plots(client: TaxiDriverClient, args: argparse.Namespace, output: Output
     return 0
 
 
+def _preset_value(algorithm: Any, name: str) -> Any:
+    """A preset's value, or None where the algorithm does not use the parameter."""
+    if name not in algorithm.parameter_names or not algorithm.optimized_preset.HasField(name):
+        return None
+    return getattr(algorithm.optimized_preset, name)
+
+
 def cmd_algorithms(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
     reply = client.algorithms()
     if output.as_json:
@@ -724,10 +739,7 @@ def cmd_algorithms(client: TaxiDriverClient, args: argparse.Namespace, output: O
         output.line("optimized presets (--mode optimized):")
         output.table(
             ["algorithm", *names],
-            [
-                [a.name, *(getattr(a.optimized_preset, n) if a.optimized_preset.HasField(n) else None for n in names)]
-                for a in presets
-            ],
+            [[a.name, *(_preset_value(a, n) for n in names)] for a in presets],
         )
         if args.notes:
             for a in presets:
