@@ -273,3 +273,25 @@ def test_restarts_reuse_the_dev_key_and_the_first_training(
     assert _sarsa_runs(database_url) == runs_after_first
     assert "the first training was done before" in second.output
     assert key not in first.output + second.output  # the key stays in its file
+
+
+def test_the_dev_stack_and_the_cli_import_no_service() -> None:
+    """taxidriver/ is plumbing: the dev stack starts services by module name and gets the dev
+    key by running the registry's users command; it never imports a service's code."""
+    import ast
+
+    services = {"registry_service", "trainer_service", "gateway"}
+    for module in ("devstack", "cli", "client"):
+        tree = ast.parse((ROOT / "taxidriver" / f"{module}.py").read_text())
+        imported = {
+            name.split(".")[0]
+            for node in ast.walk(tree)
+            for name in (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
+        assert imported & services == set(), (module, imported & services)
