@@ -33,30 +33,20 @@ pytestmark = pytest.mark.slow
 class DevStack:
     """One `python -m taxidriver.devstack` process; its output is read as it comes."""
 
-    def __init__(self, data_dir: Path, *args: str, database_url: str | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, database_url: str | None = None, make: bool = False) -> None:
         self.data_dir = data_dir
         self.gateway_port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINER_WORKERS": "1"}
         env.pop("DATABASE_URL", None)
         if database_url:
             env["DATABASE_URL"] = database_url
+        ports = {"GATEWAY_PORT": self.gateway_port, "TRAINER_PORT": free_port(), "REGISTRY_PORT": free_port()}
+        env.update({name: str(port) for name, port in ports.items()})
+        env["TAXI_DRIVER_DATA_DIR"] = str(data_dir)
+        # `make run` exactly as a user types it, or what it runs (with extra arguments).
+        command = ["make", "--no-print-directory", "run"] if make else [sys.executable, "-m", "taxidriver.devstack"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taxidriver.devstack",
-                "--data-dir",
-                str(data_dir),
-                "--gateway-port",
-                str(self.gateway_port),
-                "--trainer-port",
-                str(free_port()),
-                "--registry-port",
-                str(free_port()),
-                "--test-episodes",
-                "20",
-                *args,
-            ],
+            [*command, *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -182,7 +172,7 @@ def stacks() -> Iterator[list[DevStack]]:
 
 
 def test_sigterm_during_the_first_training_leaves_no_process(data_dir: Path, stacks: list[DevStack]) -> None:
-    stack = DevStack(data_dir)  # its own embedded PostgreSQL
+    stack = DevStack(data_dir, make=True)  # `make run`, with its own embedded PostgreSQL
     stacks.append(stack)
     stack.wait_for(r"started run [0-9a-f-]{36}")
     services = stack.service_pids()
@@ -193,7 +183,7 @@ def test_sigterm_during_the_first_training_leaves_no_process(data_dir: Path, sta
 
     code = stack.terminate()
 
-    assert code == 143, stack.output
+    assert code != 0, stack.output
 
     assert "SIGTERM received: stopping everything" in stack.output
     assert wait_gone(services) == set(), stack.output
@@ -206,7 +196,7 @@ def test_sigterm_during_the_first_training_leaves_no_process(data_dir: Path, sta
 def test_a_killed_trainer_is_restarted_and_the_stack_still_answers(
     data_dir: Path, database_url: str, stacks: list[DevStack]
 ) -> None:
-    stack = DevStack(data_dir, database_url=database_url)
+    stack = DevStack(data_dir, "--test-episodes", "20", database_url=database_url)
     stacks.append(stack)
     stack.wait_for(r"the stack is up")
     trainer = int(stack.wait_for(r"trainer_service SERVING on \S+ \(pid (\d+)").group(1))
@@ -254,7 +244,7 @@ def test_restarts_reuse_the_dev_key_and_the_first_training(
 ) -> None:
     from registry_service.users import hash_key
 
-    first = DevStack(data_dir, "--once", database_url=database_url)
+    first = DevStack(data_dir, "--once", "--test-episodes", "20", database_url=database_url)
     stacks.append(first)
     assert first.process.wait(600) == 0, first.output + first.logs()
     key_file = data_dir / "dev-api-key"
@@ -264,7 +254,7 @@ def test_restarts_reuse_the_dev_key_and_the_first_training(
     runs_after_first = _sarsa_runs(database_url)
     assert hash_key(key) in keys_after_first
 
-    second = DevStack(data_dir, "--once", database_url=database_url)
+    second = DevStack(data_dir, "--once", "--test-episodes", "20", database_url=database_url)
     stacks.append(second)
     assert second.process.wait(600) == 0, second.output + second.logs()
 
