@@ -144,11 +144,17 @@ class Service:
 
 
 def wait_serving(service: Service, timeout: float, check_stop: Callable[[], None]) -> None:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    next_note = started + 5
     with grpc.insecure_channel(service.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             check_stop()
+            if time.monotonic() >= next_note:  # a slow start says what it waits for
+                waited = time.monotonic() - started
+                say(f"  waiting for {service.module} to be SERVING ({waited:.0f}s; log: {service.log_path})")
+                next_note += 5
             code = service.exited()
             if code is not None:
                 raise StackFailed(
