@@ -264,31 +264,36 @@ class Stack:
             self.postgres.start()
             say(f"embedded PostgreSQL restarted on port {self.postgres.port}")
         for service in self.services:
-            code = service.exited()
-            if code is None:
-                continue
-            shout(f"{service.module} (pid {service.pid}) died with exit code {code}; last log lines:")
-            for line in service.log_tail(1500).splitlines()[-8:]:
-                print(f"    {line}", flush=True)
-            service.kill_leftovers()
-            now = time.monotonic()
-            service.deaths.append(now)
-            while service.deaths and now - service.deaths[0] > RESTART_WINDOW_S:
-                service.deaths.popleft()
-            if len(service.deaths) > MAX_RESTARTS:
-                raise StackFailed(
-                    f"{service.module} died {len(service.deaths)} times in {RESTART_WINDOW_S / 60:.0f} minutes;"
-                    f" not restarting it again (log: {service.log_path})"
-                )
-            backoff = min(30.0, 2.0 ** (len(service.deaths) - 1))
-            say(
-                f"restarting {service.module} in {backoff:.0f}s"
-                f" (restart {len(service.deaths)} of at most {MAX_RESTARTS})"
+            while (code := service.exited()) is not None:
+                self._restart(service, code)
+
+    def _restart(self, service: Service, code: int) -> None:
+        """One restart of a dead service; a restart that dies during its start-up counts
+        as one more death, so the bound holds for a service that cannot start at all."""
+        shout(f"{service.module} (pid {service.pid}) died with exit code {code}; last log lines:")
+        for line in service.log_tail(1500).splitlines()[-8:]:
+            print(f"    {line}", flush=True)
+        service.kill_leftovers()
+        now = time.monotonic()
+        service.deaths.append(now)
+        while service.deaths and now - service.deaths[0] > RESTART_WINDOW_S:
+            service.deaths.popleft()
+        if len(service.deaths) > MAX_RESTARTS:
+            raise StackFailed(
+                f"{service.module} died {len(service.deaths)} times in {RESTART_WINDOW_S / 60:.0f} minutes;"
+                f" not restarting it again (log: {service.log_path})"
             )
-            self.sleep(backoff)
-            service.start()
+        backoff = min(30.0, 2.0 ** (len(service.deaths) - 1))
+        say(f"restarting {service.module} in {backoff:.0f}s (restart {len(service.deaths)} of at most {MAX_RESTARTS})")
+        self.sleep(backoff)
+        service.start()
+        try:
             wait_serving(service, 120, self.check_stop)
-            shout(f"{service.module} restarted (pid {service.pid}), SERVING on {service.target}")
+        except StackFailed:
+            if service.exited() is None:
+                raise  # alive but never SERVING: a restart will not help
+            return  # died while starting: the caller's loop counts it
+        shout(f"{service.module} restarted (pid {service.pid}), SERVING on {service.target}")
 
     # Stop ---------------------------------------------------------------------------------
 

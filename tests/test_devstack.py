@@ -285,3 +285,28 @@ def test_the_dev_stack_and_the_cli_import_no_service() -> None:
             )
         }
         assert imported & services == set(), (module, imported & services)
+
+
+def test_a_service_that_keeps_dying_is_restarted_only_up_to_the_bound(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real process that exits at once (`python -m this`) stands for a service that cannot stay up."""
+    from taxidriver import devstack
+
+    monkeypatch.setattr(devstack, "MAX_RESTARTS", 2)  # backoffs of 1 s and 2 s instead of a minute
+    stack = devstack.Stack(data_dir, {})
+    stack.log_dir.mkdir(parents=True)
+    service = devstack.Service("this", {}, f"127.0.0.1:{free_port()}", stack.log_dir / "this.log")
+    stack.services.append(service)
+    service.start()
+    assert service.process is not None
+    service.process.wait(60)
+
+    with pytest.raises(devstack.StackFailed, match=r"this died 3 times in 10 minutes; not restarting it again"):
+        stack.supervise()
+
+    shown = capsys.readouterr().out
+    assert shown.count("died with exit code 0") == 3
+    assert "restarting this in 1s (restart 1 of at most 2)" in shown
+    assert "restarting this in 2s (restart 2 of at most 2)" in shown
+    assert service.exited() is not None
