@@ -87,12 +87,10 @@ class Output:
         else:
             self.line(text)
 
-    def table(
-        self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, wrap: bool = False, literal: int = -1
-    ) -> None:
-        """A table drawn by rich: numbers right-aligned; colours and the terminal's width
-        only on a terminal (a pipe gets plain, unwrapped lines). Headers are shown
-        upper-case: all of them, or only the first `literal` ones (the others are run ids)."""
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, literal: int = -1) -> None:
+        """A table drawn by rich: numbers right-aligned, bold headers on a terminal. Never
+        wrapped nor truncated, whatever the width: run ids are copied from it. Headers are
+        shown upper-case: all of them, or only the first `literal` ones (the others are run ids)."""
         terminal = is_terminal(self.out)
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold" if terminal else "")
         numeric = [
@@ -101,14 +99,13 @@ class Output:
         ]
         for index, (header, right) in enumerate(zip(headers, numeric, strict=True)):
             shown = header.upper() if literal < 0 or index < literal else header
-            table.add_column(shown, justify="right" if right else "left", no_wrap=not wrap or not terminal)
+            table.add_column(shown, justify="right" if right else "left", no_wrap=True)
         for row in rows:
             table.add_row(*(_cell(value) for value in row))
         buffer = io.StringIO()
-        width = os.get_terminal_size(self.out.fileno()).columns if terminal else 10_000
         Console(
             file=buffer,
-            width=width,
+            width=10_000,
             force_terminal=terminal,
             no_color=not terminal,
             highlight=False,
@@ -124,8 +121,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _cell(value: Any) -> str:
-    """A value for people: integers whole, other numbers with 4 significant digits,
-    plain decimals up to a billion (never a exponent for an everyday quantity)."""
+    """A value for people: integers whole (up to 2**53), other numbers with 4 significant
+    digits or one decimal from 1000 up; an exponent only for tiny values (below 1e-4)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
