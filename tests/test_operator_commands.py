@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from taxidriver.embedded_pg import EmbeddedPostgres
@@ -64,3 +65,35 @@ def test_every_operator_command_says_the_same_when_there_is_no_database(tmp_path
     result = run(COMMANDS[name], tmp_path / "nothing-here")
     assert result.returncode == 2, result.stderr
     assert "error: DATABASE_URL is unset and the embedded PostgreSQL of `make run`" in result.stderr
+
+
+def test_users_ensure_reuses_the_kept_key_and_replaces_a_revoked_one(
+    database_url: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    from registry_service.users import hash_key
+
+    key_file = tmp_path / "keys" / "ensure-api-key"
+    env = {**os.environ, "DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "registry_service.users", "ensure", "ensure-test", "--role", "reader"]
+
+    def ensure() -> str:
+        result = subprocess.run(
+            [*command, "--key-file", str(key_file)], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "tdk_" not in result.stdout  # the key goes to its file only
+        return key_file.read_text().strip()
+
+    first = ensure()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert ensure() == first
+    db.execute("UPDATE api_keys SET revoked_at = now() WHERE key_sha256 = %s", (hash_key(first),))
+    second = ensure()
+    assert second != first
+    active = db.execute(
+        """
+        SELECT k.key_sha256 FROM api_keys k JOIN users u USING (user_id)
+        WHERE u.username = 'ensure-test' AND k.revoked_at IS NULL
+        """
+    ).fetchall()
+    assert [row[0] for row in active] == [hash_key(second)]
