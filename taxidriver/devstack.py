@@ -307,7 +307,11 @@ class Stack:
             code = service.stop()
             say(f"{service.module} stopped (exit code {code})")
         if self.postgres is not None:
-            self.postgres.stop()
+            try:
+                self.postgres.stop()
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                shout(f"embedded PostgreSQL did not stop cleanly: {exc}")
+                return
             say(f"embedded PostgreSQL stopped (data kept in {self.data_dir / 'postgres'})")
 
 
