@@ -113,34 +113,53 @@ class Service:
         return self.process.pid if self.process is not None else 0
 
     def exited(self) -> int | None:
-        return None if self.process is None else self.process.poll()
+        """The exit code once the process has ended, else None. A dead service is left a
+        zombie (not reaped) until `reap`: its pid, which is also the process group of its
+        workers, cannot be taken by another process before the group has been killed."""
+        if self.process is None:
+            return None
+        if self.process.returncode is not None:
+            return self.process.returncode
+        try:
+            info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.process.poll()
+        if info is None:
+            return None
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        return -info.si_status if killed else info.si_status
 
     def log_tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def _wait_exited(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while (code := self.exited()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
 
     def stop(self) -> int | None:
         """SIGTERM (the service drains), SIGKILL after a bound; then whatever is left
         of its process group (trainer workers of a killed trainer) is killed too."""
         if self.process is None:
             return None
-        code = self.process.poll()
-        if code is None:
+        if self.exited() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
+            if self._wait_exited(STOP_TIMEOUT_S) is None:
                 self.process.kill()
-                code = self.process.wait(10)
-        self.kill_leftovers()
-        return code
+                self._wait_exited(10)
+        return self.reap()
 
-    def kill_leftovers(self) -> None:
+    def reap(self) -> int | None:
+        """Kills what is left of the dead service's process group, then reaps the service."""
         if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            return None
+        if self.process.returncode is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return self.process.wait(10)
 
 
 def wait_serving(service: Service, timeout: float, check_stop: Callable[[], None]) -> None:
@@ -273,7 +292,7 @@ class Stack:
         shout(f"{service.module} (pid {service.pid}) died with exit code {code}; last log lines:")
         for line in service.log_tail(1500).splitlines()[-8:]:
             print(f"    {line}", flush=True)
-        service.kill_leftovers()
+        service.reap()
         now = time.monotonic()
         service.deaths.append(now)
         while service.deaths and now - service.deaths[0] > RESTART_WINDOW_S:
