@@ -510,7 +510,7 @@ def print_summary(run: resources_pb2.Run, timeline: Timeline | None) -> None:
         **json_format.MessageToDict(run.learning_stability),
         **json_format.MessageToDict(run.training_metrics),
     }
-    training = [key for key in TRAINING_SUMMARY if key in groups]
+    training = [key for key in TRAINING_SUMMARY if groups.get(key) is not None]
     if training:
         say("training: " + ", ".join(f"{key} = {_number(groups[key])}" for key in training))
     optimality = [key for key in OPTIMALITY_SUMMARY if key in metrics]
@@ -600,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.sleep(0.5)
     except Stop as stop:
         say(f"{stop.args[0]} received: stopping everything")
-        return 130 if stop.args[0] == "SIGINT" else 143
+        # SIGTERM is a request to stop, met in full: 0, like the services' own drain.
+        # Ctrl-C keeps the shell's convention (130).
+        return 130 if stop.args[0] == "SIGINT" else 0
     except StackFailed as failure:
         shout(str(failure))
         return 1
