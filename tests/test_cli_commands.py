@@ -343,3 +343,35 @@ def test_output_into_a_closed_pipe_exits_quietly(gateway: InProcessService, trai
     os.close(writer)
     assert process.stderr == ""
     assert process.returncode == 141
+
+
+def test_train_on_a_terminal_draws_a_progress_bar(gateway: InProcessService) -> None:
+    """stderr on a pseudo-terminal: rich's bar, redrawn in place; the run's result on stdout."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    command = ["taxidriver.cli", "--gateway", gateway.target, "--json", "train", "q_learning", *TRAIN_USER]
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command, "--seed", "13"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = process.communicate(timeout=120)
+    os.close(controller)
+    assert process.returncode == 0, drawn.decode(errors="replace")
+    assert json.loads(out)["status"] == "RUN_STATUS_COMPLETED"
+    text = drawn.decode(errors="replace")
+    assert "300/300" in text and "episodes" in text
+    assert "━" in text  # the bar itself

@@ -207,14 +207,22 @@ def test_a_killed_trainer_is_restarted_and_the_stack_still_answers(
     assert restarted != trainer
     assert wait_gone(workers) == set(), "the killed trainer's workers were left running"
     key = (data_dir / "dev-api-key").read_text().strip()
+    # The gateway reconnects to the new trainer on gRPC's backoff: answered within a bound.
+    deadline = time.monotonic() + 120
     with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
         stub = trainer_service_pb2_grpc.TrainerServiceStub(channel)
-        reply = stub.ListAlgorithms(
-            trainer_service_pb2.ListAlgorithmsRequest(),
-            metadata=(("authorization", f"Bearer {key}"),),
-            timeout=30,
-            wait_for_ready=True,
-        )
+        while True:
+            try:
+                reply = stub.ListAlgorithms(
+                    trainer_service_pb2.ListAlgorithmsRequest(),
+                    metadata=(("authorization", f"Bearer {key}"),),
+                    timeout=30,
+                )
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert time.monotonic() < deadline, f"the gateway never reached the restarted trainer: {error}"
+                time.sleep(0.5)
     assert "sarsa" in {a.name for a in reply.algorithms}
     services = stack.service_pids()
     assert stack.terminate() == 0
@@ -251,6 +259,11 @@ def test_restarts_reuse_the_dev_key_and_the_first_training(
     keys_after_first = _active_dev_keys(database_url)
     runs_after_first = _sarsa_runs(database_url)
     assert hash_key(key) in keys_after_first
+    # What the user waited for, said honestly, and a short summary with the plots.
+    timing = r"completed in \d+\.\d+s of training; \d+\.\ds since it was started \(\d+\.\ds of it queued\)"
+    assert re.search(timing, first.output), first.output
+    assert re.search(r"^\[make run\] training: episodes = \d+", first.output, re.MULTILINE), first.output
+    assert re.search(r"^\[make run\] plots \(\d+\): \S+\.png", first.output, re.MULTILINE), first.output
 
     second = DevStack(data_dir, "--once", "--test-episodes", "20", database_url=database_url)
     stacks.append(second)
