@@ -198,6 +198,7 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
         request_id=args.request_id or "",
     )
     run_id = started.run_id
+    # A new trainer worker loads (or compiles) its kernels before its first run: say what we wait for.
     waiting = "; waiting for a free trainer worker" if started.status == resources_pb2.RUN_STATUS_QUEUED else ""
     print(f"run {run_id} {status_name(started.status)} (seed {started.seed}){waiting}", file=output.err)
     progress = make_progress(
@@ -215,14 +216,8 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
                 if change.episodes_planned:
                     progress.planned = change.episodes_planned
                 final_status = change.status
-                if change.status == resources_pb2.RUN_STATUS_QUEUED:
-                    progress.note(
-                        "queued: waiting for a free trainer worker (a new worker loads or compiles its"
-                        " kernels before its first run)"
-                    )
-                elif change.status == resources_pb2.RUN_STATUS_RUNNING and running_at is None:
+                if change.status == resources_pb2.RUN_STATUS_RUNNING and running_at is None:
                     running_at = time.monotonic()
-                    progress.note(f"running after {running_at - asked:.1f}s in the queue")
                 if change.status in TERMINAL_STATUSES:
                     break
     except KeyboardInterrupt:
@@ -259,10 +254,6 @@ class LineProgress:
         self.started = time.monotonic()
         self.done = 0
         self.next_line = 0.0
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            print(text, file=self.stream, flush=True)
 
     def episodes(self, curves: resources_pb2.EpisodeCurves) -> None:
         count = len(curves.rewards)
@@ -305,9 +296,6 @@ class LiveProgress(LineProgress):
         )
         self.task = self.bar.add_task("train", total=planned or None, reward="-", epsilon="-")
         self.bar.start()
-
-    def note(self, text: str) -> None:
-        self.bar.console.print(text, markup=False, highlight=False)
 
     def episodes(self, curves: resources_pb2.EpisodeCurves) -> None:
         count = len(curves.rewards)
