@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the three services, a first training"
 	@echo "make test    - the test suite (embedded PostgreSQL unless DATABASE_URL is set)"
-	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one)"
+	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one; BENCH_QUICK=1: tiny sizes, as in CI)"
 	@echo "make lint    - buf lint, ruff, mypy"
 	@echo "make protos  - regenerate Python code from protos/"
 	@echo "make descriptor - $(DESCRIPTOR): FileDescriptorSet of the public API with its imports"

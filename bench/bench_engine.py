@@ -14,10 +14,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quick import size
 from trainer_service.engine import TrainingParams, TrainingState, train_chunk
 from trainer_service.envs import make_env, transition_table
 
-EPISODES = 2000
+EPISODES = size(2000, 100)
 ALPHA, GAMMA, EPSILON, EPSILON_MIN, DECAY, MAX_STEPS = 0.5, 0.99, 1.0, 0.05, 0.995, 200
 
 

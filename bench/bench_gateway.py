@@ -30,13 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
+from bench.quick import size  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2  # noqa: E402
 
-UNARY_ROUNDS = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "10"))
-UNARY_PER_ROUND = 200
-STREAM_MESSAGES = 20_000
+UNARY_ROUNDS = int(os.environ.get("BENCH_GATEWAY_ROUNDS", str(size(10, 1))))
+UNARY_PER_ROUND = size(200, 20)
+STREAM_MESSAGES = size(20_000, 500)
 STREAM_CHUNK = 1024
-STREAM_REPEATS = 3
+STREAM_REPEATS = size(3, 1)
 
 
 class BenchRegistry(registry_service_pb2_grpc.RegistryServiceServicer):

@@ -27,6 +27,7 @@ from psycopg import conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.quick import size  # noqa: E402
 from taxidriver.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2  # noqa: E402
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc  # noqa: E402
@@ -34,9 +35,9 @@ from tests.support import wait_for_health  # noqa: E402
 
 EPISODES = 6000
 BATCH = 1000
-CONCURRENT_RUNS = 4
-ROUNDS = 11
-SIZE_RUNS = 20
+CONCURRENT_RUNS = size(4, 2)
+ROUNDS = size(11, 2)
+SIZE_RUNS = size(20, 2)
 
 TABLES = ("training_runs", "run_episodes", "artifacts", "saved_models", "run_annotations")
 
@@ -124,6 +125,7 @@ def main() -> int:
     temp = None
     server = None
     admin = None
+    (ROOT / ".data").mkdir(exist_ok=True)  # a fresh clone has no .data yet (its log goes there)
     if os.environ.get("DATABASE_URL"):
         name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
         admin = conninfo.make_conninfo(os.environ["DATABASE_URL"], dbname="postgres")

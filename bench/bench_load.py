@@ -30,6 +30,7 @@ from psycopg import conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.quick import size  # noqa: E402
 from taxidriver.embedded_pg import EmbeddedPostgres  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2 as pb  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
@@ -37,8 +38,8 @@ from taxidriver.trainer.v1 import trainer_service_pb2 as tpb  # noqa: E402
 from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc  # noqa: E402
 from tests.support import InProcessService, LoopThread  # noqa: E402
 
-CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", "50"))
-CALLS_PER_CLIENT = int(os.environ.get("BENCH_LOAD_CALLS", "40"))
+CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", str(size(50, 4))))
+CALLS_PER_CLIENT = int(os.environ.get("BENCH_LOAD_CALLS", str(size(40, 4))))
 
 
 def small_run(seed: int) -> tpb.StartRunRequest:

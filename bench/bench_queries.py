@@ -31,14 +31,15 @@ from psycopg import conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.quick import size  # noqa: E402
 from registry_service.db import apply_migrations  # noqa: E402
 from taxidriver.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2 as pb  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
 from tests.support import wait_for_health  # noqa: E402
 
-RUNS = int(os.environ.get("BENCH_RUNS", "100000"))
-CALLS = 200
+RUNS = int(os.environ.get("BENCH_RUNS", str(size(100_000, 1_000))))
+CALLS = size(200, 10)
 ALGORITHMS = ["brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo"]
 STATUSES = ["completed"] * 17 + ["failed", "cancelled", "running"]
 
@@ -167,6 +168,7 @@ def main() -> int:
     server = None
     admin = None
     name = f"bench_queries_{uuid.uuid4().hex[:8]}"
+    (ROOT / ".data").mkdir(exist_ok=True)  # a fresh clone has no .data yet
     if os.environ.get("DATABASE_URL"):
         admin = conninfo.make_conninfo(os.environ["DATABASE_URL"], dbname="postgres")
         with psycopg.connect(admin, autocommit=True) as conn:

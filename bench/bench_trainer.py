@@ -28,6 +28,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quick import size
 from taxidriver.embedded_pg import EmbeddedPostgres
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
@@ -35,7 +36,7 @@ from tests.support import InProcessService, LoopThread, wait_for_health
 from trainer_service.params import PRESETS
 from trainer_service.tuning import measure
 
-SEEDS = range(100, 120)
+SEEDS = range(100, 100 + size(20, 1))
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -149,7 +150,7 @@ def end_to_end() -> None:
             # Warm-up: workers spawned and kernels loaded before timing.
             wait_completed(registry_stub, trainer_stub.StartRun(request).run_id)
             timings = []
-            for _ in range(5):
+            for _ in range(size(5, 1)):
                 started = time.perf_counter()
                 wait_completed(registry_stub, trainer_stub.StartRun(request).run_id)
                 timings.append(time.perf_counter() - started)

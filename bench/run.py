@@ -3,6 +3,11 @@
 Every benchmark is a script `bench/bench_<name>.py` that prints its results as
 lines `bench: <name> = <value> <unit>`. `make bench` runs them all;
 `make bench BENCH=<file stem>` runs one (e.g. BENCH=bench_engine or engine).
+
+`BENCH_QUICK=1 make bench` runs every benchmark at a tiny size (bench/quick.py):
+what CI runs to prove each one still works. A benchmark fails when it exits
+non-zero or prints no `bench:` figure; the runner then exits 1, naming it.
+Each script runs in a fresh clone's conditions: .data/ may not exist yet.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.quick import QUICK  # noqa: E402
+
 FIGURE = re.compile(r"^bench: (\S+) = (\S+)(?: (.*))?$")
 
 
@@ -27,6 +36,8 @@ def main(argv: list[str]) -> int:
         if not scripts:
             print(f"no benchmark named {wanted!r}; have: {', '.join(p.stem for p in HERE.glob('bench_*.py'))}")
             return 2
+    if QUICK:
+        print("BENCH_QUICK=1: tiny sizes; checks that every benchmark runs and prints its figures", flush=True)
     figures: list[str] = []
     failed: list[str] = []
     for script in scripts:
@@ -40,13 +51,18 @@ def main(argv: list[str]) -> int:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert process.stdout is not None
+        printed = 0
         for line in process.stdout:
             print(line, end="", flush=True)
             if FIGURE.match(line.strip()):
                 figures.append(line.strip())
-        if process.wait() != 0:
-            failed.append(script.stem)
-        print(f"== {script.stem} done in {time.monotonic() - started:.1f}s", flush=True)
+                printed += 1
+        code = process.wait()
+        if code != 0:
+            failed.append(f"{script.stem} (exit code {code})")
+        elif printed == 0:
+            failed.append(f"{script.stem} (no `bench:` figure printed)")
+        print(f"== {script.stem} done in {time.monotonic() - started:.1f}s, {printed} figures", flush=True)
     print("\nsummary:")
     for figure in figures:
         print(f"  {figure}")

@@ -28,13 +28,20 @@ class BackupError(RuntimeError):
 
 
 def database_url() -> str:
+    """The database of every operator command (backup, users, purge): DATABASE_URL, or
+    the embedded server of a running `make run` (its data folder: TAXI_DRIVER_DATA_DIR,
+    default .data)."""
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    server = EmbeddedPostgres(data_dir=Path(".data/postgres").resolve())
+    data_dir = Path(os.environ.get("TAXI_DRIVER_DATA_DIR") or ".data")
+    server = EmbeddedPostgres(data_dir=(data_dir / "postgres").resolve())
     port = server._running_port()
     if port is None:
-        raise BackupError("DATABASE_URL is unset and the embedded PostgreSQL of `make run` is not running")
+        raise BackupError(
+            f"DATABASE_URL is unset and the embedded PostgreSQL of `make run` ({data_dir / 'postgres'})"
+            " is not running: start `make run`, or set DATABASE_URL"
+        )
     server.port = port
     return server.url()
 
@@ -92,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("registry-backup")
     try:
         url = database_url()
+    except BackupError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         if args.action == "dump":
             target = args.file or DEFAULT_FOLDER / f"taxidriver-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.dump"
             dump(url, target)

@@ -1,4 +1,7 @@
-"""`python -m registry_service.migrate`: apply pending migrations and exit (a Kubernetes Job)."""
+"""`python -m registry_service.migrate`: apply pending migrations and exit (a Kubernetes Job).
+
+Like every operator command: DATABASE_URL, or the embedded server of a running `make run`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ import asyncio
 import logging
 import sys
 
+from registry_service.backup import BackupError, database_url
 from registry_service.db import apply_migrations
-from taxidriver.config import SettingsError, env_str
 from taxidriver.logs import setup_logging
 
 log = logging.getLogger("registry_service.migrate")
@@ -16,9 +19,10 @@ log = logging.getLogger("registry_service.migrate")
 def main() -> int:
     setup_logging("registry-migrate")
     try:
-        url = env_str("DATABASE_URL")
-    except SettingsError as exc:
+        url = database_url()
+    except BackupError as exc:
         log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     applied = asyncio.run(apply_migrations(url))
     log.info("schema up to date (%d migration(s) applied: %s)", len(applied), ", ".join(applied) or "none")

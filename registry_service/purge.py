@@ -1,4 +1,8 @@
-"""`python -m registry_service.purge --older-than-days N`: the seed's retention cleanup (a CronJob)."""
+"""`python -m registry_service.purge --older-than-days N`: the seed's retention cleanup (a CronJob).
+
+Like every operator command (`users`, `backup`), it works on DATABASE_URL or,
+when that is unset, on the embedded server of a running `make run`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import sys
 
 import psycopg
 
+from registry_service.backup import BackupError, database_url
 from registry_service.queries import purge_runs
-from taxidriver.config import SettingsError, env_str
 from taxidriver.logs import setup_logging
 
 log = logging.getLogger("registry_service.purge")
@@ -32,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.older_than_days < 1:
         parser.error("--older-than-days must be at least 1")
     try:
-        url = env_str("DATABASE_URL")
-    except SettingsError as exc:
+        url = database_url()
+    except BackupError as exc:
         log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_purge(url, args.older_than_days, args.dry_run))
     return 0

@@ -5,6 +5,7 @@
     python -m registry_service.users list
     python -m registry_service.users revoke <key_id>
     python -m registry_service.users disable alice
+    python -m registry_service.users ensure dev --role admin --key-file .data/dev-api-key
 
 An operator's command against the registry database (DATABASE_URL, or the
 embedded server of `make run`). A key is printed once and stored only as its
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import secrets
 import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 
@@ -81,6 +84,56 @@ def ensure_user_with_key(conn: psycopg.Connection, username: str, role: str) -> 
         return issue_key(conn, username)[1]
 
 
+def _write_secret(path: Path, text: str) -> None:
+    """Written whole (rename) and readable by its owner only, from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+
+
+def ensure_key_file(conn: psycopg.Connection, username: str, role: str, key_file: Path) -> tuple[str, bool]:
+    """The user (created if missing, role set, enabled) and one active key kept in `key_file`.
+
+    The key already in the file is reused while it is an active key of this user;
+    otherwise a new key is issued, written to the file (0600) before the
+    transaction commits, and the file's previous key is revoked. Returns the key
+    and whether it is new. This is what `make run` calls at every start, so the
+    dev user does not collect one more active admin key per start.
+    """
+    previous = key_file.read_text().strip() if key_file.is_file() else ""
+    with conn.transaction():
+        exists = conn.execute("SELECT 1 FROM users WHERE username = %s", (username,)).fetchone()
+        if exists:
+            conn.execute("UPDATE users SET role = %s, disabled = false WHERE username = %s", (role, username))
+        else:
+            create_user(conn, username, role)
+        if previous:
+            active = conn.execute(
+                """
+                SELECT 1 FROM api_keys k JOIN users u USING (user_id)
+                WHERE k.key_sha256 = %s AND u.username = %s AND k.revoked_at IS NULL
+                """,
+                (hash_key(previous), username),
+            ).fetchone()
+            if active:
+                os.chmod(key_file, 0o600)
+                return previous, False
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE key_sha256 = %s AND revoked_at IS NULL",
+                (hash_key(previous),),
+            )
+        _, api_key = issue_key(conn, username)
+        _write_secret(key_file, api_key + "\n")
+    return api_key, True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m registry_service.users", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     disable = commands.add_parser("disable", help="refuse every key of a user")
     disable.add_argument("username")
+    ensure = commands.add_parser(
+        "ensure", help="make sure a user exists with a role and an active key kept in a file (0600), reused"
+    )
+    ensure.add_argument("username")
+    ensure.add_argument("--role", choices=ROLE_NAMES, required=True)
+    ensure.add_argument("--key-file", type=Path, required=True, help="where the key is kept (never printed)")
     args = parser.parse_args(argv)
     try:
         with psycopg.connect(database_url(), autocommit=True) as conn:
@@ -141,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not updated:
                     raise UserError(f"no user {args.username!r}")
                 print(f"user {args.username} disabled")
-    except (UserError, BackupError) as exc:
+            elif args.command == "ensure":
+                _, issued = ensure_key_file(conn, args.username, args.role, args.key_file)
+                print(f"{'new key written to' if issued else 'reusing the active key in'} {args.key_file}")
+    except (UserError, BackupError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,8 +8,11 @@ The gateway comes from `--gateway`, else TAXI_DRIVER_GATEWAY, else 127.0.0.1:500
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +21,9 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from taxidriver.client import (
     MODES,
@@ -38,6 +44,26 @@ HYPERPARAMETERS = {
     "training_episodes": int,
     "max_steps": int,
 }
+# Every integer up to 2**53 is exact as a double, the type of a JSON / Struct number:
+# the trainer accepts seeds up to there, so a seed shown here reproduces its run.
+MAX_EXACT_INTEGER = 2**53
+
+
+def is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def exact(value: Any) -> Any:
+    """Integral doubles (Struct and JSON numbers) as the integers they are, recursively:
+    a seed, an episode count or a pid is printed `2522016404133378`, never `2.522e+15`."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_INTEGER:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: exact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [exact(item) for item in value]
+    return value
 
 
 class Output:
@@ -49,7 +75,7 @@ class Output:
         self.err = err
 
     def json(self, value: Any) -> None:
-        print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False), file=self.out)
+        print(json.dumps(exact(value), indent=2, sort_keys=True, ensure_ascii=False), file=self.out)
 
     def line(self, text: str = "") -> None:
         print(text, file=self.out)
@@ -61,21 +87,59 @@ class Output:
         else:
             self.line(text)
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        cells = [[_cell(value) for value in row] for row in rows]
-        widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-        print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=self.out)
-        for row in cells:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=self.out)
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, literal: int = -1) -> None:
+        """A table drawn by rich: numbers right-aligned, bold headers on a terminal. Never
+        wrapped nor truncated, whatever the width: run ids are copied from it. Headers are
+        shown upper-case: all of them, or only the first `literal` ones (the others are run ids)."""
+        terminal = is_terminal(self.out)
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold" if terminal else "")
+        numeric = [
+            any(_is_number(row[i]) for row in rows) and all(_is_number(row[i]) or row[i] is None for row in rows)
+            for i in range(len(headers))
+        ]
+        for index, (header, right) in enumerate(zip(headers, numeric, strict=True)):
+            shown = header.upper() if literal < 0 or index < literal else header
+            table.add_column(shown, justify="right" if right else "left", no_wrap=True)
+        for row in rows:
+            table.add_row(*(_cell(value) for value in row))
+        buffer = io.StringIO()
+        Console(
+            file=buffer,
+            width=10_000,
+            force_terminal=terminal,
+            no_color=not terminal,
+            highlight=False,
+            emoji=False,
+            markup=False,
+        ).print(table)
+        for text in buffer.getvalue().splitlines():
+            print(text.rstrip(), file=self.out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _cell(value: Any) -> str:
+    """A value for people: integers whole (up to 2**53), other numbers with 4 significant
+    digits or one decimal from 1000 up; an exponent only for tiny values (below 1e-4)."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
-        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value.is_integer() and abs(value) <= MAX_EXACT_INTEGER:
+            return str(int(value))
+        magnitude = abs(value)
+        if magnitude >= 1e3:
+            return f"{value:.1f}"
+        if magnitude < 1e-4:
+            return f"{value:.2e}"
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -122,6 +186,7 @@ def _print_runs(output: Output, runs: Sequence[resources_pb2.Run], total: int | 
 
 def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
     hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if getattr(args, name, None) is not None}
+    asked = time.monotonic()
     started = client.start_run(
         args.algorithm,
         mode=args.mode,
@@ -133,18 +198,26 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
         request_id=args.request_id or "",
     )
     run_id = started.run_id
-    print(f"run {run_id} {status_name(started.status)} (seed {started.seed})", file=output.err)
-    progress = Progress(output.err, planned=started.hyperparameters.training_episodes, enabled=not args.no_progress)
+    # A new trainer worker loads (or compiles) its kernels before its first run: say what we wait for.
+    waiting = "; waiting for a free trainer worker" if started.status == resources_pb2.RUN_STATUS_QUEUED else ""
+    print(f"run {run_id} {status_name(started.status)} (seed {started.seed}){waiting}", file=output.err)
+    progress = make_progress(
+        output.err, planned=started.hyperparameters.training_episodes, enabled=not args.no_progress
+    )
     final_status = resources_pb2.RUN_STATUS_UNSPECIFIED
+    running_at: float | None = None
     try:
         for event in client.watch_run(run_id):
             if event.HasField("episodes"):
+                running_at = running_at or time.monotonic()
                 progress.episodes(event.episodes)
             elif event.HasField("status_change"):
                 change = event.status_change
                 if change.episodes_planned:
                     progress.planned = change.episodes_planned
                 final_status = change.status
+                if change.status == resources_pb2.RUN_STATUS_RUNNING and running_at is None:
+                    running_at = time.monotonic()
                 if change.status in TERMINAL_STATUSES:
                     break
     except KeyboardInterrupt:
@@ -153,7 +226,13 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
         client.cancel_run(run_id)
         return 130
     progress.finish()
+    ended = time.monotonic()
     run = client.get_run(run_id)
+    print(
+        f"run {run_id} {status_name(run.status)}: {run.execution_time:.2f}s of training,"
+        f" {ended - asked:.1f}s in all ({(running_at or ended) - asked:.1f}s before it started)",
+        file=output.err,
+    )
     if output.as_json:
         output.json(to_dict(run))
     else:
@@ -164,8 +243,9 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
     return 0
 
 
-class Progress:
-    """One self-rewriting line: episode, reward, epsilon and ETA from the watched episodes."""
+class LineProgress:
+    """Live progress of a watched run: a rich bar on a terminal; elsewhere (a pipe, a
+    log file) plain lines at every tenth of the run, never carriage returns."""
 
     def __init__(self, stream: TextIO, *, planned: int, enabled: bool) -> None:
         self.stream = stream
@@ -173,7 +253,7 @@ class Progress:
         self.enabled = enabled
         self.started = time.monotonic()
         self.done = 0
-        self.shown = False
+        self.next_line = 0.0
 
     def episodes(self, curves: resources_pb2.EpisodeCurves) -> None:
         count = len(curves.rewards)
@@ -182,25 +262,63 @@ class Progress:
         self.done = curves.first_episode + count
         if not self.enabled:
             return
+        fraction = self.done / self.planned if self.planned else 0.0
+        if fraction < self.next_line and self.done < self.planned:
+            return
+        self.next_line = math.floor(fraction * 10 + 1e-9) / 10 + 0.1
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         remaining = (self.planned - self.done) / rate if rate > 0 and self.planned > self.done else 0.0
-        width = 30
-        filled = int(width * min(1.0, self.done / self.planned)) if self.planned else 0
-        bar = "#" * filled + "-" * (width - filled)
         epsilon = curves.epsilons[-1] if curves.epsilons else float("nan")
-        line = (
-            f"\r[{bar}] episode {self.done}/{self.planned or '?'}  reward {curves.rewards[-1]:8.2f}"
-            f"  epsilon {epsilon:.3f}  ETA {remaining:5.1f}s"
+        print(
+            f"episode {self.done}/{self.planned or '?'} ({100 * fraction:.0f}%)  reward {curves.rewards[-1]:.2f}"
+            f"  epsilon {epsilon:.3f}  ETA {remaining:.1f}s",
+            file=self.stream,
+            flush=True,
         )
-        self.stream.write(line)
-        self.stream.flush()
-        self.shown = True
 
     def finish(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        pass
+
+
+class LiveProgress(LineProgress):
+    """The same, as a rich progress bar redrawn in place (terminals only)."""
+
+    def __init__(self, stream: TextIO, *, planned: int, enabled: bool) -> None:
+        super().__init__(stream, planned=planned, enabled=enabled)
+        self.bar = Progress(
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes  reward {task.fields[reward]}  epsilon {task.fields[epsilon]}"),
+            TimeRemainingColumn(),
+            console=Console(file=stream, highlight=False),
+            transient=False,
+        )
+        self.task = self.bar.add_task("train", total=planned or None, reward="-", epsilon="-")
+        self.bar.start()
+
+    def episodes(self, curves: resources_pb2.EpisodeCurves) -> None:
+        count = len(curves.rewards)
+        if count == 0:
+            return
+        self.done = curves.first_episode + count
+        epsilon = f"{curves.epsilons[-1]:.3f}" if curves.epsilons else "-"
+        self.bar.update(
+            self.task,
+            completed=self.done,
+            total=self.planned or None,
+            reward=f"{curves.rewards[-1]:.2f}",
+            epsilon=epsilon,
+        )
+
+    def finish(self) -> None:
+        self.bar.stop()
+
+
+def make_progress(stream: TextIO, *, planned: int, enabled: bool) -> LineProgress:
+    if enabled and is_terminal(stream):
+        return LiveProgress(stream, planned=planned, enabled=True)
+    return LineProgress(stream, planned=planned, enabled=enabled)
 
 
 def _print_run(output: Output, run: resources_pb2.Run) -> None:
@@ -235,7 +353,7 @@ def _print_run(output: Output, run: resources_pb2.Run) -> None:
         output.line(f"{group}:")
         for key in sorted(values):
             value = values[key]
-            shown = json.dumps(value) if isinstance(value, dict | list) else _cell(value)
+            shown = json.dumps(exact(value)) if isinstance(value, dict | list) else _cell(value)
             if len(shown) > 100:
                 shown = shown[:97] + "..."
             output.line(f"  {key}: {shown}")
@@ -248,19 +366,97 @@ def cmd_runs_list(client: TaxiDriverClient, args: argparse.Namespace, output: Ou
     if args.status:
         clauses.append(f'status = "{args.status}"')
     query = " AND ".join(f"({c})" if " OR " in c.upper() else c for c in clauses)
-    runs, total = client.list_runs(filter=query, order_by=args.order_by or "", limit=args.limit)
-    _print_runs(output, runs, total)
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.all:
+        runs, total = client.list_runs(filter=query, order_by=args.order_by or "", limit=None)
+        next_token = ""
+    else:
+        runs, next_token, total = client.list_runs_page(
+            filter=query, order_by=args.order_by or "", page_size=args.limit, page_token=args.page_token or ""
+        )
+    if output.as_json:
+        output.json({"runs": [to_dict(r) for r in runs], "total_size": total, "next_page_token": next_token})
+        return 0
+    output.table(RUN_HEADERS, [_run_row(r) for r in runs])
+    output.line(f"{len(runs)} of {total} runs")
+    if next_token:
+        # On stderr: `runs list | ...` pipes the table alone.
+        print(f"next page: --page-token {next_token}   (or --all for every run)", file=output.err)
     return 0
 
 
+CURVE_SERIES = ("rewards", "steps", "epsilons", "td_errors", "successes")
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 60) -> str:
+    """The series in `width` buckets (mean of each), one block character per bucket."""
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    if not finite:
+        return ""
+    buckets = min(width, len(values))
+    means = []
+    for index in range(buckets):
+        chunk = values[index * len(values) // buckets : (index + 1) * len(values) // buckets]
+        chunk_values = [float(v) for v in chunk if not math.isnan(float(v))]
+        means.append(sum(chunk_values) / len(chunk_values) if chunk_values else math.nan)
+    low, high = min(finite), max(finite)
+    span = high - low
+    return "".join(
+        " " if math.isnan(m) else SPARKS[0 if span == 0 else min(7, int((m - low) / span * 8))] for m in means
+    )
+
+
+def _print_curves(output: Output, curves: resources_pb2.EpisodeCurves) -> None:
+    count = len(curves.rewards)
+    last = curves.first_episode + count - 1
+    output.line(f"curves: episodes {curves.first_episode}..{last} ({count}), left to right; --csv FILE writes them")
+    rows = []
+    for name in CURVE_SERIES:
+        values = [float(v) for v in getattr(curves, name)]
+        if not values:
+            continue
+        tail = values[-min(100, len(values)) :]
+        rows.append(
+            [
+                name,
+                min(values),
+                sum(values) / len(values),
+                max(values),
+                sum(tail) / len(tail),
+                sparkline(values),
+            ]
+        )
+    output.table(["series", "min", "mean", "max", "last100_mean", "trend"], rows)
+
+
+def write_curves_csv(curves: resources_pb2.EpisodeCurves, target: Path) -> int:
+    series = {name: list(getattr(curves, name)) for name in CURVE_SERIES}
+    with target.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["episode", *CURVE_SERIES])
+        for index in range(len(curves.rewards)):
+            row: list[Any] = [curves.first_episode + index]
+            for name in CURVE_SERIES:
+                values = series[name]
+                value = values[index] if index < len(values) else ""
+                row.append(int(value) if isinstance(value, bool) else value)
+            writer.writerow(row)
+    return len(curves.rewards)
+
+
 def cmd_runs_show(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
-    run = client.get_run(args.run_id, curves=args.curves)
+    run = client.get_run(args.run_id, curves=args.curves or bool(args.csv))
+    if args.csv:
+        written = write_curves_csv(run.curves, Path(args.csv))
+        print(f"wrote {written} episodes of curves to {args.csv}", file=output.err)
     if output.as_json:
         output.json(to_dict(run))
         return 0
     _print_run(output, run)
     if args.curves and run.HasField("curves"):
-        output.line(f"curves: {len(run.curves.rewards)} episodes from {run.curves.first_episode}")
+        _print_curves(output, run.curves)
     annotations = client.annotations(args.run_id)
     for note in annotations:
         tags = f" [{', '.join(note.tags)}]" if note.tags else ""
@@ -338,14 +534,36 @@ def cmd_runs_compare(client: TaxiDriverClient, args: argparse.Namespace, output:
         return 0
     ids = [r.run_id for r in reply.runs] or list(args.run_ids)
     short = [run_id[:8] for run_id in ids]
-    output.table(
-        ["metric", *short, "best"],
-        [[m.metric, *(_value(v) for v in m.values), (m.best_run_id or "")[:8] or "-"] for m in reply.metrics],
-    )
+    rows = [[m.metric, *(_value(v) for v in m.values), _best(m)] for m in reply.metrics]
+    output.table(["metric", *short, "BEST"], rows, literal=1)
     if reply.param_differences:
         output.line()
-        output.table(["param", *short], [[d.key, *(_value(v) for v in d.values)] for d in reply.param_differences])
+        differences = [[d.key, *(_value(v) for v in d.values)] for d in reply.param_differences]
+        output.table(["param", *short], differences, literal=1)
     return 0
+
+
+# What a run used, not how well it did: never ranked, whatever the registry says.
+RESOURCE_METRICS = frozenset({"cpu_percent", "peak_rss_mb", "peak_rss", "memory_mb", "wall_time_s", "pid"})
+
+
+def _best(comparison: Any) -> str:
+    """The best run's short id; "tie" when several share the best value; "-" when no
+    best is defined (no direction, or a resource the run used rather than an outcome)."""
+    if not comparison.best_run_id or comparison.metric.rsplit(".", 1)[-1] in RESOURCE_METRICS:
+        return "-"
+    if comparison.metric.startswith("system_metrics.") and comparison.metric.rsplit(".", 1)[-1] not in (
+        "steps_per_second",
+        "episodes_per_second",
+    ):
+        return "-"
+    numbers = [v for v in (_value(v) for v in comparison.values) if _is_number(v)]
+    if not numbers:
+        return "-"
+    best = max(numbers) if comparison.higher_is_better else min(numbers)
+    if sum(1 for v in numbers if v == best) > 1:
+        return "tie"
+    return str(comparison.best_run_id[:8])
 
 
 def _value(value: Any) -> Any:
@@ -358,7 +576,7 @@ def _value(value: Any) -> Any:
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
-    return json.dumps(json_format.MessageToDict(value))
+    return json.dumps(exact(json_format.MessageToDict(value)))
 
 
 def cmd_runs_annotate(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
@@ -468,6 +686,13 @@ def cmd_plots(client: TaxiDriverClient, args: argparse.Namespace, output: Output
     return 0
 
 
+def _preset_value(algorithm: Any, name: str) -> Any:
+    """A preset's value, or None where the algorithm does not use the parameter."""
+    if name not in algorithm.parameter_names or not algorithm.optimized_preset.HasField(name):
+        return None
+    return getattr(algorithm.optimized_preset, name)
+
+
 def cmd_algorithms(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
     reply = client.algorithms()
     if output.as_json:
@@ -492,6 +717,21 @@ def cmd_algorithms(client: TaxiDriverClient, args: argparse.Namespace, output: O
                 for p in reply.parameters
             ],
         )
+    presets = [a for a in reply.algorithms if a.HasField("optimized_preset") and a.optimized_preset.ListFields()]
+    if presets:
+        names = [p.name for p in reply.parameters] or list(HYPERPARAMETERS)
+        output.line()
+        output.line("optimized presets (--mode optimized):")
+        output.table(
+            ["algorithm", *names],
+            [[a.name, *(_preset_value(a, n) for n in names)] for a in presets],
+        )
+        if args.notes:
+            for a in presets:
+                if a.preset_note:
+                    output.line(f"{a.name}: {a.preset_note}")
+        else:
+            output.line("(--notes: how each preset was measured)")
     if reply.env_ids:
         output.line()
         output.line(f"environments: {', '.join(reply.env_ids)}")
@@ -503,6 +743,17 @@ def cmd_algorithms(client: TaxiDriverClient, args: argparse.Namespace, output: O
 
 class UsageError(Exception):
     """Bad command-line input found after parsing (exit 2, like argparse)."""
+
+
+def seed_value(text: str) -> int:
+    """A seed the run can be reproduced from: an integer in [0, 2**53]."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer, got {text!r}") from None
+    if not 0 <= seed <= MAX_EXACT_INTEGER:
+        raise argparse.ArgumentTypeError(f"a seed is in [0, 2**53] (= {MAX_EXACT_INTEGER}), got {seed}")
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--episodes" if name == "training_episodes" else f"--{name.replace('_', '-')}"
         train.add_argument(flag, dest=name, type=kind, default=None)
     train.add_argument("--test-episodes", type=int, default=None)
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--seed", type=seed_value, default=None, help="0 .. 2**53 (random when unset)")
     train.add_argument("--time-budget", type=float, default=None, help="seconds (mode time_budget)")
     train.add_argument("--env-id", default=None)
     train.add_argument("--request-id", default=None, help="makes a retried start idempotent")
@@ -536,16 +787,19 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="browse, compare, annotate and delete runs").add_subparsers(
         dest="runs_command", required=True, metavar="ACTION"
     )
-    listing = runs.add_parser("list", help="runs, newest first")
+    listing = runs.add_parser("list", help="runs, newest first, a page at a time")
     listing.add_argument("--algorithm")
     listing.add_argument("--status", help="queued, running, completed, failed, cancelled, interrupted")
     listing.add_argument("--filter", help='AIP-160 filter, e.g. "params.alpha >= 0.1"')
     listing.add_argument("--order-by", help='e.g. "test_metrics.avg_steps asc"')
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=int, default=20, help="runs per page (default 20)")
+    listing.add_argument("--page-token", help="the next page, as printed after the previous one")
+    listing.add_argument("--all", action="store_true", help="every matching run (follows the page tokens)")
     listing.set_defaults(handler=cmd_runs_list)
     show = runs.add_parser("show", help="one run with all its metric groups")
     show.add_argument("run_id")
-    show.add_argument("--curves", action="store_true", help="include per-episode curves")
+    show.add_argument("--curves", action="store_true", help="per-episode curves: a summary and a sparkline each")
+    show.add_argument("--csv", metavar="FILE", help="write the per-episode curves to a CSV file")
     show.set_defaults(handler=cmd_runs_show)
     best = runs.add_parser("best", help="best completed runs, ranked")
     best.add_argument("--algorithm")
@@ -584,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="saved models").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
     )
-    models_list = models.add_parser("list")
+    models_list = models.add_parser("list", help="saved models (--run-id: of one run)")
     models_list.add_argument("--run-id")
     models_list.set_defaults(handler=cmd_models_list)
     export = models.add_parser("export", help="download a model's bytes")
@@ -605,6 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
     plots.set_defaults(handler=cmd_plots)
 
     algorithms = commands.add_parser("algorithms", help="algorithms, parameter ranges, presets")
+    algorithms.add_argument("--notes", action="store_true", help="how each optimized preset was measured")
     algorithms.set_defaults(handler=cmd_algorithms)
     return parser
 
@@ -613,13 +868,23 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
     output = Output(args.json, out, err)
     handler: Callable[[TaxiDriverClient, argparse.Namespace, Output], int] = args.handler
     gateway = args.gateway or gateway_from_env()
     try:
         with TaxiDriverClient(gateway, timeout=args.timeout, api_key=args.api_key) as client:
-            return handler(client, args, output)
+            code = handler(client, args, output)
+            out.flush()
+            return code
+    except BrokenPipeError:
+        # The reader went away (`taxi-driver --json runs list | head`): stop quietly, as
+        # Unix tools do. Later writes (the interpreter's own flush at exit) go nowhere.
+        _silence(out)
+        return 141
     except ClientError as error:
         if args.json:
             body = {
@@ -644,6 +909,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except OSError as error:
         print(f"taxi-driver: error: {error}", file=err)
         return 1
+
+
+def _silence(stream: TextIO) -> None:
+    try:
+        fileno = stream.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

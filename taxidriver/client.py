@@ -250,24 +250,30 @@ class TaxiDriverClient:
         request = registry_service_pb2.GetRunRequest(run_id=run_id, view=view)
         return _call(lambda: self.raw.registry.GetRun(request, timeout=self.timeout)).run
 
+    def list_runs_page(
+        self, *, filter: str = "", order_by: str = "", page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[resources_pb2.Run], str, int]:
+        """One page: its runs, the token of the next page ("" at the end) and how many match."""
+        request = registry_service_pb2.ListRunsRequest(
+            page_size=page_size, page_token=page_token, filter=filter, order_by=order_by
+        )
+        reply = _call(partial(self.raw.registry.ListRuns, request, timeout=self.timeout))
+        return list(reply.runs), reply.next_page_token, reply.total_size
+
     def list_runs(
-        self, *, filter: str = "", order_by: str = "", limit: int = 50, page_size: int = 100
+        self, *, filter: str = "", order_by: str = "", limit: int | None = 50, page_size: int = 100
     ) -> tuple[list[resources_pb2.Run], int]:
-        """Up to `limit` runs (following page tokens) and how many match in all."""
+        """Up to `limit` runs (every one when None), following page tokens, and how many match."""
         runs: list[resources_pb2.Run] = []
         token = ""
         total = 0
-        while len(runs) < limit:
-            request = registry_service_pb2.ListRunsRequest(
-                page_size=min(page_size, limit - len(runs)), page_token=token, filter=filter, order_by=order_by
-            )
-            reply = _call(partial(self.raw.registry.ListRuns, request, timeout=self.timeout))
-            runs.extend(reply.runs)
-            total = reply.total_size
-            token = reply.next_page_token
+        while limit is None or len(runs) < limit:
+            size = page_size if limit is None else min(page_size, limit - len(runs))
+            page, token, total = self.list_runs_page(filter=filter, order_by=order_by, page_size=size, page_token=token)
+            runs.extend(page)
             if not token:
                 break
-        return runs[:limit], total
+        return (runs if limit is None else runs[:limit]), total
 
     def best_runs(
         self, *, algorithm: str = "", limit: int = 10, order_by: str = "", filter: str = ""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,7 +17,7 @@ from typing import Any
 import pytest
 
 from taxidriver.cli import main
-from tests.support import InProcessService, free_port
+from tests.support import ROOT, InProcessService, free_port
 
 
 @dataclass
@@ -65,8 +69,12 @@ def trained(gateway: InProcessService) -> dict[str, Any]:
 def test_train_follows_the_run_and_prints_test_metrics(gateway: InProcessService) -> None:
     result = cli(gateway, "train", "sarsa", *TRAIN_USER, "--seed", "11")
     assert result.code == 0, result.err
-    assert "episode 300/300" in result.err
+    assert "episode 300/300 (100%)" in result.err
     assert "ETA" in result.err
+    # Not a terminal: plain progress lines, never carriage returns rewriting one line.
+    assert "\r" not in result.err
+    assert len([line for line in result.err.splitlines() if line.startswith("episode ")]) <= 11
+    assert re.search(r"completed: \d+\.\d+s of training, \d+\.\ds in all", result.err)
     assert "status:          completed" in result.out
     assert "success_rate:" in result.out
     assert "avg_steps:" in result.out
@@ -212,3 +220,158 @@ def test_delete_removes_the_run(gateway: InProcessService) -> None:
     deleted = cli(gateway, "--json", "runs", "delete", run_id).json()
     assert deleted["run_id"] == run_id
     assert cli(gateway, "runs", "show", run_id).code == 1
+
+
+# A seed just below the trainer's bound (2**53): exact as a double, 16 digits.
+BIG_SEED = 2**53 - 12345
+
+
+@pytest.fixture(scope="module")
+def twins(gateway: InProcessService) -> list[dict[str, Any]]:
+    """Two runs from the same seed: the second from the seed the first one printed."""
+    first = cli(gateway, "--json", "train", "q_learning", *TRAIN_USER, "--seed", str(BIG_SEED))
+    assert first.code == 0, first.err
+    shown = cli(gateway, "runs", "show", first.json()["run_id"])
+    seed = re.search(r"^  seed: (\S+)$", shown.out, re.MULTILINE)
+    assert seed, shown.out
+    second = cli(gateway, "--json", "train", "q_learning", *TRAIN_USER, "--seed", seed.group(1))
+    assert second.code == 0, second.err
+    return [first.json(), second.json()]
+
+
+def test_integers_are_shown_whole_and_a_shown_seed_reproduces_its_run(
+    gateway: InProcessService, twins: list[dict[str, Any]]
+) -> None:
+    first, second = twins
+    assert first["params"]["seed"] == BIG_SEED and isinstance(first["params"]["seed"], int)
+    assert second["params"]["seed"] == BIG_SEED
+    shown = cli(gateway, "runs", "show", first["run_id"])
+    assert f"  seed: {BIG_SEED}\n" in shown.out
+    assert "  training_runs: 300\n" in shown.out
+    assert not re.search(r"\d\.\d+e\+\d+", shown.out), shown.out  # no integer in scientific notation
+    curves = [cli(gateway, "--json", "runs", "show", run["run_id"], "--curves").json()["curves"] for run in twins]
+    assert curves[0]["rewards"] == curves[1]["rewards"]
+    assert curves[0]["steps"] == curves[1]["steps"]
+
+
+def test_compare_marks_ties_and_never_ranks_resources(gateway: InProcessService, twins: list[dict[str, Any]]) -> None:
+    other = cli(gateway, "--json", "train", "q_learning", *TRAIN_USER, "--seed", "5").json()
+    table = cli(gateway, "runs", "compare", twins[0]["run_id"], twins[1]["run_id"], other["run_id"])
+    assert table.code == 0, table.err
+    rows = {line.split()[0]: line.split() for line in table.out.splitlines() if line.strip()}
+    # The twins share every outcome: where they hold the best value it is a tie, never one of them.
+    best_of = {metric: row[-1] for metric, row in rows.items() if metric.startswith("test_metrics.")}
+    assert "test_metrics.success_rate" in best_of
+    for metric, best in best_of.items():
+        assert best not in (twins[0]["run_id"][:8], twins[1]["run_id"][:8]), (metric, table.out)
+    for metric in ("system_metrics.cpu_percent", "system_metrics.peak_rss_mb"):
+        if metric in rows:
+            assert rows[metric][-1] == "-", table.out
+    params = cli(gateway, "runs", "compare", twins[0]["run_id"], other["run_id"])
+    seed_row = next(line for line in params.out.splitlines() if line.startswith("seed"))
+    assert seed_row.split()[1:] == [str(BIG_SEED), "5"]
+
+
+def test_seed_outside_the_exact_range_is_a_usage_error(gateway: InProcessService) -> None:
+    for seed in ("-1", str(2**53 + 1), "1.5"):
+        result = cli(gateway, "train", "q_learning", "--seed", seed)
+        assert result.code == 2, (seed, result.err)
+
+
+def test_runs_list_pages_with_tokens_and_all(gateway: InProcessService, twins: list[dict[str, Any]]) -> None:
+    first = cli(gateway, "--json", "runs", "list", "--limit", "1").json()
+    assert len(first["runs"]) == 1 and first["next_page_token"]
+    second = cli(gateway, "--json", "runs", "list", "--limit", "1", "--page-token", first["next_page_token"]).json()
+    assert len(second["runs"]) == 1
+    assert second["runs"][0]["run_id"] != first["runs"][0]["run_id"]
+    everything = cli(gateway, "--json", "runs", "list", "--all").json()
+    ids = [run["run_id"] for run in everything["runs"]]
+    assert len(ids) == len(set(ids)) == everything["total_size"]
+    assert everything["next_page_token"] == ""
+    table = cli(gateway, "runs", "list", "--limit", "1")
+    assert "--page-token" in table.err
+
+
+def test_runs_show_curves_summarises_each_series_and_writes_csv(
+    gateway: InProcessService, trained: dict[str, Any], tmp_path: Path
+) -> None:
+    shown = cli(gateway, "runs", "show", trained["run_id"], "--curves")
+    assert shown.code == 0, shown.err
+    assert "curves: episodes 0..299 (300)" in shown.out
+    for series in ("rewards", "steps", "epsilons", "td_errors", "successes"):
+        line = next((row for row in shown.out.splitlines() if row.startswith(series)), "")
+        assert any(block in line for block in "▁▂▃▄▅▆▇█"), (series, shown.out)
+    target = tmp_path / "curves.csv"
+    written = cli(gateway, "runs", "show", trained["run_id"], "--csv", str(target))
+    assert written.code == 0, written.err
+    lines = target.read_text().splitlines()
+    assert lines[0] == "episode,rewards,steps,epsilons,td_errors,successes"
+    assert len(lines) == 301
+    assert lines[1].startswith("0,") and lines[-1].startswith("299,")
+
+
+def test_algorithms_shows_the_presets(gateway: InProcessService) -> None:
+    table = cli(gateway, "algorithms")
+    assert "optimized presets" in table.out
+    reply = cli(gateway, "--json", "algorithms").json()
+    sarsa = next(a for a in reply["algorithms"] if a["name"] == "sarsa")
+    episodes = str(sarsa["optimized_preset"]["training_episodes"])
+    preset_row = [line.split() for line in table.out.splitlines() if line.startswith("sarsa ")][-1]
+    assert episodes in preset_row
+
+
+def test_models_help_lists_every_action(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--help"]) == 0
+    shown = capsys.readouterr().out
+    for action in ("list", "export", "import"):
+        assert re.search(rf"^\s+{action}\s+\S", shown, re.MULTILINE), shown
+
+
+def test_output_into_a_closed_pipe_exits_quietly(gateway: InProcessService, trained: dict[str, Any]) -> None:
+    """`taxi-driver --json runs list | head -c 1`: the reader is gone before we write."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    process = subprocess.run(
+        [sys.executable, "-m", "taxidriver.cli", "--gateway", gateway.target, "--json", "runs", "list", "--all"],
+        cwd=ROOT,
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    os.close(writer)
+    assert process.stderr == ""
+    assert process.returncode == 141
+
+
+def test_train_on_a_terminal_draws_a_progress_bar(gateway: InProcessService) -> None:
+    """stderr on a pseudo-terminal: rich's bar, redrawn in place; the run's result on stdout."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    command = ["taxidriver.cli", "--gateway", gateway.target, "--json", "train", "q_learning", *TRAIN_USER]
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command, "--seed", "13"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = process.communicate(timeout=120)
+    os.close(controller)
+    assert process.returncode == 0, drawn.decode(errors="replace")
+    assert json.loads(out)["status"] == "RUN_STATUS_COMPLETED"
+    text = drawn.decode(errors="replace")
+    assert "300/300" in text and "episodes" in text
+    assert "━" in text  # the bar itself

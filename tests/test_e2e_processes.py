@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -128,17 +129,21 @@ def test_seed_queries_run_verbatim(first_training: tuple[str, str], database_url
         assert alpha is not None and alpha[0] in {row[0] for row in best}
 
 
-def test_the_printed_dev_key_is_an_admin_key_stored_as_a_hash(
+def test_the_dev_key_is_an_admin_key_kept_in_a_private_file_and_stored_as_a_hash(
     first_training: tuple[str, str], database_url: str
 ) -> None:
     from registry_service.users import hash_key
 
     _, output = first_training
-    match = re.search(r"^\[make run\]\s+(tdk_\S+)$", output, re.MULTILINE)
+    match = re.search(r"API key of the 'dev' user \(admin role\): .* (/\S+/dev-api-key) \(mode 0600\)", output)
     assert match, output
+    key_file = Path(match.group(1))
+    key = key_file.read_text().strip()
+    assert key.startswith("tdk_") and key not in output
+    assert key_file.stat().st_mode & 0o777 == 0o600
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT u.username, u.role FROM api_keys k JOIN users u USING (user_id) WHERE k.key_sha256 = %s",
-            (hash_key(match.group(1)),),
+            (hash_key(key),),
         ).fetchone()
     assert row == ("dev", "admin")
