@@ -44,13 +44,13 @@ METRIC_GROUPS = (
     "improvement_metrics",
 )
 
-# Every column a Run message is built from; tags are the union of the run's annotation tags.
+# Every column a Run message is built from; tags are the union of the run's annotation tags,
+# kept on the run by a trigger (migration 0015).
 RUN_COLUMNS = """
     r.run_id, r.algorithm, r.status, r.mode, r.env_id, r.params, r.training_metrics, r.test_metrics,
     r.system_metrics, r.learning_stability, r.brute_force_metrics, r.improvement_metrics, r.plots,
     r.model_path, r.execution_time, r.created_at, r.updated_at, r.episodes_recorded, r.episodes_planned,
-    r.stop_reason, r.error_message,
-    ARRAY(SELECT DISTINCT t FROM run_annotations a, unnest(a.tags) t WHERE a.run_id = r.run_id ORDER BY t) AS tags
+    r.stop_reason, r.error_message, r.tags
 """
 
 

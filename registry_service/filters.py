@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -272,7 +273,8 @@ def compile_comparison(name: str, operator: str, token: Token) -> Compiled:
     if name == "tags":
         if operator not in (":", "=") or kind != "string":
             raise bad_field("filter", 'tags are matched with tags:"name" or tags = "name"')
-        return Compiled("r.run_id IN (SELECT a.run_id FROM run_annotations a WHERE a.tags @> ARRAY[%s::text])", [value])
+        # The run's own tags column (the union of its annotations' tags, migration 0015), GIN-indexed.
+        return Compiled("r.tags @> ARRAY[%s::text]", [value])
     column = resolve_field(name, "filter")
     if operator == ":":
         raise bad_field("filter", f"':' (has) applies to tags only; compare {name[:40]} with =, !=, <, <=, > or >=")
@@ -324,6 +326,14 @@ def compile_filter(text: str) -> Compiled:
     if not text.strip():
         return Compiled("TRUE")
     return _Parser(text).parse()
+
+
+def filter_fields(text: str) -> set[str]:
+    """The field names a (valid) filter compares: a word followed by an operator."""
+    tokens = tokenize(text)
+    return {
+        token.text for token, following in itertools.pairwise(tokens) if token.kind == "word" and following.kind == "op"
+    }
 
 
 # ---------------------------------------------------------------- ordering and page tokens

@@ -47,6 +47,7 @@ from registry_service.filters import (
     compile_filter,
     decode_page_token,
     encode_page_token,
+    filter_fields,
     load_token,
     parse_order_by,
 )
@@ -125,8 +126,11 @@ FROM training_runs r WHERE {where}
 GROUP BY 1 ORDER BY 1
 """
 
-# Unfiltered statistics: the trigger-maintained run_statistics sums, plus one index probe per
-# algorithm for its best run; a few hundred rows read whatever the number of runs.
+# Statistics unfiltered or filtered by algorithm and status only: the trigger-maintained
+# run_statistics sums (it has both columns, so the compiled filter reads them as `r.`), plus one
+# index probe per algorithm for its best run; a few hundred rows read whatever the number of runs.
+SUMMARY_FIELDS = frozenset({"algorithm", "status"})
+
 ALL_STATISTICS_BY_ALGORITHM = """
 WITH totals AS (
     SELECT algorithm,
@@ -140,16 +144,16 @@ WITH totals AS (
                / nullif(sum(reward_count) FILTER (WHERE status = 'completed'), 0) AS avg_reward,
            sum(execution_sum) FILTER (WHERE status = 'completed')
                / nullif(sum(execution_count) FILTER (WHERE status = 'completed'), 0) AS avg_execution_time
-    FROM run_statistics GROUP BY algorithm HAVING sum(runs) > 0
+    FROM run_statistics r WHERE {where} GROUP BY algorithm HAVING sum(runs) > 0
 )
 SELECT totals.*, best.success_rate AS best_success_rate, best.run_id::text AS best_run_id,
-       (SELECT min(f.avg_steps) FROM training_runs f
-        WHERE f.status = 'completed' AND f.algorithm = totals.algorithm) AS best_avg_steps
+       (SELECT min(r.avg_steps) FROM training_runs r
+        WHERE r.status = 'completed' AND r.algorithm = totals.algorithm AND {where}) AS best_avg_steps
 FROM totals
 LEFT JOIN LATERAL (
-    SELECT b.run_id, b.success_rate FROM training_runs b
-    WHERE b.status = 'completed' AND b.algorithm = totals.algorithm AND b.success_rate IS NOT NULL
-    ORDER BY b.success_rate DESC NULLS LAST, b.avg_steps ASC NULLS LAST, b.run_id ASC
+    SELECT r.run_id, r.success_rate FROM training_runs r
+    WHERE r.status = 'completed' AND r.algorithm = totals.algorithm AND r.success_rate IS NOT NULL AND {where}
+    ORDER BY r.success_rate DESC NULLS LAST, r.avg_steps ASC NULLS LAST, r.run_id ASC
     LIMIT 1
 ) best ON true
 ORDER BY algorithm
@@ -159,10 +163,12 @@ ALL_STATISTICS_BY_DAY = """
 SELECT day::timestamp AS day, sum(runs)::bigint AS runs,
        sum(success_sum) / nullif(sum(success_count), 0) AS avg_success_rate,
        sum(steps_sum) / nullif(sum(steps_count), 0) AS avg_steps
-FROM run_statistics GROUP BY day HAVING sum(runs) > 0 ORDER BY day
+FROM run_statistics r WHERE {where} GROUP BY day HAVING sum(runs) > 0 ORDER BY day
 """
 
-COUNT_ALL_RUNS = "SELECT coalesce(sum(runs), 0)::bigint FROM run_statistics"
+COUNT_SUMMARY = "SELECT coalesce(sum(runs), 0)::bigint FROM run_statistics r WHERE {where}"
+# pg_class's row estimate (-1 before the first ANALYZE or VACUUM: a new table counts as small).
+TABLE_ROWS_ESTIMATE = "SELECT reltuples FROM pg_class WHERE oid = 'training_runs'::regclass"
 
 
 def page_size(value: int, field_name: str = "page_size", default: int = DEFAULT_PAGE_SIZE) -> int:
@@ -269,22 +275,41 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                     where_field, f"cannot be evaluated on the stored data: {exc.diag.message_primary}"
                 ) from None
             rows = await cursor.fetchall()
-            total = 0
-            if count:
-                counting = (
-                    (f"SELECT count(*) FROM training_runs r WHERE {where.sql}", where.params)
-                    if where.params or where.sql != "TRUE"
-                    else (COUNT_ALL_RUNS, [])
-                )
-                counted = await (await conn.execute(*counting)).fetchone()
-                total = counted[0] if counted else 0
             runs = [run_from_row(row) for row in rows[:size]]
             if full:
                 runs = await self._with_curves(conn, runs)
-        # A page cut short by its byte budget continues after its last run, like a full one.
-        more = len(rows) > len(runs)
+            # A page cut short by its byte budget continues after its last run, like a full one.
+            more = len(rows) > len(runs)
+            total = 0
+            if count:
+                total = await self._total_size(conn, where, binding_text, whole=not token and not more, shown=len(runs))
         next_token = encode_page_token(scope, binding_text, ordering, rows[len(runs) - 1]) if more else ""
         return runs, next_token, total
+
+    async def _total_size(
+        self, conn: AsyncConnection[Any], where: Compiled, filter_text: str, *, whole: bool, shown: int
+    ) -> int:
+        """ListRuns' total_size (AIP-158 lets it be an estimate; README "total_size" says when it is).
+
+        Exact when the filter reads only algorithm and status (the run_statistics sums), when the
+        first page holds every match, or while the table is small; otherwise PostgreSQL's estimate
+        of the matching rows, one planning step instead of counting tens of thousands of rows.
+        """
+        if filter_fields(filter_text) <= SUMMARY_FIELDS:
+            counted = await (await conn.execute(COUNT_SUMMARY.replace("{where}", where.sql), where.params)).fetchone()
+            return int(counted[0]) if counted else 0
+        if whole:
+            return shown
+        size = await (await conn.execute(TABLE_ROWS_ESTIMATE)).fetchone()
+        if size is None or size[0] <= self.settings.exact_count_limit:
+            counted = await (
+                await conn.execute(f"SELECT count(*) FROM training_runs r WHERE {where.sql}", where.params)
+            ).fetchone()
+            return int(counted[0]) if counted else 0
+        plan = await (
+            await conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM training_runs r WHERE {where.sql}", where.params)
+        ).fetchone()
+        return round(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
 
     async def _with_curves(self, conn: AsyncConnection[Any], runs: list[resources_pb2.Run]) -> list[resources_pb2.Run]:
         """Runs with their curves, as many as fit the page's byte budget (at least one).
@@ -357,15 +382,16 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         where = compile_filter(request.filter)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            if request.filter.strip():
+            if filter_fields(request.filter) <= SUMMARY_FIELDS:
+                # The placeholder appears three times in the per-algorithm statement.
+                await cursor.execute(ALL_STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params * 3)
+                algorithms = await cursor.fetchall()
+                await cursor.execute(ALL_STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
+                days = await cursor.fetchall()
+            else:
                 await cursor.execute(STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params)
                 algorithms = await cursor.fetchall()
                 await cursor.execute(STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
-                days = await cursor.fetchall()
-            else:
-                await cursor.execute(ALL_STATISTICS_BY_ALGORITHM)
-                algorithms = await cursor.fetchall()
-                await cursor.execute(ALL_STATISTICS_BY_DAY)
                 days = await cursor.fetchall()
         response = pb.GetStatisticsResponse(
             total_runs=sum(a["total_runs"] for a in algorithms),
@@ -504,7 +530,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                 existing = await cursor.fetchone()
                 if existing is not None:
                     return _annotation_retry(existing, run_id, request.annotation, tags)
-            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR SHARE", (run_id,))
+            # NO KEY UPDATE, not SHARE: the insert's trigger updates the run's tags column, and two
+            # annotations holding SHARE locks on one run would deadlock upgrading them.
+            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s FOR NO KEY UPDATE", (run_id,))
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
             # Concurrent first tries of one request_id: one inserts, the others wait for it and read it.

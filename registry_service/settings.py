@@ -31,6 +31,10 @@ class RegistrySettings:
     # Largest listing page with curves (ListRuns view FULL), in bytes; a page holds at least
     # one run and stops before this, with a next_page_token (REGISTRY_MAX_PAGE_BYTES).
     max_page_bytes: int = 8 * 1024 * 1024
+    # ListRuns' total_size for a filter that spans pages is an exact count while training_runs
+    # holds at most this many rows, and PostgreSQL's estimate beyond (AIP-158; counting every
+    # match of a broad filter costs tens of ms at 100k runs) (REGISTRY_EXACT_COUNT_LIMIT).
+    exact_count_limit: int = 10_000
     # Shared secret every call must carry (x-internal-token) when set (INTERNAL_TOKEN); empty:
     # no check, and the loopback-only default address is the protection (taxidriver.internal_auth).
     internal_token: str = ""
@@ -54,5 +58,6 @@ class RegistrySettings:
             max_artifact_bytes=env_int("REGISTRY_MAX_ARTIFACT_BYTES", 64 * 1024 * 1024),
             shutdown_grace=env_float("REGISTRY_SHUTDOWN_GRACE", 10.0),
             max_page_bytes=env_int("REGISTRY_MAX_PAGE_BYTES", 8 * 1024 * 1024),
+            exact_count_limit=env_int("REGISTRY_EXACT_COUNT_LIMIT", 10_000),
             internal_token=env_str("INTERNAL_TOKEN", ""),
         )
