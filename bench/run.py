@@ -8,6 +8,9 @@ lines `bench: <name> = <value> <unit>`. `make bench` runs them all;
 what CI runs to prove each one still works. A benchmark fails when it exits
 non-zero or prints no `bench:` figure; the runner then exits 1, naming it.
 Each script runs in a fresh clone's conditions: .data/ may not exist yet.
+
+The figures are also written as JSON (bench/figures.py: .data/bench/<time>.json or
+$BENCH_JSON); `python bench/compare.py OLD NEW` prints what moved by more than 20 %.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import figures as figure_file  # noqa: E402
 from bench.quick import QUICK  # noqa: E402
 
 FIGURE = re.compile(r"^bench: (\S+) = (\S+)(?: (.*))?$")
@@ -40,6 +44,7 @@ def main(argv: list[str]) -> int:
         print("BENCH_QUICK=1: tiny sizes; checks that every benchmark runs and prints its figures", flush=True)
     figures: list[str] = []
     failed: list[str] = []
+    started_state = figure_file.machine_state()
     for script in scripts:
         print(f"== {script.stem}", flush=True)
         started = time.monotonic()
@@ -66,6 +71,9 @@ def main(argv: list[str]) -> int:
     print("\nsummary:")
     for figure in figures:
         print(f"  {figure}")
+    parsed = dict(filter(None, (figure_file.parse_figure(f) for f in figures)))
+    written = figure_file.write(ROOT, parsed, quick=QUICK, started=started_state)
+    print(f"figures written to {written} (compare two runs: python bench/compare.py OLD NEW)")
     if failed:
         print(f"failed: {', '.join(failed)}")
         return 1
