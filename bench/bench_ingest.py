@@ -1,9 +1,15 @@
 """End-to-end ingest: trainer-like gRPC streams into a real registry process and PostgreSQL.
 
 Prints `bench: ingest_episodes_per_s` (episodes acknowledged per second over
-several concurrent runs) and `bench: bytes_per_run_6000_episodes` (growth of
-every registry table, indexes and TOAST included, per completed 6000-episode
-run). Uses $DATABASE_URL's server (a temporary database) or an embedded one
+several concurrent runs, batches of 1000) and `ingest_episodes_per_s_trainer_batch`
+(batches of the size a worker sends: SEND_EVERY_EPISODES, the trainer's streamer
+coalescing up to 20,000), `bench: bytes_per_run_6000_episodes` (growth of every
+registry table, indexes and TOAST included, per completed 6000-episode run),
+`bytes_per_run_live_6000_episodes` (the bytes of the run's live rows: the growth
+above also holds the dead chunk rows a run's compaction leaves until autovacuum
+lets PostgreSQL reuse them) and `curve_fetch_p50_ms_6000` (GetRun with every
+curve of one 6000-episode run, through a gateway process; reference: direct).
+Uses $DATABASE_URL's server (a temporary database) or an embedded one
 started like the test suite's (fsync off: it measures our code, not the disk).
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +38,18 @@ from bench.quick import size  # noqa: E402
 from taxidriver.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2  # noqa: E402
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc  # noqa: E402
+from taxidriver.registry.v1 import registry_service_pb2 as registry_pb2  # noqa: E402
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
+from taxidriver.registry.v1 import resources_pb2  # noqa: E402
 from tests.support import wait_for_health  # noqa: E402
+from trainer_service.worker import SEND_EVERY_EPISODES  # noqa: E402
 
 EPISODES = 6000
 BATCH = 1000
 CONCURRENT_RUNS = size(4, 2)
 ROUNDS = size(11, 2)
 SIZE_RUNS = size(20, 2)
+CURVE_FETCHES = size(50, 3)
 
 TABLES = ("training_runs", "run_episodes", "artifacts", "saved_models", "run_annotations")
 
@@ -76,13 +88,17 @@ async def register(stub: ingest_grpc.IngestServiceStub, run_id: str) -> None:
     )
 
 
-async def measure(target: str, url: str) -> None:
+async def measure(target: str, url: str, gateway_target: str) -> None:
     rng = np.random.default_rng(7)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = ingest_grpc.IngestServiceStub(channel)
         # Throughput: CONCURRENT_RUNS runs streamed at once, ROUNDS times (messages prepared beforehand).
-        # The trainer coalesces pending episodes into requests of up to 20,000; 1,000 is the cautious case.
-        for batch, name in ((BATCH, "ingest_episodes_per_s"), (EPISODES, "ingest_episodes_per_s_batch_6000")):
+        # A worker hands its episodes over every SEND_EVERY_EPISODES (or 0.2 s) and the streamer
+        # coalesces what is pending into requests of up to 20,000; 1,000 is the cautious case.
+        for batch, name in (
+            (BATCH, "ingest_episodes_per_s"),
+            (SEND_EVERY_EPISODES, "ingest_episodes_per_s_trainer_batch"),
+        ):
             rounds = []
             for _ in range(ROUNDS):
                 ids = [str(uuid.uuid4()) for _ in range(CONCURRENT_RUNS)]
@@ -101,17 +117,51 @@ async def measure(target: str, url: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             before = table_bytes(conn)
+        ids = []
         for _ in range(SIZE_RUNS):
             run_id = str(uuid.uuid4())
+            ids.append(run_id)
             await register(stub, run_id)
             await ingest_run(stub, episode_batches(run_id, rng))
             await stub.CompleteRun(ingest_pb2.CompleteRunRequest(run_id=run_id, episodes_total=EPISODES))
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             after = table_bytes(conn)
+            live = live_bytes(conn, ids)
         per_run = (after - before) / SIZE_RUNS
         print(f"bench: bytes_per_run_6000_episodes = {per_run:.0f} bytes")
-        print("  reference: the seed stored ~5.9 MB of JSON per 6000-episode run; target <= 200 KB")
+        print(f"bench: bytes_per_run_live_6000_episodes = {live / SIZE_RUNS:.0f} bytes")
+        print("  reference: the seed stored ~5.9 MB of JSON per 6000-episode run; MLflow 3 9.57 MB; target <= 100 KB")
+    await curve_fetch(target, gateway_target, ids[-1])
+
+
+async def curve_fetch(direct_target: str, gateway_target: str, run_id: str) -> None:
+    """All series of one 6000-episode run (GetRun FULL), direct and through the gateway, alternated."""
+    request = registry_pb2.GetRunRequest(run_id=run_id, view=resources_pb2.RUN_VIEW_FULL)
+    samples: dict[str, list[float]] = {"direct": [], "gateway": []}
+    async with grpc.aio.insecure_channel(direct_target) as direct, grpc.aio.insecure_channel(gateway_target) as gw:
+        stubs = {"direct": registry_grpc.RegistryServiceStub(direct), "gateway": registry_grpc.RegistryServiceStub(gw)}
+        for stub in stubs.values():
+            reply = await stub.GetRun(request)
+            assert len(reply.run.curves.rewards) == EPISODES
+        for _ in range(CURVE_FETCHES):
+            for name, stub in stubs.items():
+                started = time.perf_counter()
+                await stub.GetRun(request)
+                samples[name].append((time.perf_counter() - started) * 1000)
+    print(f"bench: curve_fetch_p50_ms_6000 = {statistics.median(samples['gateway']):.2f} ms")
+    direct_p50 = statistics.median(samples["direct"])
+    print(f"  reference: direct to the registry p50 {direct_p50:.2f} ms; MLflow 3, one metric's 6000 steps: 300-407 ms")
+
+
+def live_bytes(conn: psycopg.Connection, run_ids: list[str]) -> int:
+    """The runs' own rows (training_runs and run_episodes, TOASTed values at their stored size)."""
+    row = conn.execute(
+        "SELECT (SELECT coalesce(sum(pg_column_size(r.*)), 0) FROM training_runs r WHERE r.run_id = ANY(%s::uuid[]))"
+        " + (SELECT coalesce(sum(pg_column_size(e.*)), 0) FROM run_episodes e WHERE e.run_id = ANY(%s::uuid[]))",
+        (run_ids, run_ids),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def table_bytes(conn: psycopg.Connection) -> int:
@@ -145,10 +195,29 @@ def main() -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    gateway_port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "GATEWAY_ADDRESS": f"127.0.0.1:{gateway_port}",
+            "GATEWAY_AUTH_REQUIRED": "false",
+            "REGISTRY_TARGET": f"127.0.0.1:{port}",
+            "TRAINER_TARGETS": f"127.0.0.1:{port}",  # unused here: no trainer call is made
+            "PYTHONPATH": str(ROOT),
+            "LOG_LEVEL": "WARNING",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_health(f"127.0.0.1:{port}", "taxidriver.ingest.v1.IngestService")
-        asyncio.run(measure(f"127.0.0.1:{port}", url))
+        wait_for_health(f"127.0.0.1:{gateway_port}", "taxidriver.registry.v1.RegistryService")
+        asyncio.run(measure(f"127.0.0.1:{port}", url, f"127.0.0.1:{gateway_port}"))
     finally:
+        gateway.terminate()
+        gateway.wait(30)
         registry.terminate()
         registry.wait(30)
         log.close()
