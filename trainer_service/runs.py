@@ -94,6 +94,11 @@ class ActiveRun:
     # Set when the registry refused us the run (taken by another trainer, deleted, ended):
     # from then on the worker is stopped and nothing more is written.
     lost: bool = False
+    # Messages queued behind the one being handled: a checkpoint with a newer checkpoint or the
+    # run's completion behind it is superseded, and not uploaded (only the last one resumes).
+    checkpoints_queued: int = 0
+    done_queued: bool = False
+    checkpoints_skipped: int = 0
 
 
 class RunManager:
@@ -328,6 +333,10 @@ class RunManager:
             run.streamer.add(message[2])
             run.episodes_done = message[2].first_episode + len(message[2])
             return
+        if message[0] == "checkpoint":
+            run.checkpoints_queued += 1
+        elif message[0] == "done":
+            run.done_queued = True
         run.messages.put_nowait(message)
 
     def _on_worker_lost(self, run_id: str) -> None:
@@ -347,7 +356,13 @@ class RunManager:
                         run.run_id, STATUS.RUN_STATUS_RUNNING, lease_epoch=run.lease_epoch, trainer_id=self.trainer_id
                     )
                 elif kind == "checkpoint":
-                    await self._upload_checkpoint(run, payload)
+                    run.checkpoints_queued -= 1
+                    if run.checkpoints_queued > 0 or run.done_queued:
+                        # Superseded while queued: a run trains faster than 350 KB checkpoints
+                        # upload, and the upload of all of them held its completion back.
+                        run.checkpoints_skipped += 1
+                    else:
+                        await self._upload_checkpoint(run, payload)
                 elif kind == "done":
                     await self._complete(run, payload)
                     completed = True
