@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 
 from trainer_service import plots
 from trainer_service.engine import EpisodeColumns
@@ -40,8 +41,14 @@ def test_a_million_episode_run_draws_a_bounded_number_of_points(monkeypatch: pyt
         drawn.append(len(x))
         return real_fill(self, x, *args, **kwargs)
 
+    def set_data(self: Line2D, *args: Any) -> Any:  # curves are redrawn in place (issue 15)
+        drawn.append(len(args[0]))
+        return real_set_data(self, *args)
+
+    real_set_data = Line2D.set_data
     monkeypatch.setattr(Axes, "plot", plot)
     monkeypatch.setattr(Axes, "fill_between", fill_between)
+    monkeypatch.setattr(Line2D, "set_data", set_data)
     episodes = 1_000_000
     rng = np.random.default_rng(3)
     history = EpisodeColumns(
@@ -58,6 +65,7 @@ def test_a_million_episode_run_draws_a_bounded_number_of_points(monkeypatch: pyt
     assert set(rendered) == {"rewards.png", "steps.png", "epsilon.png", "td_error.png", "test_vs_brute_force.png"}
     assert all(png.startswith(b"\x89PNG") for png in rendered.values())
     assert drawn and max(drawn) <= plots.MAX_DRAWN_POINTS
+    assert sum(1 for count in drawn if count > 0) >= 8  # 4 curves: an envelope and an average each
 
 
 def test_downsampling_keeps_every_extreme() -> None:
