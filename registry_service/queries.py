@@ -62,6 +62,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 BEST_ORDER = "test_metrics.success_rate desc, test_metrics.avg_steps asc"
 MAX_ANNOTATION_CHARS = 10_000
+# The keys of the seed's /database/runs/search/params, indexed together (migration 0015).
+SEED_SEARCH_KEYS = ("alpha", "gamma", "training_runs")
 MAX_TAGS = 32
 TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
 
@@ -432,9 +434,19 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             raise bad_field("params", "give at least one parameter to match")
         size = page_size(request.page_size)
         binding = json.dumps(wanted, sort_keys=True)
+        where = Compiled("r.params @> %s", [Jsonb(wanted)])
+        if wanted.keys() <= set(SEED_SEARCH_KEYS) and all(_is_scalar(v) for v in wanted.values()):
+            # The seed's search: containment of scalars is equality of each key (numbers compare
+            # numerically in both; a nested or missing value matches neither), and equalities walk
+            # training_runs_seed_params newest first (0.4 ms instead of 48 ms at 100k runs, when
+            # containment read ~3,800 runs per page). Both forms at once misled the planner.
+            where = Compiled(
+                " AND ".join(f"r.params -> '{key}' = %s" for key in wanted),  # keys from SEED_SEARCH_KEYS
+                [Jsonb(value) for value in wanted.values()],
+            )
         runs, token, _ = await self._page(
             scope="search",
-            where=Compiled("r.params @> %s", [Jsonb(wanted)]),
+            where=where,
             binding_text=binding,
             ordering=parse_order_by(""),
             token=request.page_token,
@@ -837,6 +849,11 @@ def _annotation_retry(
     if existing["run_id"] != run_id or existing["annotation"] != text or list(existing["tags"]) != tags:
         raise request_id_reused("annotation", str(existing["annotation_id"]))
     return pb.CreateAnnotationResponse(annotation=annotation_from_row(existing))
+
+
+def _is_scalar(value: Any) -> bool:
+    """A JSON string, number or boolean (null and nested values keep the containment test)."""
+    return isinstance(value, str | int | float | bool)
 
 
 def _is_number(value: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from tests.test_registry_queries import ingest, make_run, marker, queries  # noqa: F401 - fixtures
+from tests.test_registry_queries import ingest, make_run, marker, queries, struct  # noqa: F401 - fixtures
 
 
 def plan(database_url: str, sql: str, params: list[object]) -> str:
@@ -124,3 +124,30 @@ def test_total_size_is_the_planners_estimate_beyond_the_exact_count_limit(ingest
     spanning, whole = asyncio.run(listed())
     assert spanning == estimate
     assert whole == 3  # the first page holds every match: counted, not estimated
+
+
+def test_the_seeds_search_by_parameters_walks_its_index_and_keeps_containments_meaning(
+    ingest,  # noqa: F811
+    queries,  # noqa: F811
+    marker,  # noqa: F811
+    database_url: str,
+) -> None:
+    alpha = 0.123456  # a value no other test's runs carry
+    match = make_run(ingest, marker, alpha=alpha, episodes=6)
+    make_run(ingest, marker, alpha=alpha, episodes=5)
+    make_run(ingest, marker, alpha=0.5, episodes=6)
+    seed_search = pb.SearchRunsByParamsRequest(params=struct(alpha=alpha, gamma=0.99, training_runs=6))
+    assert [r.run_id for r in queries.SearchRunsByParams(seed_search).runs] == [match]
+    # 6 and 6.0 are one number, as with containment.
+    again = pb.SearchRunsByParamsRequest(params=struct(alpha=alpha, gamma=0.99, training_runs=6.0))
+    assert [r.run_id for r in queries.SearchRunsByParams(again).runs] == [match]
+    # Another key: containment, as before.
+    marked = pb.SearchRunsByParamsRequest(params=struct(alpha=alpha, marker=marker))
+    assert len(queries.SearchRunsByParams(marked).runs) == 2
+    ordered = plan(
+        database_url,
+        "SELECT run_id FROM training_runs r WHERE r.params -> 'alpha' = %s::jsonb AND r.params -> 'gamma' = %s::jsonb"
+        " AND r.params -> 'training_runs' = %s::jsonb ORDER BY r.created_at DESC, r.run_id DESC LIMIT 50",
+        ["0.1", "0.99", "6000"],
+    )
+    assert "training_runs_seed_params" in ordered and "Sort" not in ordered

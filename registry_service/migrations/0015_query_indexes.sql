@@ -48,3 +48,9 @@ CREATE INDEX training_runs_steps_by_algorithm ON training_runs
     (algorithm, avg_steps ASC NULLS LAST, run_id ASC);
 CREATE INDEX training_runs_success_by_algorithm ON training_runs
     (algorithm, success_rate DESC NULLS LAST, run_id DESC);
+
+-- The seed's search by parameters (alpha, gamma, training_runs: /database/runs/search/params),
+-- newest first: an equality on each key walks this index in order instead of testing every
+-- run's params for containment (SearchRunsByParams adds the equalities for scalar values).
+CREATE INDEX training_runs_seed_params ON training_runs
+    ((params -> 'alpha'), (params -> 'gamma'), (params -> 'training_runs'), created_at DESC, run_id DESC);
