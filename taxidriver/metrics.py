@@ -307,16 +307,21 @@ def _reset(token: contextvars.Token[str]) -> None:
 
 class _EndedCallBatchFilter(logging.Filter):
     """grpc logs "ExecuteBatchError raised in core by servicer method" at ERROR, with a
-    traceback, when a call's last batch fails because the call had already ended. When the
-    call's deadline had passed, that is the client's deadline (our call line says
-    DEADLINE_EXCEEDED), not a server error: it is kept, at INFO and without the traceback."""
+    traceback, when a call's last batch fails because the call had already ended: the
+    client's deadline passed, or the client went away (a killed `grpcurl ... WatchRun`, a
+    `| head`) while the answer or status was on its way. Neither is a server error. After the
+    deadline the line is kept at INFO (our call line says DEADLINE_EXCEEDED); before it, the
+    client left, which we cannot tell apart from a dropped connection: WARNING. Never the
+    traceback, which points into grpc's core and says nothing about our code."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and str(record.msg).startswith("ExecuteBatchError raised in core"):
             deadline = _deadline_var.get()
             if deadline is not None and time.perf_counter() >= deadline:
                 record.levelno, record.levelname = logging.INFO, "INFO"
-                record.exc_info = record.exc_text = None
+            else:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
         return True
 
 

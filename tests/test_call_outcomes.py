@@ -237,11 +237,12 @@ def test_services_echo_the_request_id_on_errors(registry: InProcessService) -> N
     assert [value for key, value in trailing if key == "x-request-id"] == [request_id]
 
 
-@pytest.mark.parametrize(("deadline_passed", "level"), [(True, logging.INFO), (False, logging.ERROR)])
-def test_grpcs_failed_last_batch_is_an_error_only_before_the_deadline(deadline_passed: bool, level: int) -> None:
+@pytest.mark.parametrize(("deadline_passed", "level"), [(True, logging.INFO), (False, logging.WARNING)])
+def test_grpcs_failed_last_batch_is_never_an_error_with_a_traceback(deadline_passed: bool, level: int) -> None:
     """grpc's "ExecuteBatchError raised in core" line, as it writes it from the call's task
-    (found at ERROR on the gateway for a client's 50 ms deadline; not reproduced on demand,
-    so the line is written here the way grpc writes it)."""
+    (found at ERROR on the gateway for a client's 50 ms deadline, and with a traceback when a
+    client killed its WatchRun stream in tests/test_real_use.py; the race is not reproducible
+    on demand, so the line is written here the way grpc writes it)."""
     TelemetryInterceptor()  # installs the judgement on grpc's logger
     seen: list[logging.LogRecord] = []
 
@@ -266,7 +267,7 @@ def test_grpcs_failed_last_batch_is_an_error_only_before_the_deadline(deadline_p
     finally:
         grpc_log.removeHandler(handler)
     assert [r.levelno for r in seen] == [level]
-    assert (seen[0].exc_info is None) == deadline_passed
+    assert seen[0].exc_info is None
 
 
 @pytest.fixture(scope="module")
