@@ -134,6 +134,13 @@ class Service:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
+    def log_lines(self, needle: str, limit: int = 10) -> list[str]:
+        """The first lines of the log that mention `needle` (a run id), prefixed with the module."""
+        if not self.log_path.exists():
+            return []
+        found = [line for line in self.log_path.read_text(errors="replace").splitlines() if needle in line]
+        return [f"{self.module}: {line[:600]}" for line in found[:limit]]
+
 
 def health(target: str, service: str = "", timeout: float = 2.0) -> str:
     """The health status name of `service` at `target`, or the gRPC code that stopped the check."""

@@ -310,10 +310,14 @@ def test_cancel_and_delete_of_live_runs_leave_nothing_half_done(real_use: RealUs
         tools.background(tools.cli_argv("--json", "train", "q_learning", *train_args(EPISODES), "--seed", str(seed)))
         for seed in (310, 311)
     ]
-    after = [follower.finished(timeout=120) for follower in followers]
+    after = [follower.finished(timeout=60) for follower in followers]
     new_ids = [f.json()["run_id"] for f in after if f.code == 0]
     audits = real_use.settle([to_cancel, *new_ids, *(set(deletes) - real_use.deleted)])
     leftovers = {run_id: rows_left_by(real_use.db(), run_id) for run_id in real_use.deleted}
+    # What the services said about the deleted runs (a worker training on, writes refused...).
+    said = [
+        line for run_id in deletes for service in real_use.stack.services for line in service.log_lines(run_id, limit=6)
+    ]
     problems += report(
         services=real_use.intact(),
         cancel=failed([cancel]) + ([] if cancelled_status == "cancelled" else [f"{to_cancel}: {cancelled_status}"]),
@@ -321,6 +325,8 @@ def test_cancel_and_delete_of_live_runs_leave_nothing_half_done(real_use: RealUs
         runs=run_problems(audits),
         deleted_but_left=[f"{run_id}: {rows}" for run_id, rows in leftovers.items() if any(rows.values())],
     ).splitlines()
+    if problems:
+        problems += ["== deleted runs in the services' logs:", *said]
     expect_none("\n".join(problems))
 
 
