@@ -14,9 +14,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -59,10 +61,14 @@ class Service:
     env: dict[str, str]
     log_path: Path
     health_service: str
+    name: str = ""
     process: subprocess.Popen[bytes] | None = None
     expected_exit: bool = False
     paused: bool = False
     crashes: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.module
 
     @property
     def target(self) -> str:
@@ -139,7 +145,7 @@ class Service:
         if not self.log_path.exists():
             return []
         found = [line for line in self.log_path.read_text(errors="replace").splitlines() if needle in line]
-        return [f"{self.module}: {line[:600]}" for line in found[:limit]]
+        return [f"{self.name}: {line[:600]}" for line in found[:limit]]
 
 
 def health(target: str, service: str = "", timeout: float = 2.0) -> str:
@@ -160,27 +166,31 @@ def wait_serving(service: Service, timeout: float = 90.0) -> None:
     while time.monotonic() < deadline:
         if service.process is not None and service.process.poll() is not None:
             raise RuntimeError(
-                f"{service.module} exited with code {service.process.returncode} during start-up:\n{service.log_tail()}"
+                f"{service.name} exited with code {service.process.returncode} during start-up:\n{service.log_tail()}"
             )
         last = health(service.target, service.health_service, timeout=1.0)
         if last == "SERVING":
             return
         time.sleep(0.1)
-    raise TimeoutError(f"{service.module} at {service.target}: {last} after {timeout}s\n{service.log_tail()}")
+    raise TimeoutError(f"{service.name} at {service.target}: {last} after {timeout}s\n{service.log_tail()}")
 
 
 @dataclass
 class Stack:
-    """registry, trainer and gateway with `make run`'s environment (taxidriver/devstack.py)."""
+    """registry, trainer(s) and gateway with `make run`'s environment (taxidriver/devstack.py)."""
 
     registry: Service
-    trainer: Service
+    trainers: list[Service]
     gateway: Service
     database_url: str
 
     @property
+    def trainer(self) -> Service:
+        return self.trainers[0]
+
+    @property
     def services(self) -> list[Service]:
-        return [self.registry, self.trainer, self.gateway]
+        return [self.registry, *self.trainers, self.gateway]
 
     def start(self) -> None:
         for service in self.services:
@@ -194,23 +204,14 @@ class Stack:
             service.stop()
 
     def pids(self) -> dict[str, int]:
-        return {service.module: service.pid for service in self.services}
+        return {service.name: service.pid for service in self.services}
 
     def health_report(self) -> dict[str, str]:
         """Every service's own health, and the gateway's view of both upstreams."""
-        report = {service.module: health(service.target, service.health_service) for service in self.services}
+        report = {service.name: health(service.target, service.health_service) for service in self.services}
         for name in (REGISTRY, TRAINER):
             report[f"gateway:{name}"] = health(self.gateway.target, name)
         return report
-
-    def crashed(self) -> list[str]:
-        """Services that exited without being stopped, with their exit code and log tail."""
-        found = []
-        for service in self.services:
-            if service.check_crash():
-                pid, code = service.crashes[-1]
-                found.append(f"{service.module} (pid {pid}) exited with {code}:\n{service.log_tail(2000)}")
-        return found
 
 
 def wait_health(target: str, service: str = "", timeout: float = 60.0) -> None:
@@ -224,43 +225,55 @@ def wait_health(target: str, service: str = "", timeout: float = 60.0) -> None:
     raise TimeoutError(f"{target}: {service or 'server'} {last} after {timeout}s")
 
 
-def make_stack(database_url: str, logs: Path, extra_env: dict[str, dict[str, str]] | None = None) -> Stack:
-    """The three services on free ports, each with exactly the environment `make run` gives it.
+def make_stack(
+    database_url: str, logs: Path, extra_env: dict[str, dict[str, str]] | None = None, trainers: int = 1
+) -> Stack:
+    """The services on free ports, each with the environment `make run` gives it.
 
-    `extra_env` adds settings per module (e.g. shorter intervals), on top of `make run`'s.
+    `extra_env` adds settings per module (e.g. shorter intervals) on top of `make run`'s;
+    `trainers` > 1 puts several trainer replicas behind the gateway (TRAINER_TARGETS).
     """
     extra_env = extra_env or {}
     logs.mkdir(parents=True, exist_ok=True)
-    registry_port, trainer_port, gateway_port = free_port(), free_port(), free_port()
+    registry_port, gateway_port = free_port(), free_port()
+    trainer_ports = [free_port() for _ in range(trainers)]
     registry_target = f"127.0.0.1:{registry_port}"
-    trainer_target = f"127.0.0.1:{trainer_port}"
-    gateway_target = f"127.0.0.1:{gateway_port}"
-    base = {
-        "registry_service": {"DATABASE_URL": database_url, "REGISTRY_ADDRESS": registry_target},
-        "trainer_service": {"TRAINER_ADDRESS": trainer_target, "REGISTRY_TARGET": registry_target},
-        "gateway": {
-            "GATEWAY_ADDRESS": gateway_target,
-            "TRAINER_TARGETS": trainer_target,
+
+    def service(module: str, name: str, port: int, env: dict[str, str], health_service: str) -> Service:
+        # PYTHONFAULTHANDLER changes nothing but what a crash leaves in the log: the
+        # Python stack of every thread when the process dies of SIGSEGV/SIGABRT.
+        full_env = {**env, "PYTHONFAULTHANDLER": "1", **extra_env.get(module, {})}
+        return Service(module, port, full_env, logs / f"{name}.log", health_service, name=name)
+
+    registry = service(
+        "registry_service",
+        "registry_service",
+        registry_port,
+        {"DATABASE_URL": database_url, "REGISTRY_ADDRESS": registry_target},
+        REGISTRY,
+    )
+    trainer_services = [
+        service(
+            "trainer_service",
+            "trainer_service" if index == 0 else f"trainer_service-{index + 1}",
+            port,
+            {"TRAINER_ADDRESS": f"127.0.0.1:{port}", "REGISTRY_TARGET": registry_target},
+            TRAINER,
+        )
+        for index, port in enumerate(trainer_ports)
+    ]
+    gateway = service(
+        "gateway",
+        "gateway",
+        gateway_port,
+        {
+            "GATEWAY_ADDRESS": f"127.0.0.1:{gateway_port}",
+            "TRAINER_TARGETS": ",".join(t.target for t in trainer_services),
             "REGISTRY_TARGET": registry_target,
         },
-    }
-    # The suite's environment may carry settings meant for the in-process servers: the
-    # processes get `make run`'s environment, not those.
-    ports = {"registry_service": registry_port, "trainer_service": trainer_port, "gateway": gateway_port}
-    health_names = {"registry_service": REGISTRY, "trainer_service": TRAINER, "gateway": ""}
-    # PYTHONFAULTHANDLER changes nothing but what a crash leaves in the log: the Python
-    # stack of every thread when the process dies of SIGSEGV/SIGABRT.
-    services = {
-        module: Service(
-            module,
-            ports[module],
-            {**env, "PYTHONFAULTHANDLER": "1", **extra_env.get(module, {})},
-            logs / f"{module}.log",
-            health_names[module],
-        )
-        for module, env in base.items()
-    }
-    return Stack(services["registry_service"], services["trainer_service"], services["gateway"], database_url)
+        "",
+    )
+    return Stack(registry, trainer_services, gateway, database_url)
 
 
 @contextlib.contextmanager
@@ -279,6 +292,26 @@ def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """A database for a run outside pytest (bench/): on $DATABASE_URL's server if set, else
+    on an embedded PostgreSQL in a temporary folder under .data/ (removed afterwards)."""
+    if os.environ.get("DATABASE_URL"):
+        with scratch_database(os.environ["DATABASE_URL"], prefix) as url:
+            yield url
+        return
+    from taxidriver.embedded_pg import EmbeddedPostgres
+
+    (ROOT / ".data").mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-", dir=ROOT / ".data"))
+    server = EmbeddedPostgres(data_dir=folder, durable=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def create_user_key(database_url: str, username: str, role: str) -> str:

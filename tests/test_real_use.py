@@ -20,7 +20,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ class RealUse:
             row = conn.execute("SELECT status FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
         return str(row[0]) if row else None
 
-    def wait_status(self, run_id: str, statuses: set[str], timeout: float = 90.0) -> str | None:
+    def wait_status(self, run_id: str, statuses: Set[str], timeout: float = 90.0) -> str | None:
         """Polls until the run has one of `statuses`; returns the last status seen."""
         deadline = time.monotonic() + timeout
         status = self.status(run_id)
@@ -115,11 +115,11 @@ class RealUse:
             if not service.alive():
                 assert service.process is not None
                 problems.append(
-                    f"{service.module} (pid {service.pid}) died with exit code {service.process.returncode}; "
+                    f"{service.name} (pid {service.pid}) died with exit code {service.process.returncode}; "
                     f"log tail:\n{service.log_tail(2500)}"
                 )
-            elif service.pid != self.pids[service.module]:
-                problems.append(f"{service.module} has pid {service.pid}, started as {self.pids[service.module]}")
+            elif service.pid != self.pids[service.name]:
+                problems.append(f"{service.name} has pid {service.pid}, started as {self.pids[service.name]}")
         for name, status in self.stack.health_report().items():
             if status != "SERVING":
                 problems.append(f"health of {name}: {status}")
