@@ -42,6 +42,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -377,6 +378,7 @@ def bring_back(soak: Soak) -> None:
 
 def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-soak-logs-", dir=ROOT / ".data" if (ROOT / ".data").exists() else None))
+    failed = 1  # until the audit says otherwise: logs of a soak that broke off are kept
     with scratch_postgres("bench_soak") as database_url:
         stack = make_stack(database_url, logs, extra_env=FAULT_ENV, trainers=2)
         try:
@@ -462,10 +464,13 @@ def main() -> int:
                         for line in service.log_lines(audit.run_id, limit=3):
                             print(f"    {line[:300]}")
             failed = crashes + lost_episodes + len(lost_artifacts) + len(double) + len(stranded)
-            print(f"soak logs: {logs}")
+            if failed:
+                print(f"soak logs (kept): {logs}")
             return 1 if failed else 0
         finally:
             stack.stop()
+            if not failed:
+                shutil.rmtree(logs, ignore_errors=True)
 
 
 if __name__ == "__main__":
