@@ -17,6 +17,7 @@ keepalive pings to matter, see KEEPALIVE_S). Each part can also run alone.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import signal
 import threading
@@ -58,6 +59,10 @@ EPISODES = 300
 KEEPALIVE_SETTABLE = importlib.util.find_spec("taxidriver.keepalive") is not None
 KEEPALIVE_S = 2.0 if KEEPALIVE_SETTABLE else 30.0
 KEEPALIVE_ENV = {"GRPC_KEEPALIVE_TIME_S": str(KEEPALIVE_S)} if KEEPALIVE_SETTABLE else {}
+# In a service's log, what real use without faults must never cause: grpc core's record of a
+# connection closed for pinging too often (logged whether or not a call was unlucky enough
+# to be on it), a crash dump (faulthandler), an unhandled exception.
+ALARM = re.compile(r"too_many_pings|Too many pings|Fatal Python error|Traceback \(most recent call last\)")
 # A run that lasts minutes: it never stops exploring, so each episode walks ~10^3 steps.
 LONG_EPISODES, LONG_MAX_STEPS = 1_000_000, 10_000
 # A run long enough to be watched for a few seconds (random walks of 200 steps).
@@ -77,6 +82,7 @@ class RealUse:
         self.pids = stack.pids()
         self.started_at = time.monotonic()
         self.deleted: set[str] = set()
+        self.log_offsets = {service.name: 0 for service in stack.services}
 
     def db(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.database_url, autocommit=True)
@@ -127,7 +133,20 @@ class RealUse:
         for name, status in self.stack.health_report().items():
             if status != "SERVING":
                 problems.append(f"health of {name}: {status}")
-        return problems
+        return problems + self.alarms()
+
+    def alarms(self, since_start: bool = False) -> list[str]:
+        """Log lines no real use may cause (since the previous check, or since the start)."""
+        found = []
+        for service in self.stack.services:
+            if not service.log_path.exists():
+                continue
+            with service.log_path.open("rb") as log:
+                log.seek(0 if since_start else self.log_offsets[service.name])
+                text = log.read().decode(errors="replace")
+                self.log_offsets[service.name] = log.tell()
+            found += [f"{service.name}: {line[:400]}" for line in text.splitlines() if ALARM.search(line)]
+        return found[:10]
 
 
 def failed(results: list[Finished], shown: int = 4) -> list[str]:
@@ -385,6 +404,7 @@ def test_after_real_use_every_service_kept_its_pid_and_every_run_is_whole(real_u
     statuses = {a.status for a in audits.values() if a is not None}
     problems = report(
         services=real_use.intact(),
+        logs_since_start=real_use.alarms(since_start=True),
         runs=run_problems(audits),
         deleted_but_left=[f"{run_id}: {rows}" for run_id, rows in left.items() if any(rows.values())],
     )
