@@ -118,7 +118,8 @@ class RealUse:
         return any(not service.alive() for service in self.stack.services)
 
     def intact(self) -> list[str]:
-        """What is wrong with the services: a new PID, an exit (with its code and log), not SERVING."""
+        """What is wrong with the services: a new PID, an exit (with its code and log), not
+        SERVING, alarms in their logs."""
         problems = []
         for service in self.stack.services:
             if not service.alive():
@@ -336,7 +337,8 @@ def test_cancel_and_delete_of_live_runs_leave_nothing_half_done(real_use: RealUs
     after = [follower.finished(timeout=max(1.0, deadline - time.monotonic())) for follower in followers]
     new_ids = [f.json()["run_id"] for f in after if f.code == 0]
     audits = real_use.settle([to_cancel, *new_ids, *(set(deletes) - real_use.deleted)])
-    leftovers = {run_id: rows_left_by(real_use.db(), run_id) for run_id in real_use.deleted}
+    with real_use.db() as conn:
+        leftovers = {run_id: rows_left_by(conn, run_id) for run_id in real_use.deleted}
     # What the services said about the deleted runs (a worker training on, writes refused...).
     said = [
         line for run_id in deletes for service in real_use.stack.services for line in service.log_lines(run_id, limit=6)
