@@ -5,7 +5,8 @@ replicas behind the gateway, as `python -m` processes, on $DATABASE_URL's server
 embedded PostgreSQL under .data/. Three users (admin, trainer, reader roles) use it at
 once for SOAK_SECONDS (default 300; BENCH_QUICK=1 runs 20 s):
 
-- two people train small runs of every algorithm with the Python client, retrying a
+- two people train runs of every algorithm (mostly small, one in four seconds long) with
+  the Python client, retrying a
   refused start with the same request_id, following some runs to the end and walking
   away from others after a few events (an abandoned WatchRun);
 - one person runs `taxi-driver train` and sometimes kills it mid-stream;
@@ -63,6 +64,7 @@ from taxidriver.client import ClientError, TaxiDriverClient  # noqa: E402
 from tests.process_stack import (  # noqa: E402
     ALGORITHMS,
     LEARNING,
+    RANDOM_WALK,
     REGISTRY,
     TERMINAL,
     Service,
@@ -157,7 +159,15 @@ class Soak:
         with self.client("bob") as client:
             while not self.stop.is_set():
                 algorithm = rng.choice(ALGORITHMS)
-                episodes = rng.choice((300, 1000, 3000))
+                # Mostly small runs; one in four walks at random for seconds, so that faults
+                # find runs in flight (a paused registry or trainer, then a resume elsewhere).
+                walk = rng.random() < 0.25
+                episodes = 20_000 if walk else rng.choice((300, 1000, 3000))
+                hyperparameters = {
+                    **(RANDOM_WALK if walk else LEARNING),
+                    "training_episodes": episodes,
+                    "max_steps": 2_000 if walk else 200,
+                }
                 request_id = str(uuid.uuid4())
                 started = None
                 for _ in range(5):  # a refused start is retried with the same request_id
@@ -165,7 +175,7 @@ class Soak:
                         client.start_run,
                         algorithm,
                         mode="user",
-                        hyperparameters={**LEARNING, "training_episodes": episodes, "max_steps": 200},
+                        hyperparameters=hyperparameters,
                         test_episodes=20,
                         seed=rng.randrange(1 << 30),
                         request_id=request_id,
