@@ -6,9 +6,8 @@ embedded PostgreSQL under .data/. Three users (admin, trainer, reader roles) use
 once for SOAK_SECONDS (default 300; BENCH_QUICK=1 runs 20 s):
 
 - two people train runs of every algorithm (mostly small, one in four seconds long) with
-  the Python client, retrying a
-  refused start with the same request_id, following some runs to the end and walking
-  away from others after a few events (an abandoned WatchRun);
+  the Python client, retrying a refused start with the same request_id, following some
+  runs to the end and walking away from others after a few events (an abandoned WatchRun);
 - one person runs `taxi-driver train` and sometimes kills it mid-stream;
 - one person watches runs with grpcurl and kills it after the first events;
 - one person browses: lists, shows, best runs, statistics, comparisons, annotations;
