@@ -59,6 +59,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.quick import QUICK, size  # noqa: E402
 from taxidriver.client import ClientError, TaxiDriverClient  # noqa: E402
 from tests.process_stack import (  # noqa: E402
     ALGORITHMS,
@@ -76,8 +77,7 @@ from tests.process_stack import (  # noqa: E402
     train_args,
 )
 
-QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-SECONDS = 20.0 if QUICK else float(os.environ.get("SOAK_SECONDS", "300"))
+SECONDS = size(int(os.environ.get("SOAK_SECONDS", "300")), 20)
 LEASE_S = 5.0
 # Between two faults: every kind comes up at least once in a default soak.
 FAULT_GAP_S = 4.0 if QUICK else 12.0
@@ -409,7 +409,7 @@ def main() -> int:
                 threading.Thread(target=soak.injector, name="faults"),
                 threading.Thread(target=soak.monitor, name="monitor"),
             ]
-            say(f"{SECONDS:.0f} s of real use with faults; logs in {logs}")
+            say(f"{SECONDS} s of real use with faults; logs in {logs}")
             started = time.monotonic()
             for thread in people + machinery:
                 thread.start()
