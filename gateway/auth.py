@@ -2,11 +2,13 @@
 
 Callers send `authorization: Bearer <key>`. The gateway hashes the key, asks the
 registry's internal AuthService who it belongs to (answers cached briefly),
-and lets the call through only if the user's role covers the method:
-reading needs reader, starting/cancelling/resuming runs and annotating need
-trainer, deleting/purging runs and importing models need admin. Health and
-reflection stay open (probes and `grpcurl list`). The caller's identity
-travels upstream as `x-caller` (user id), never the key.
+and lets the call through only if the user's role covers the method. Each
+method's least role is declared in the protos, next to the method
+(`option (taxidriver.options.v1.access) = {least_role: ...}`); the table is
+built from the descriptors at start-up and a public method without the option
+stops the gateway from starting (taxidriver/access.py). Health and reflection
+(grpc's own `/grpc.*` services) stay open: probes and `grpcurl list`. The
+caller's identity travels upstream as `x-caller` (user id), never the key.
 """
 
 from __future__ import annotations
@@ -14,34 +16,22 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
 
+from taxidriver.access import ROLES, role_name
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taxidriver.errors import ServiceError, abort_call
 from taxidriver.handlers import rewrap
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
+from taxidriver.server import GRPC_INFRA_PREFIX
 
-READER = auth_service_pb2.ROLE_READER
-TRAINER = auth_service_pb2.ROLE_TRAINER
-ADMIN = auth_service_pb2.ROLE_ADMIN
-ROLE_NAMES: dict[int, str] = {READER: "reader", TRAINER: "trainer", ADMIN: "admin"}
-
-# Methods that need more than reading, by short name; everything else public needs reader.
-ELEVATED = {
-    "StartRun": TRAINER,
-    "CancelRun": TRAINER,
-    "ResumeRun": TRAINER,
-    "CreateAnnotation": TRAINER,
-    "DeleteRun": ADMIN,
-    "PurgeRuns": ADMIN,
-    "ImportModel": ADMIN,
-}
+# Role number -> name, from the Role enum (the one definition, in the auth proto).
+ROLE_NAMES: dict[int, str] = {number: name for name, number in ROLES.items()}
 
 CALLER_KEY = "x-caller"
 CALLER_ROLE_KEY = "x-caller-role"
@@ -56,15 +46,6 @@ class Principal:
 
 # The authenticated caller of the current call, read by the forwarding handlers.
 current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
-
-
-def required_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
-    """Full method path -> the least role allowed to call it."""
-    return {
-        f"/{service.full_name}/{method.name}": ELEVATED.get(method.name, READER)
-        for service in services
-        for method in service.methods
-    }
 
 
 def _unauthenticated(message: str, reason: str) -> ServiceError:
@@ -143,7 +124,13 @@ def _as(principal: Principal, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodH
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED without a valid key, PERMISSION_DENIED below the method's role."""
+    """UNAUTHENTICATED without a valid key, PERMISSION_DENIED below the method's role.
+
+    `roles` is the complete table of the public methods (taxidriver.access.least_roles).
+    grpc's own services (health, reflection) are anonymous on purpose: probes and
+    `grpcurl list` carry no key. Any other path outside the table has no handler
+    (UNIMPLEMENTED) or is an internal service the gateway refuses to route.
+    """
 
     def __init__(self, authenticator: KeyAuthenticator, roles: dict[str, int]) -> None:
         self.authenticator = authenticator
@@ -155,9 +142,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(GRPC_INFRA_PREFIX):
+            return handler  # nothing to call, or health / reflection: anonymous
         required = self.roles.get(handler_call_details.method)
-        if handler is None or required is None:
-            return handler  # health, reflection, and methods nobody routes
+        if required is None:
+            return handler  # not public: the refusal of an internal service
         metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
         authorization = metadata.get("authorization")
         try:
@@ -171,11 +160,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 ServiceError(
                     code=grpc.StatusCode.PERMISSION_DENIED,
                     message=(
-                        f"{method} needs the {ROLE_NAMES[required]} role; "
-                        f"{principal.username} has {ROLE_NAMES.get(principal.role, 'none')}"
+                        f"{method} needs the {role_name(required)} role; "
+                        f"{principal.username} has {role_name(principal.role)}"
                     ),
                     reason="ROLE_TOO_LOW",
-                    metadata={"required_role": ROLE_NAMES[required], "method": method},
+                    metadata={"required_role": role_name(required), "method": method},
                 ),
             )
         return _as(principal, handler)

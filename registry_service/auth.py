@@ -11,14 +11,10 @@ import re
 import grpc
 from psycopg_pool import AsyncConnectionPool
 
+from taxidriver.access import ROLES
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taxidriver.errors import ServiceError, bad_field
 
-ROLES = {
-    "reader": auth_service_pb2.ROLE_READER,
-    "trainer": auth_service_pb2.ROLE_TRAINER,
-    "admin": auth_service_pb2.ROLE_ADMIN,
-}
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 FIND_KEY = """

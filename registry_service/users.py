@@ -26,8 +26,8 @@ from pathlib import Path
 import psycopg
 
 from registry_service.backup import BackupError, database_url
+from taxidriver.access import ROLE_NAMES
 
-ROLE_NAMES = ("reader", "trainer", "admin")
 KEY_PREFIX = "tdk_"
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
