@@ -95,6 +95,7 @@ async def start_gateway(
         authenticator = KeyAuthenticator(
             settings.registry_target, ttl=settings.auth_cache_seconds, internal_token=settings.internal_token
         )
+        authenticator.start()
         interceptors.append(AuthInterceptor(authenticator, roles))
     credentials = tls_credentials(settings)
 

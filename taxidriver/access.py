@@ -8,11 +8,14 @@ users command and the CLI all read it from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from taxidriver.auth.v1 import auth_service_pb2
+from taxidriver.errors import ServiceError
 from taxidriver.options.v1 import access_pb2
 
 _PREFIX = "ROLE_"
@@ -24,6 +27,13 @@ ROLES: dict[str, int] = {
     if number != auth_service_pb2.ROLE_UNSPECIFIED
 }
 ROLE_NAMES: tuple[str, ...] = tuple(ROLES)
+
+# The authenticated caller, as the gateway forwards it upstream (it drops any a client sends).
+# Internal ports believe these keys: only the gateway, and services relaying its calls, reach them.
+CALLER_KEY = "x-caller"  # user id
+CALLER_NAME_KEY = "x-caller-name"  # username: what runs, annotations and models record
+CALLER_ROLE_KEY = "x-caller-role"  # role name
+CALLER_KEYS = frozenset({CALLER_KEY, CALLER_NAME_KEY, CALLER_ROLE_KEY})
 
 
 class AccessNotDeclared(RuntimeError):
@@ -74,3 +84,70 @@ def least_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
             " (protos/taxidriver/options/v1/access.proto)"
         )
     return table
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    """Who makes a call, as the gateway asserted it."""
+
+    user_id: str
+    username: str
+    role: int
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((CALLER_KEY, self.user_id), (CALLER_NAME_KEY, self.username), (CALLER_ROLE_KEY, role_name(self.role)))
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def caller_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller | None:
+    """The caller the gateway asserted, or None when the call carries none (authentication off)."""
+    values = {key: _text(value) for key, value in metadata or () if key in CALLER_KEYS}
+    if not values.get(CALLER_NAME_KEY) or values.get(CALLER_ROLE_KEY) not in ROLES:
+        return None
+    return Caller(
+        user_id=values.get(CALLER_KEY, "")[:100],
+        username=values[CALLER_NAME_KEY][:100],
+        role=ROLES[values[CALLER_ROLE_KEY]],
+    )
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller | None:
+    return caller_from_metadata(context.invocation_metadata())
+
+
+def any_owner_role(method: MethodDescriptor) -> int:
+    """The role that may act on anyone's run; ROLE_UNSPECIFIED when the method has no ownership rule."""
+    access = declared_access(method)
+    return access.any_owner_role if access is not None else auth_service_pb2.ROLE_UNSPECIFIED
+
+
+def needs_owner(method: MethodDescriptor, caller: Caller | None) -> bool:
+    """Whether `caller` may call `method` only on runs it created.
+
+    No caller (authentication off: a trusted setup) means no rule, as for roles.
+    """
+    threshold = any_owner_role(method)
+    return caller is not None and threshold != auth_service_pb2.ROLE_UNSPECIFIED and caller.role < threshold
+
+
+def check_owner(method: MethodDescriptor, caller: Caller | None, *, run_id: str, creator: str) -> None:
+    """PERMISSION_DENIED (NOT_RUN_OWNER) when the method's ownership rule keeps `caller` off this run.
+
+    A run whose creator is unknown (recorded before owners were) belongs to nobody:
+    only callers allowed on any run may act on it.
+    """
+    if not needs_owner(method, caller) or caller is None or (creator and creator == caller.username):
+        return
+    raise ServiceError(
+        code=grpc.StatusCode.PERMISSION_DENIED,
+        message=(
+            f"{method.name}: run {run_id} belongs to {creator or 'an unknown user'}; "
+            f"a {role_name(caller.role)} may act only on its own runs "
+            f"(the {role_name(any_owner_role(method))} role may act on any run)"
+        ),
+        reason="NOT_RUN_OWNER",
+        metadata={"method": method.name, "run_id": run_id, "creator": creator},
+    )
