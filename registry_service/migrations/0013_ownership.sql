@@ -8,8 +8,9 @@ ALTER TABLE training_runs
 ALTER TABLE run_annotations ADD COLUMN author VARCHAR(100);
 ALTER TABLE saved_models ADD COLUMN imported_by VARCHAR(100);
 
--- `creator = "alice"` in ListRuns filters, newest first like the default order.
-CREATE INDEX training_runs_creator ON training_runs (creator, created_at DESC, run_id DESC);
+-- `creator = "alice"` in ListRuns filters (the filter compares COALESCE(creator, ''),
+-- so `creator = ""` finds the runs of unknown owners), newest first like the default order.
+CREATE INDEX training_runs_creator ON training_runs ((COALESCE(creator, '')), created_at DESC, run_id DESC);
 
 -- A key revoked, a user disabled, deleted or given another role: tell the
 -- gateways at once (AuthService.WatchKeyChanges), whatever made the change
