@@ -118,6 +118,12 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller | None:
     return caller_from_metadata(context.invocation_metadata())
 
 
+def caller_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The username to record as a row's creator/author; None (unknown) without authentication."""
+    caller = caller_of(context)
+    return caller.username if caller is not None else None
+
+
 def any_owner_role(method: MethodDescriptor) -> int:
     """The role that may act on anyone's run; ROLE_UNSPECIFIED when the method has no ownership rule."""
     access = declared_access(method)

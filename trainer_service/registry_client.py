@@ -115,6 +115,7 @@ class RegistryClient:
         trainer_id: str = "",
         stop_reason: str = "",
         error_message: str = "",
+        requested_by: str = "",
     ) -> resources_pb2.Run:
         request = ingest_service_pb2.UpdateRunStatusRequest(
             run_id=run_id,
@@ -123,6 +124,7 @@ class RegistryClient:
             stop_reason=stop_reason,
             error_message=error_message,
             lease_epoch=lease_epoch,
+            requested_by=requested_by,
         )
         reply = await self._retry(
             lambda: self.stub.UpdateRunStatus(request, timeout=self.call_timeout), "UpdateRunStatus", held_run=run_id
@@ -217,7 +219,7 @@ class RegistryClient:
             raise
         return bool(reply.cancel_requested)
 
-    async def request_cancel(self, run_id: str) -> resources_pb2.Run:
-        request = ingest_service_pb2.RequestCancelRequest(run_id=run_id)
+    async def request_cancel(self, run_id: str, *, requested_by: str = "") -> resources_pb2.Run:
+        request = ingest_service_pb2.RequestCancelRequest(run_id=run_id, requested_by=requested_by)
         reply = await self._retry(lambda: self.stub.RequestCancel(request, timeout=self.call_timeout), "RequestCancel")
         return reply.run
