@@ -52,7 +52,7 @@ from registry_service.filters import (
     parse_order_by,
 )
 from registry_service.settings import RegistrySettings
-from taxidriver.access import caller_name
+from taxidriver.access import caller_name, caller_of
 from taxidriver.errors import FieldViolation, ServiceError, Violations, bad_field, not_found, request_id_reused
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc, resources_pb2
@@ -841,6 +841,14 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
 
         async for event in watch_many(self.pool, self.hub, request_iterator):
             yield pb.WatchRunsResponse(event=event)
+
+    async def GetCurrentUser(
+        self, request: pb.GetCurrentUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCurrentUserResponse:
+        caller = caller_of(context)
+        if caller is None:
+            return pb.GetCurrentUserResponse()
+        return pb.GetCurrentUserResponse(username=caller.username, role=caller.role)  # type: ignore[arg-type]
 
 
 FIND_ANNOTATION = f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE request_id = %s"

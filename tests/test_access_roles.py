@@ -49,6 +49,7 @@ EXPECTED_ROLES = {
     "taxidriver.registry.v1.RegistryService.DownloadArtifact": "reader",
     "taxidriver.registry.v1.RegistryService.WatchRun": "reader",
     "taxidriver.registry.v1.RegistryService.WatchRuns": "reader",
+    "taxidriver.registry.v1.RegistryService.GetCurrentUser": "reader",
 }
 PUBLIC_METHODS = [method for service in PUBLIC_SERVICES for method in service.methods]
 
