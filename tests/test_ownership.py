@@ -257,3 +257,45 @@ def test_annotations_record_their_author_and_imports_their_importer(
     assert model.imported_by == people["root"][0]
     fetched = stub.GetModel(rpb.GetModelRequest(model_id=model.model_id), metadata=as_(people, "rita"), timeout=10)
     assert fetched.model.imported_by == people["root"][0]
+
+
+def test_the_cli_lists_my_runs_and_shows_owners(
+    secured_gateway: InProcessService, people: dict[str, tuple[str, str]], registry: InProcessService
+) -> None:
+    import io
+    import json
+
+    from taxidriver.cli import main
+
+    mine = failed_run(registry, people["alice"][0])
+    theirs = failed_run(registry, people["bob"][0])
+    unknown = failed_run(registry, "")
+    base = ["--gateway", secured_gateway.target, "--api-key", people["alice"][1]]
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "--json", "runs", "list", "--mine", "--limit", "1000"], stdout=out, stderr=err) == 0, (
+        err.getvalue()
+    )
+    listed = json.loads(out.getvalue())["runs"]
+    assert mine in {run["run_id"] for run in listed}
+    assert theirs not in {run["run_id"] for run in listed}
+    assert {run["creator"] for run in listed} == {people["alice"][0]}
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "runs", "list", "--limit", "1000"], stdout=out, stderr=err) == 0, err.getvalue()
+    rows = {line.split()[0]: line for line in out.getvalue().splitlines() if line.strip()}
+    assert rows[theirs].rstrip().endswith(people["bob"][0])
+    assert rows[unknown].rstrip().endswith("(unknown)")
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "runs", "show", mine], stdout=out, stderr=err) == 0, err.getvalue()
+    assert f"creator:         {people['alice'][0]}" in out.getvalue()
+
+
+def test_the_cli_refuses_mine_without_authentication(gateway: InProcessService) -> None:
+    import io
+
+    from taxidriver.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--gateway", gateway.target, "runs", "list", "--mine"], stdout=out, stderr=err) == 2
+    assert "--mine needs a gateway that checks API keys" in err.getvalue()
