@@ -55,15 +55,20 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             user_id, username, role, key_id = row
             await conn.execute(TOUCH_KEY, (key_id,))
         return auth_service_pb2.AuthenticateResponse(
-            user_id=str(user_id), username=username, role=ROLES[role], key_id=str(key_id)
+            user_id=str(user_id),
+            username=username,
+            role=ROLES[role],  # type: ignore[arg-type]
+            key_id=str(key_id),
         )
 
     async def WatchKeyChanges(
         self, request: auth_service_pb2.WatchKeyChangesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[auth_service_pb2.WatchKeyChangesResponse]:
         """One LISTEN connection per subscriber: gateways are few and subscribe once each."""
+        conninfo = self.pool.conninfo
+        assert isinstance(conninfo, str), "the registry's pool is opened from a URL (db.open_pool)"
         try:
-            async with await psycopg.AsyncConnection.connect(self.pool.conninfo, autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {KEY_CHANGES_CHANNEL}")  # our constant, not input
                 yield auth_service_pb2.WatchKeyChangesResponse()
                 async for note in conn.notifies():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -56,9 +57,11 @@ def method_path(method: MethodDescriptor) -> str:
 def declared_access(method: MethodDescriptor) -> access_pb2.Access | None:
     """The method's access option, or None when the method declares none."""
     options = method.GetOptions()
-    if not options.HasExtension(access_pb2.access):
+    extension: Any = access_pb2.access
+    if not options.HasExtension(extension):
         return None
-    return options.Extensions[access_pb2.access]
+    access: access_pb2.Access = options.Extensions[extension]
+    return access
 
 
 def least_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
