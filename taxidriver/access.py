@@ -72,13 +72,19 @@ def least_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
     """
     table: dict[str, int] = {}
     missing: list[str] = []
+    malformed: list[str] = []
     for service in services:
         for method in service.methods:
             access = declared_access(method)
             if access is None or access.least_role == auth_service_pb2.ROLE_UNSPECIFIED:
                 missing.append(method.full_name)
-            else:
-                table[method_path(method)] = access.least_role
+                continue
+            table[method_path(method)] = access.least_role
+            if access.any_owner_role != auth_service_pb2.ROLE_UNSPECIFIED:
+                if access.any_owner_role <= access.least_role:
+                    malformed.append(f"{method.full_name} (any_owner_role must be above least_role)")
+                if "run_id" not in method.input_type.fields_by_name:
+                    malformed.append(f"{method.full_name} (an ownership rule needs a run_id in the request)")
     if missing:
         raise AccessNotDeclared(
             "public methods without a least role: "
@@ -86,6 +92,8 @@ def least_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
             + "; declare `option (taxidriver.options.v1.access) = {least_role: ROLE_...};` on each"
             " (protos/taxidriver/options/v1/access.proto)"
         )
+    if malformed:
+        raise AccessNotDeclared("access options that cannot be enforced: " + ", ".join(malformed))
     return table
 
 

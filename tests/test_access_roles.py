@@ -221,3 +221,29 @@ def test_reflection_does_not_describe_the_internal_auth_service(secured_gateway:
     ]
     assert by_filename and not any(file.service for file in by_filename if file.name.startswith("taxidriver/auth/"))
     assert replies[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_an_ownership_rule_that_cannot_be_enforced_stops_the_gateway_from_starting() -> None:
+    """any_owner_role on a method whose request names no run, or not above least_role, is refused."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="taxidriver/testonly/v1/bad_owner.proto",
+        package="taxidriver.testonly.v1",
+        syntax="proto3",
+        dependency=["taxidriver/options/v1/access.proto"],
+    )
+    file.message_type.add(name="NoRun")
+    service = file.service.add(name="BadOwnerService")
+    no_run = service.method.add(name="Sweep", input_type=".taxidriver.testonly.v1.NoRun")
+    no_run.output_type = ".taxidriver.testonly.v1.NoRun"
+    access = no_run.options.Extensions[access_pb2.access]
+    access.least_role = auth_service_pb2.ROLE_TRAINER
+    access.any_owner_role = auth_service_pb2.ROLE_READER
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(file.name)
+    except KeyError:
+        pool.Add(file)
+    with pytest.raises(AccessNotDeclared) as refused:
+        least_roles([pool.FindServiceByName("taxidriver.testonly.v1.BadOwnerService")])
+    assert "Sweep (any_owner_role must be above least_role)" in str(refused.value)
+    assert "Sweep (an ownership rule needs a run_id in the request)" in str(refused.value)
