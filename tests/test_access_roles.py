@@ -8,8 +8,11 @@ option differs from its row fails the calls through the gateway.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -247,3 +250,27 @@ def test_an_ownership_rule_that_cannot_be_enforced_stops_the_gateway_from_starti
         least_roles([pool.FindServiceByName("taxidriver.testonly.v1.BadOwnerService")])
     assert "Sweep (any_owner_role must be above least_role)" in str(refused.value)
     assert "Sweep (an ownership rule needs a run_id in the request)" in str(refused.value)
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "grpcurl").exists(), reason="grpcurl is installed by make venv")
+def test_grpcurl_describes_each_methods_access_but_not_the_auth_service(secured_gateway: InProcessService) -> None:
+    grpcurl = str(Path(sys.executable).parent / "grpcurl")
+
+    def describe(symbol: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [grpcurl, "-plaintext", secured_gateway.target, "describe", symbol],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    cancel = describe("taxidriver.trainer.v1.TrainerService.CancelRun")
+    assert cancel.returncode == 0, cancel.stderr
+    assert "least_role" in cancel.stdout and "ROLE_TRAINER" in cancel.stdout, cancel.stdout
+    assert "any_owner_role" in cancel.stdout and "ROLE_ADMIN" in cancel.stdout, cancel.stdout
+    whoami = describe("taxidriver.registry.v1.GetCurrentUserResponse")
+    assert whoami.returncode == 0, whoami.stderr
+    assert ".taxidriver.auth.v1.Role role = 2;" in whoami.stdout
+    hidden = describe("taxidriver.auth.v1.AuthService")
+    assert hidden.returncode != 0
