@@ -175,3 +175,44 @@ def test_keys_are_not_cached_while_the_key_change_stream_is_down(
         assert not gateway.app.authenticator._cache
     finally:
         gateway.stop()
+
+
+def test_a_restarted_registry_is_watched_again_and_what_changed_meanwhile_is_not_served(
+    loop_thread: LoopThread, trainer: InProcessService, database_url: str
+) -> None:
+    """Keys revoked while the registry was down are refused once it is back, not after the ttl."""
+    from gateway.app import start_gateway
+    from gateway.settings import GatewaySettings
+    from registry_service.app import start_registry
+    from registry_service.settings import RegistrySettings
+    from tests.support import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    registry_settings = RegistrySettings(address=address, database_url=database_url)
+    own_registry = InProcessService(loop_thread, lambda: start_registry(registry_settings))
+    settings = GatewaySettings(
+        address="127.0.0.1:0",
+        trainer_targets=(trainer.target,),
+        registry_target=address,
+        auth_required=True,
+        auth_cache_seconds=3600.0,
+    )
+    gateway = InProcessService(loop_thread, lambda: start_gateway(settings))
+    try:
+        wait_until_watching(gateway)
+        username, key = new_user(database_url, "reader")
+        assert list_runs_code(gateway.target, key) == grpc.StatusCode.OK
+        assert cached_and_watching(gateway, key)
+        own_registry.stop()
+        deadline = time.monotonic() + 15
+        while gateway.app.authenticator.watching.is_set():
+            assert time.monotonic() < deadline, "the gateway did not notice the registry was gone"
+            time.sleep(0.05)
+        assert not gateway.app.authenticator._cache  # nothing cached survives the loss of the stream
+        assert users_command(database_url, "disable", username).returncode == 0  # no registry to notify
+        own_registry = InProcessService(loop_thread, lambda: start_registry(registry_settings))
+        wait_until_watching(gateway)
+        assert list_runs_code(gateway.target, key) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        gateway.stop()
+        own_registry.stop()
