@@ -2,8 +2,9 @@
 
 Role names come from the `taxidriver.auth.v1.Role` enum (ROLE_READER -> "reader"),
 and each public method's least role from its `(taxidriver.options.v1.access)`
-option: the protos are the one definition, and the gateway, the registry's
-users command and the CLI all read it from here.
+option (plus, for methods acting on one run, its ownership rule): the protos are
+the one definition, and the gateway, the registry (AuthService, the users
+command) and the trainer read it from here. The CLI spells no role name.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ CALLER_KEYS = frozenset({CALLER_KEY, CALLER_NAME_KEY, CALLER_ROLE_KEY})
 
 
 class AccessNotDeclared(RuntimeError):
-    """A public method carries no `(taxidriver.options.v1.access)` option (or no least_role)."""
+    """A public method has no `(taxidriver.options.v1.access)` least_role, or a rule that cannot hold."""
 
 
 def role_name(role: int) -> str:
-    """ "reader", "trainer", "admin"; "none" for ROLE_UNSPECIFIED or a number this build does not know."""
+    """The role's name (reader, trainer, admin); "none" for ROLE_UNSPECIFIED or an unknown number."""
     for name, number in ROLES.items():
         if number == role:
             return name
