@@ -274,3 +274,18 @@ def test_grpcurl_describes_each_methods_access_but_not_the_auth_service(secured_
     assert ".taxidriver.auth.v1.Role role = 2;" in whoami.stdout
     hidden = describe("taxidriver.auth.v1.AuthService")
     assert hidden.returncode != 0
+
+
+def test_the_database_accepts_exactly_the_roles_of_the_enum(db: psycopg.Connection) -> None:
+    """users.role's CHECK (migration 0010) is SQL and cannot import the enum: this pins them together."""
+    import re
+
+    definitions = [
+        row[0]
+        for row in db.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'c'"
+        ).fetchall()
+    ]
+    role_checks = [definition for definition in definitions if "role" in definition]
+    assert len(role_checks) == 1, definitions
+    assert set(re.findall(r"'([a-z_]+)'", role_checks[0])) == set(ROLE_NAMES)
