@@ -49,55 +49,25 @@ class DomainErrorInterceptor(ErrorInterceptor):
         return await super().intercept_service(continuation, handler_call_details)
 
 
-class _ServedFile:
-    """A file descriptor as reflection serves it: an imported-only file loses its services.
-
-    The public protos import the auth proto for its Role enum (their access options);
-    the enum must travel with them, the internal AuthService beside it must not.
-    """
-
-    def __init__(self, file: Any, reflected_pool: ReflectedPool) -> None:
-        self._file = file
-        self._reflected = reflected_pool
-
-    @property
-    def name(self) -> str:
-        return str(self._file.name)
-
-    @property
-    def dependencies(self) -> list[_ServedFile]:
-        return [self._reflected._serve(dependency) for dependency in self._file.dependencies]
-
-    def CopyToProto(self, proto: Any) -> None:
-        self._file.CopyToProto(proto)
-        if self._file.name not in self._reflected._owners:
-            del proto.service[:]
-
-
 class ReflectedPool:
     """The default descriptor pool as reflection should see it.
 
     Only the files of the reflected services (and their imports) are visible,
-    so a served-but-internal API cannot be described either; an imported file
-    is served without its services. And methods resolve as symbols: protobuf's
-    upb pool does not find "pkg.Service.Method" with FindFileContainingSymbol,
-    which breaks `grpcurl describe` of a method.
+    so a served-but-internal API cannot be described either. And methods
+    resolve as symbols: protobuf's upb pool does not find "pkg.Service.Method"
+    with FindFileContainingSymbol, which breaks `grpcurl describe` of a method.
     """
 
     def __init__(self, service_names: Sequence[str]) -> None:
         self._pool = descriptor_pool.Default()
         self._files: set[str] = set()
-        # Files that define a reflected service: served whole.
-        self._owners: set[str] = set()
         # The rich error details every service sends, so grpcurl can decode them.
         self._add_file(error_details_pb2.DESCRIPTOR)
         for name in service_names:
             try:
-                file = self._pool.FindServiceByName(name).file
+                self._add_file(self._pool.FindServiceByName(name).file)
             except KeyError:
                 continue
-            self._owners.add(file.name)
-            self._add_file(file)
 
     def _add_file(self, file: Any) -> None:
         if file.name in self._files:
@@ -106,23 +76,15 @@ class ReflectedPool:
         for dependency in file.dependencies:
             self._add_file(dependency)
 
-    def _serve(self, file: Any) -> _ServedFile:
-        return _ServedFile(file, self)
-
-    def _visible(self, file: Any, what: str) -> _ServedFile:
+    def _visible(self, file: Any, what: str) -> Any:
         if file.name not in self._files:
             raise KeyError(what)
-        if file.name not in self._owners:
-            # A service (or its method) of an imported-only file stays unknown.
-            for service in file.services_by_name.values():
-                if what == service.full_name or what.startswith(service.full_name + "."):
-                    raise KeyError(what)
-        return self._serve(file)
+        return file
 
-    def FindFileByName(self, name: str) -> _ServedFile:
+    def FindFileByName(self, name: str) -> Any:
         return self._visible(self._pool.FindFileByName(name), name)
 
-    def FindFileContainingSymbol(self, symbol: str) -> _ServedFile:
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
         try:
             file = self._pool.FindFileContainingSymbol(symbol)
         except KeyError:
