@@ -1,6 +1,6 @@
 """Roles and who may call what, read from the contracts.
 
-Role names come from the `taxidriver.auth.v1.Role` enum (ROLE_READER -> "reader"),
+Role names come from the `taxidriver.options.v1.Role` enum (ROLE_READER -> "reader"),
 and each public method's least role from its `(taxidriver.options.v1.access)`
 option (plus, for methods acting on one run, its ownership rule): the protos are
 the one definition, and the gateway, the registry (AuthService, the users
@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from taxidriver.auth.v1 import auth_service_pb2
 from taxidriver.errors import ServiceError
 from taxidriver.options.v1 import access_pb2
 
@@ -25,8 +24,8 @@ _PREFIX = "ROLE_"
 # "reader" -> ROLE_READER, ... in the enum's order (each role includes the ones before it).
 ROLES: dict[str, int] = {
     name.removeprefix(_PREFIX).lower(): number
-    for name, number in auth_service_pb2.Role.items()
-    if number != auth_service_pb2.ROLE_UNSPECIFIED
+    for name, number in access_pb2.Role.items()
+    if number != access_pb2.ROLE_UNSPECIFIED
 }
 ROLE_NAMES: tuple[str, ...] = tuple(ROLES)
 
@@ -77,11 +76,11 @@ def least_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
     for service in services:
         for method in service.methods:
             access = declared_access(method)
-            if access is None or access.least_role == auth_service_pb2.ROLE_UNSPECIFIED:
+            if access is None or access.least_role == access_pb2.ROLE_UNSPECIFIED:
                 missing.append(method.full_name)
                 continue
             table[method_path(method)] = access.least_role
-            if access.any_owner_role != auth_service_pb2.ROLE_UNSPECIFIED:
+            if access.any_owner_role != access_pb2.ROLE_UNSPECIFIED:
                 if access.any_owner_role <= access.least_role:
                     malformed.append(f"{method.full_name} (any_owner_role must be above least_role)")
                 if "run_id" not in method.input_type.fields_by_name:
@@ -139,7 +138,7 @@ def caller_name(context: grpc.aio.ServicerContext) -> str | None:
 def any_owner_role(method: MethodDescriptor) -> int:
     """The role that may act on anyone's run; ROLE_UNSPECIFIED when the method has no ownership rule."""
     access = declared_access(method)
-    return access.any_owner_role if access is not None else auth_service_pb2.ROLE_UNSPECIFIED
+    return access.any_owner_role if access is not None else access_pb2.ROLE_UNSPECIFIED
 
 
 def needs_owner(method: MethodDescriptor, caller: Caller | None) -> bool:
@@ -148,7 +147,7 @@ def needs_owner(method: MethodDescriptor, caller: Caller | None) -> bool:
     No caller (authentication off: a trusted setup) means no rule, as for roles.
     """
     threshold = any_owner_role(method)
-    return caller is not None and threshold != auth_service_pb2.ROLE_UNSPECIFIED and caller.role < threshold
+    return caller is not None and threshold != access_pb2.ROLE_UNSPECIFIED and caller.role < threshold
 
 
 def check_owner(method: MethodDescriptor, caller: Caller | None, *, run_id: str, creator: str) -> None:

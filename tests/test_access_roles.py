@@ -147,7 +147,7 @@ def _service_without_access(unannotated_method: str) -> ServiceDescriptor:
     service = file.service.add(name="UnannotatedService")
     annotated = service.method.add(name="Annotated", input_type=".taxidriver.testonly.v1.Empty")
     annotated.output_type = ".taxidriver.testonly.v1.Empty"
-    annotated.options.Extensions[access_pb2.access].least_role = auth_service_pb2.ROLE_READER
+    annotated.options.Extensions[access_pb2.access].least_role = access_pb2.ROLE_READER
     bare = service.method.add(name=unannotated_method, input_type=".taxidriver.testonly.v1.Empty")
     bare.output_type = ".taxidriver.testonly.v1.Empty"
     pool = descriptor_pool.Default()
@@ -194,36 +194,33 @@ def test_health_and_reflection_stay_anonymous(secured_gateway: InProcessService)
     assert {"taxidriver.trainer.v1.TrainerService", "taxidriver.registry.v1.RegistryService"} <= listed
 
 
-def test_reflection_does_not_describe_the_internal_auth_service(secured_gateway: InProcessService) -> None:
-    """The public protos import the Role enum from the auth proto (for their access options);
-    the file travels with them, its internal AuthService must not."""
+def test_the_public_contract_pulls_in_no_internal_file(secured_gateway: InProcessService) -> None:
+    """The access option and its Role enum are public; nothing of the internal auth proto is served."""
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    imported: set[str] = set()
+    pending = [service.file for service in PUBLIC_SERVICES]
+    while pending:
+        file = pending.pop()
+        if file.name not in imported:
+            imported.add(file.name)
+            pending.extend(file.dependencies)
+    assert "taxidriver/options/v1/access.proto" in imported
+    assert not any(name.startswith(("taxidriver/auth/", "taxidriver/ingest/")) for name in imported), imported
 
     with grpc.insecure_channel(secured_gateway.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         requests = [
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="taxidriver.trainer.v1.TrainerService"),
             reflection_pb2.ServerReflectionRequest(file_by_filename="taxidriver/auth/v1/auth_service.proto"),
             reflection_pb2.ServerReflectionRequest(file_containing_symbol="taxidriver.auth.v1.AuthService"),
         ]
         replies = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
-    files = [
-        descriptor_pb2.FileDescriptorProto.FromString(raw)
-        for raw in replies[0].file_descriptor_response.file_descriptor_proto
-    ]
-    by_name = {file.name: file for file in files}
-    assert "taxidriver/options/v1/access.proto" in by_name
-    assert [enum.name for enum in by_name["taxidriver/auth/v1/auth_service.proto"].enum_type] == ["Role"]
-    assert not by_name["taxidriver/auth/v1/auth_service.proto"].service
-    assert [service.name for service in by_name["taxidriver/trainer/v1/trainer_service.proto"].service] == [
-        "TrainerService"
-    ]
-    by_filename = [
-        descriptor_pb2.FileDescriptorProto.FromString(raw)
-        for raw in replies[1].file_descriptor_response.file_descriptor_proto
-    ]
-    assert by_filename and not any(file.service for file in by_filename if file.name.startswith("taxidriver/auth/"))
-    assert replies[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert [reply.error_response.error_code for reply in replies] == [grpc.StatusCode.NOT_FOUND.value[0]] * 2
+
+
+def test_the_internal_role_enum_mirrors_the_public_one() -> None:
+    """AuthenticateResponse.role (internal, older) must mean what the public Role means."""
+    assert dict(auth_service_pb2.Role.items()) == dict(access_pb2.Role.items())
 
 
 def test_an_ownership_rule_that_cannot_be_enforced_stops_the_gateway_from_starting() -> None:
@@ -239,8 +236,8 @@ def test_an_ownership_rule_that_cannot_be_enforced_stops_the_gateway_from_starti
     no_run = service.method.add(name="Sweep", input_type=".taxidriver.testonly.v1.NoRun")
     no_run.output_type = ".taxidriver.testonly.v1.NoRun"
     access = no_run.options.Extensions[access_pb2.access]
-    access.least_role = auth_service_pb2.ROLE_TRAINER
-    access.any_owner_role = auth_service_pb2.ROLE_READER
+    access.least_role = access_pb2.ROLE_TRAINER
+    access.any_owner_role = access_pb2.ROLE_READER
     pool = descriptor_pool.Default()
     try:
         pool.FindFileByName(file.name)
@@ -271,7 +268,7 @@ def test_grpcurl_describes_each_methods_access_but_not_the_auth_service(secured_
     assert "any_owner_role" in cancel.stdout and "ROLE_ADMIN" in cancel.stdout, cancel.stdout
     whoami = describe("taxidriver.registry.v1.GetCurrentUserResponse")
     assert whoami.returncode == 0, whoami.stderr
-    assert ".taxidriver.auth.v1.Role role = 2;" in whoami.stdout
+    assert ".taxidriver.options.v1.Role role = 2;" in whoami.stdout
     hidden = describe("taxidriver.auth.v1.AuthService")
     assert hidden.returncode != 0
 
