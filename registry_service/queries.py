@@ -549,7 +549,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
             # Concurrent first tries of one request_id: one inserts, the others wait for it and read it.
-            await cursor.execute(INSERT_ANNOTATION, (uuid.uuid4(), run_id, request.annotation, tags, request_id, caller_name(context)))
+            await cursor.execute(
+                INSERT_ANNOTATION, (uuid.uuid4(), run_id, request.annotation, tags, request_id, caller_name(context))
+            )
             row = await cursor.fetchone()
             if row is None:
                 await cursor.execute(FIND_ANNOTATION, (request_id,))
