@@ -216,3 +216,52 @@ def test_a_restarted_registry_is_watched_again_and_what_changed_meanwhile_is_not
     finally:
         gateway.stop()
         own_registry.stop()
+
+
+def test_with_the_internal_token_keys_are_watched_and_a_direct_caller_claim_is_refused(
+    loop_thread: LoopThread, trainer: InProcessService, database_url: str
+) -> None:
+    """INTERNAL_TOKEN on: the gateway's key-change stream carries the token (the cache works and
+    revocations still apply at once), and a client calling the registry directly with a forged
+    x-caller-name is refused before anything believes it."""
+    from gateway.app import start_gateway
+    from gateway.settings import GatewaySettings
+    from registry_service.app import start_registry
+    from registry_service.settings import RegistrySettings
+    from taxidriver.errors import status_details
+
+    token = "owner-test-internal-token"
+    own_registry = InProcessService(
+        loop_thread,
+        lambda: start_registry(
+            RegistrySettings(address="127.0.0.1:0", database_url=database_url, internal_token=token)
+        ),
+    )
+    settings = GatewaySettings(
+        address="127.0.0.1:0",
+        trainer_targets=(trainer.target,),
+        registry_target=own_registry.target,
+        auth_required=True,
+        auth_cache_seconds=3600.0,
+        internal_token=token,
+    )
+    gateway = InProcessService(loop_thread, lambda: start_gateway(settings))
+    try:
+        wait_until_watching(gateway)
+        username, key = new_user(database_url, "reader")
+        assert list_runs_code(gateway.target, key) == grpc.StatusCode.OK
+        assert cached_and_watching(gateway, key)
+        assert users_command(database_url, "disable", username).returncode == 0
+        assert wait_for_code(gateway.target, key, grpc.StatusCode.UNAUTHENTICATED) == grpc.StatusCode.UNAUTHENTICATED
+
+        with grpc.insecure_channel(own_registry.target) as channel:
+            forged = (("x-caller-name", "root"), ("x-caller-role", "admin"), ("x-caller", "root"))
+            with pytest.raises(grpc.RpcError) as refused:
+                registry_service_pb2_grpc.RegistryServiceStub(channel).GetCurrentUser(
+                    registry_service_pb2.GetCurrentUserRequest(), metadata=forged, timeout=10
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert status_details(refused.value)[1] == "INTERNAL_TOKEN_MISSING"
+    finally:
+        gateway.stop()
+        own_registry.stop()
