@@ -77,7 +77,8 @@ CLAIM_RUN = """
 UPDATE training_runs SET
     status = 'queued', lease_epoch = lease_epoch + 1, trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
     lease_expires_at = now() + make_interval(secs => %s), cancel_requested = false,
-    stop_reason = '', error_message = '', updated_at = now()
+    stop_reason = '', error_message = '', updated_at = now(),
+    resumed_by = COALESCE(NULLIF(%s, ''), resumed_by)
 WHERE run_id = %s
 RETURNING lease_epoch
 """
@@ -262,8 +263,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             raise bad_field("status", "must be a run status")
         if target == "completed":
             raise bad_field("status", "use CompleteRun to complete a run")
-        if len(request.requested_by) > MAX_USERNAME_CHARS:
-            raise bad_field("requested_by", f"at most {MAX_USERNAME_CHARS} characters")
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(LOCK_RUN, (run_id,))
             row = await cursor.fetchone()
@@ -285,8 +284,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                         trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
                         lease_expires_at = CASE WHEN %s IN ('queued', 'running')
                             THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
-                        resumed_by = CASE WHEN %s = 'queued' THEN COALESCE(NULLIF(%s, ''), resumed_by)
-                            ELSE resumed_by END,
                         updated_at = now()
                     WHERE run_id = %s
                     """,
@@ -297,8 +294,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                         request.trainer_id,
                         target,
                         self.settings.lease_seconds,
-                        target,
-                        request.requested_by,
                         run_id,
                     ),
                 )
@@ -550,6 +545,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         run_id = parse_uuid(request.run_id, "run_id")
         if len(request.trainer_id) > MAX_NAME_CHARS:
             raise bad_field("trainer_id", f"at most {MAX_NAME_CHARS} characters")
+        if len(request.requested_by) > MAX_USERNAME_CHARS:
+            raise bad_field("requested_by", f"at most {MAX_USERNAME_CHARS} characters")
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 "SELECT status, trainer_id FROM training_runs WHERE run_id = %s FOR UPDATE", (run_id,)
@@ -567,7 +564,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     status=name,
                     trainer_id=holder,
                 )
-            cursor = await conn.execute(CLAIM_RUN, (request.trainer_id, self.settings.lease_seconds, run_id))
+            cursor = await conn.execute(
+                CLAIM_RUN, (request.trainer_id, self.settings.lease_seconds, request.requested_by, run_id)
+            )
             claimed = await cursor.fetchone()
             assert claimed is not None
             await notify(conn, run_id, "status")

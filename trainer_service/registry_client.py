@@ -115,7 +115,6 @@ class RegistryClient:
         trainer_id: str = "",
         stop_reason: str = "",
         error_message: str = "",
-        requested_by: str = "",
     ) -> resources_pb2.Run:
         request = ingest_service_pb2.UpdateRunStatusRequest(
             run_id=run_id,
@@ -124,7 +123,6 @@ class RegistryClient:
             stop_reason=stop_reason,
             error_message=error_message,
             lease_epoch=lease_epoch,
-            requested_by=requested_by,
         )
         reply = await self._retry(
             lambda: self.stub.UpdateRunStatus(request, timeout=self.call_timeout), "UpdateRunStatus", held_run=run_id
@@ -138,8 +136,10 @@ class RegistryClient:
         )
         return reply.run
 
-    async def claim_run(self, run_id: str, trainer_id: str) -> ingest_service_pb2.ClaimRunResponse:
-        request = ingest_service_pb2.ClaimRunRequest(run_id=run_id, trainer_id=trainer_id)
+    async def claim_run(
+        self, run_id: str, trainer_id: str, *, requested_by: str = ""
+    ) -> ingest_service_pb2.ClaimRunResponse:
+        request = ingest_service_pb2.ClaimRunRequest(run_id=run_id, trainer_id=trainer_id, requested_by=requested_by)
         return await self._retry(lambda: self.stub.ClaimRun(request, timeout=self.call_timeout), "ClaimRun")
 
     async def upload_artifact(

@@ -253,7 +253,7 @@ class RunManager:
         # or one resuming a run its first trainer still holds, exactly one wins; the epoch it
         # gets fences out every earlier writer before we read the checkpoint.
         async with registry_errors("taking the run"):
-            claim = await self.client.claim_run(run_id, self.trainer_id)
+            claim = await self.client.claim_run(run_id, self.trainer_id, requested_by=resumed_by)
         registered = claim.run
         try:
             spec = RunSpec.from_params(
