@@ -74,19 +74,19 @@ def tls_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
 async def start_gateway(
     settings: GatewaySettings, *, public_services: Sequence[ServiceDescriptor] = PUBLIC_SERVICES
 ) -> GatewayApp:
-    """Serve `public_services` (the trainer's, then the registry's).
+    """Serve the public services; `public_services` are those whose access the gateway enforces.
 
     Raises AccessNotDeclared, naming the methods, when a public method declares no
     least role, whether or not keys are required: no method is ever open by default.
+    With keys required, a path outside `public_services` is refused (UNIMPLEMENTED).
     """
-    trainer_service, registry_service = public_services
     roles = least_roles(public_services)
     extra = token_metadata(settings.internal_token)
     trainer = Upstream(
-        name="trainer", service=trainer_service.full_name, targets=settings.trainer_targets, extra_metadata=extra
+        name="trainer", service=TRAINER_SERVICE.full_name, targets=settings.trainer_targets, extra_metadata=extra
     )
     registry = Upstream(
-        name="registry", service=registry_service.full_name, targets=(settings.registry_target,), extra_metadata=extra
+        name="registry", service=REGISTRY_SERVICE.full_name, targets=(settings.registry_target,), extra_metadata=extra
     )
 
     authenticator: KeyAuthenticator | None = None
@@ -105,9 +105,9 @@ async def start_gateway(
     running = await create_server(
         address=settings.address,
         services=[
-            ServiceBinding(name=trainer_service.full_name, register=add(forwarding_handler(trainer_service, trainer))),
+            ServiceBinding(name=TRAINER_SERVICE.full_name, register=add(forwarding_handler(TRAINER_SERVICE, trainer))),
             ServiceBinding(
-                name=registry_service.full_name, register=add(forwarding_handler(registry_service, registry))
+                name=REGISTRY_SERVICE.full_name, register=add(forwarding_handler(REGISTRY_SERVICE, registry))
             ),
             ServiceBinding(
                 name=INGEST_SERVICE.full_name,

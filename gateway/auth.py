@@ -171,8 +171,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     `roles` is the complete table of the public methods (taxidriver.access.least_roles).
     grpc's own services (health, reflection) are anonymous on purpose: probes and
-    `grpcurl list` carry no key. Any other path outside the table has no handler
-    (UNIMPLEMENTED) or is an internal service the gateway refuses to route.
+    `grpcurl list` carry no key. Any other path is refused UNIMPLEMENTED, whatever
+    handler it may have: a method that declares no access is never routed.
     """
 
     def __init__(self, authenticator: KeyAuthenticator, roles: dict[str, int]) -> None:
@@ -189,7 +189,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler  # nothing to call, or health / reflection: anonymous
         required = self.roles.get(handler_call_details.method)
         if required is None:
-            return handler  # not public: the refusal of an internal service
+            # Internal services (refused anyway) and anything else outside the table: deny by default.
+            return _refusing(
+                handler,
+                ServiceError(
+                    code=grpc.StatusCode.UNIMPLEMENTED,
+                    message=f"{handler_call_details.method} is not a public method: not routed by the gateway",
+                    reason="NOT_PUBLIC",
+                ),
+            )
         metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
         authorization = metadata.get("authorization")
         try:

@@ -286,3 +286,35 @@ def test_the_database_accepts_exactly_the_roles_of_the_enum(db: psycopg.Connecti
     role_checks = [definition for definition in definitions if "role" in definition]
     assert len(role_checks) == 1, definitions
     assert set(re.findall(r"'([a-z_]+)'", role_checks[0])) == set(ROLE_NAMES)
+
+
+def test_a_served_method_outside_the_access_table_is_refused_even_to_an_admin(
+    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService, keys: dict[str, str]
+) -> None:
+    """Deny by default: the registry's methods are served but left out of the table here."""
+    from gateway.app import TRAINER_SERVICE, start_gateway
+    from gateway.settings import GatewaySettings
+    from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+    from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+
+    settings = GatewaySettings(
+        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target, auth_required=True
+    )
+    gateway = InProcessService(loop_thread, lambda: start_gateway(settings, public_services=(TRAINER_SERVICE,)))
+    admin = (("authorization", f"Bearer {keys['admin']}"),)
+    try:
+        with grpc.insecure_channel(gateway.target) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                registry_service_pb2_grpc.RegistryServiceStub(channel).ListRuns(
+                    registry_service_pb2.ListRunsRequest(), metadata=admin, timeout=10
+                )
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert status_details(refused.value)[1] == "NOT_PUBLIC"
+            with pytest.raises(grpc.RpcError) as internal:
+                ingest_service_pb2_grpc.IngestServiceStub(channel).RegisterRun(
+                    ingest_service_pb2.RegisterRunRequest(), metadata=admin, timeout=10
+                )
+            assert internal.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "not routed by the gateway" in (internal.value.details() or "")
+    finally:
+        gateway.stop()
