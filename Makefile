@@ -78,5 +78,5 @@ restore: $(STAMPS)/protos
 	$(PY) -m registry_service.backup restore --file $(FILE)
 
 clean:
-	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth
+	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth taxidriver/options
 -include deploy/deploy.mk

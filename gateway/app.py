@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from gateway.auth import AuthInterceptor, KeyAuthenticator, required_roles
+from gateway.auth import AuthInterceptor, KeyAuthenticator
 from gateway.forwarding import Upstream, forwarding_handler, refusing_handler
 from gateway.settings import GatewaySettings
 from gateway.upstream_health import HealthMirror
+from taxidriver.access import least_roles
 from taxidriver.config import SettingsError
 from taxidriver.ingest.v1 import ingest_service_pb2
 from taxidriver.internal_auth import token_metadata
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 TRAINER_SERVICE = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"]
 REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"]
 INGEST_SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"]
+# What the gateway serves: each needs an access option on every method (taxidriver/access.py).
+PUBLIC_SERVICES = (TRAINER_SERVICE, REGISTRY_SERVICE)
 INGEST_REFUSAL = f"{INGEST_SERVICE.full_name} is internal to the cluster and not routed by the gateway"
 
 
@@ -67,7 +71,16 @@ def tls_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
-async def start_gateway(settings: GatewaySettings) -> GatewayApp:
+async def start_gateway(
+    settings: GatewaySettings, *, public_services: Sequence[ServiceDescriptor] = PUBLIC_SERVICES
+) -> GatewayApp:
+    """Serve the public services; `public_services` are those whose access the gateway enforces.
+
+    Raises AccessNotDeclared, naming the methods, when a public method declares no
+    least role, whether or not keys are required: no method is ever open by default.
+    With keys required, a path outside `public_services` is refused (UNIMPLEMENTED).
+    """
+    roles = least_roles(public_services)
     extra = token_metadata(settings.internal_token)
     trainer = Upstream(
         name="trainer", service=TRAINER_SERVICE.full_name, targets=settings.trainer_targets, extra_metadata=extra
@@ -82,7 +95,8 @@ async def start_gateway(settings: GatewaySettings) -> GatewayApp:
         authenticator = KeyAuthenticator(
             settings.registry_target, ttl=settings.auth_cache_seconds, internal_token=settings.internal_token
         )
-        interceptors.append(AuthInterceptor(authenticator, required_roles([TRAINER_SERVICE, REGISTRY_SERVICE])))
+        authenticator.start()
+        interceptors.append(AuthInterceptor(authenticator, roles))
     credentials = tls_credentials(settings)
 
     def add(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], None]:

@@ -2,69 +2,45 @@
 
 Callers send `authorization: Bearer <key>`. The gateway hashes the key, asks the
 registry's internal AuthService who it belongs to (answers cached briefly),
-and lets the call through only if the user's role covers the method:
-reading needs reader, starting/cancelling/resuming runs and annotating need
-trainer, deleting/purging runs and importing models need admin. Health and
-reflection stay open (probes and `grpcurl list`). The caller's identity
-travels upstream as `x-caller` (user id), never the key.
+and lets the call through only if the user's role covers the method. Each
+method's least role is declared in the protos, next to the method
+(`option (taxidriver.options.v1.access) = {least_role: ...}`); the table is
+built from the descriptors at start-up and a public method without the option
+stops the gateway from starting (taxidriver/access.py). Health and reflection
+(grpc's own `/grpc.*` services) stay open: probes and `grpcurl list`. The
+caller's identity travels upstream (`x-caller`: user id, `x-caller-name`, `x-caller-role`),
+never the key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import hashlib
+import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
 
+from taxidriver.access import Caller, role_name
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taxidriver.errors import ServiceError, abort_call
 from taxidriver.handlers import rewrap
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
+from taxidriver.server import GRPC_INFRA_PREFIX
 
-READER = auth_service_pb2.ROLE_READER
-TRAINER = auth_service_pb2.ROLE_TRAINER
-ADMIN = auth_service_pb2.ROLE_ADMIN
-ROLE_NAMES: dict[int, str] = {READER: "reader", TRAINER: "trainer", ADMIN: "admin"}
-
-# Methods that need more than reading, by short name; everything else public needs reader.
-ELEVATED = {
-    "StartRun": TRAINER,
-    "CancelRun": TRAINER,
-    "ResumeRun": TRAINER,
-    "CreateAnnotation": TRAINER,
-    "DeleteRun": ADMIN,
-    "PurgeRuns": ADMIN,
-    "ImportModel": ADMIN,
-}
-
-CALLER_KEY = "x-caller"
-CALLER_ROLE_KEY = "x-caller-role"
+# The caller a key belongs to; forwarded upstream as x-caller, x-caller-name, x-caller-role.
+Principal = Caller
 
 
-@dataclass(frozen=True, kw_only=True)
-class Principal:
-    user_id: str
-    username: str
-    role: int
-
+log = logging.getLogger(__name__)
 
 # The authenticated caller of the current call, read by the forwarding handlers.
 current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
-
-
-def required_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
-    """Full method path -> the least role allowed to call it."""
-    return {
-        f"/{service.full_name}/{method.name}": ELEVATED.get(method.name, READER)
-        for service in services
-        for method in service.methods
-    }
 
 
 def _unauthenticated(message: str, reason: str) -> ServiceError:
@@ -72,7 +48,13 @@ def _unauthenticated(message: str, reason: str) -> ServiceError:
 
 
 class KeyAuthenticator:
-    """Resolves bearer keys through the registry, caching answers for `ttl` seconds."""
+    """Resolves bearer keys through the registry, caching answers for `ttl` seconds.
+
+    The cache is trusted only while the registry's WatchKeyChanges stream is live:
+    every change it reports (a key revoked, a user disabled or given another role)
+    empties the cache at once, and while the stream is down nothing is served from
+    the cache. So a revocation never waits for the ttl.
+    """
 
     def __init__(
         self, registry_target: str, *, ttl: float = 30.0, max_entries: int = 10_000, internal_token: str = ""
@@ -85,6 +67,41 @@ class KeyAuthenticator:
         self.ttl = ttl
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, Principal | ServiceError]] = {}
+        # Bumped whenever cached answers may be stale: an answer fetched across a bump is not cached.
+        self._generation = 0
+        # Set while the key-change stream is live (the cache may be used).
+        self.watching = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Subscribe to key changes (nothing to invalidate without a cache)."""
+        if self.ttl > 0:
+            self._watch_task = asyncio.create_task(self._watch_key_changes(), name="gateway-key-changes")
+
+    def _forget(self) -> None:
+        self._generation += 1
+        self._cache.clear()
+
+    async def _watch_key_changes(self) -> None:
+        pause = 0.2
+        while True:
+            try:
+                async for change in self.stub.WatchKeyChanges(auth_service_pb2.WatchKeyChangesRequest()):
+                    # The first message says the stream is live: what was cached before may be stale.
+                    self._forget()
+                    if not self.watching.is_set():
+                        self.watching.set()
+                        pause = 0.2
+                    elif change.user_id:
+                        log.info("keys of user %s changed; cached key answers dropped", change.user_id)
+                log.warning("key-change stream from %s ended; not caching keys", self.registry_target)
+            except grpc.aio.AioRpcError as error:
+                if self.watching.is_set():
+                    log.warning("key-change stream lost (%s); not caching keys until it is back", error.code().name)
+            self.watching.clear()
+            self._forget()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -94,7 +111,8 @@ class KeyAuthenticator:
             raise _unauthenticated("authorization metadata must be 'Bearer <key>'", "API_KEY_MALFORMED")
         digest = hashlib.sha256(key.strip().encode()).hexdigest()
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        generation = self._generation
+        cached = self._cache.get(digest) if self.watching.is_set() else None
         if cached is not None and cached[0] > now:
             if isinstance(cached[1], ServiceError):
                 raise cached[1]
@@ -104,7 +122,7 @@ class KeyAuthenticator:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 refusal = _unauthenticated("unknown, revoked or disabled API key", "API_KEY_INVALID")
-                self._remember(digest, refusal, now + min(self.ttl, 5.0))
+                self._remember(digest, refusal, now + min(self.ttl, 5.0), generation)
                 raise refusal from error
             raise ServiceError(
                 code=grpc.StatusCode.UNAVAILABLE,
@@ -112,15 +130,21 @@ class KeyAuthenticator:
                 reason="AUTH_BACKEND_UNAVAILABLE",
             ) from error
         principal = Principal(user_id=reply.user_id, username=reply.username, role=reply.role)
-        self._remember(digest, principal, now + self.ttl)
+        self._remember(digest, principal, now + self.ttl, generation)
         return principal
 
-    def _remember(self, digest: str, answer: Principal | ServiceError, expires: float) -> None:
+    def _remember(self, digest: str, answer: Principal | ServiceError, expires: float, generation: int) -> None:
+        if generation != self._generation or not self.watching.is_set():
+            return  # keys changed (or the watch was down) while the registry answered
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[digest] = (expires, answer)
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         await self.channel.close()
 
 
@@ -143,7 +167,13 @@ def _as(principal: Principal, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodH
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED without a valid key, PERMISSION_DENIED below the method's role."""
+    """UNAUTHENTICATED without a valid key, PERMISSION_DENIED below the method's role.
+
+    `roles` is the complete table of the public methods (taxidriver.access.least_roles).
+    grpc's own services (health, reflection) are anonymous on purpose: probes and
+    `grpcurl list` carry no key. Any other path is refused UNIMPLEMENTED, whatever
+    handler it may have: a method that declares no access is never routed.
+    """
 
     def __init__(self, authenticator: KeyAuthenticator, roles: dict[str, int]) -> None:
         self.authenticator = authenticator
@@ -155,9 +185,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(GRPC_INFRA_PREFIX):
+            return handler  # nothing to call, or health / reflection: anonymous
         required = self.roles.get(handler_call_details.method)
-        if handler is None or required is None:
-            return handler  # health, reflection, and methods nobody routes
+        if required is None:
+            # Internal services (refused anyway) and anything else outside the table: deny by default.
+            return _refusing(
+                handler,
+                ServiceError(
+                    code=grpc.StatusCode.UNIMPLEMENTED,
+                    message=f"{handler_call_details.method} is not a public method: not routed by the gateway",
+                    reason="NOT_PUBLIC",
+                ),
+            )
         metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
         authorization = metadata.get("authorization")
         try:
@@ -171,11 +211,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 ServiceError(
                     code=grpc.StatusCode.PERMISSION_DENIED,
                     message=(
-                        f"{method} needs the {ROLE_NAMES[required]} role; "
-                        f"{principal.username} has {ROLE_NAMES.get(principal.role, 'none')}"
+                        f"{method} needs the {role_name(required)} role; "
+                        f"{principal.username} has {role_name(principal.role)}"
                     ),
                     reason="ROLE_TOO_LOW",
-                    metadata={"required_role": ROLE_NAMES[required], "method": method},
+                    metadata={"required_role": role_name(required), "method": method},
                 ),
             )
         return _as(principal, handler)

@@ -21,7 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from gateway.auth import CALLER_KEY, CALLER_ROLE_KEY, ROLE_NAMES, current_principal
+from gateway.auth import current_principal
+from taxidriver.access import CALLER_KEYS
 from taxidriver.internal_auth import INTERNAL_TOKEN_KEY
 from taxidriver.keepalive import channel_options
 from taxidriver.logs import request_id_var
@@ -46,7 +47,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Never forwarded: the API key (checked here), and identity only the gateway may assert.
-SECRET_OR_TRUSTED = frozenset({"authorization", CALLER_KEY, CALLER_ROLE_KEY, INTERNAL_TOKEN_KEY})
+SECRET_OR_TRUSTED = frozenset({"authorization", *CALLER_KEYS, INTERNAL_TOKEN_KEY})
 # The one reserved trailing key a proxy must relay: the rich google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -81,7 +82,7 @@ def request_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Meta
     )
     principal = current_principal.get()
     if principal is not None:
-        kept = (*kept, (CALLER_KEY, principal.user_id), (CALLER_ROLE_KEY, ROLE_NAMES.get(principal.role, "")))
+        kept = (*kept, *principal.metadata())
     if any(key == REQUEST_ID_KEY for key, _ in kept):
         return kept
     request_id = request_id_var.get()

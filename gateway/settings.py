@@ -34,7 +34,8 @@ class GatewaySettings:
     # Require an API key (authorization: Bearer <key>) on every public call.
     # Off only for trusted setups such as in-process tests.
     auth_required: bool = True
-    # Seconds an API key's answer (user and role, or refusal) is cached.
+    # Seconds an API key's answer (user and role, or refusal) is cached; emptied at once when the
+    # registry reports a key change (AuthService.WatchKeyChanges), unused while that stream is down.
     auth_cache_seconds: float = 30.0
     # PEM certificate chain and private key: both set -> the public port speaks TLS.
     tls_cert_file: str = ""

@@ -50,7 +50,7 @@ RUN_COLUMNS = """
     r.run_id, r.algorithm, r.status, r.mode, r.env_id, r.params, r.training_metrics, r.test_metrics,
     r.system_metrics, r.learning_stability, r.brute_force_metrics, r.improvement_metrics, r.plots,
     r.model_path, r.execution_time, r.created_at, r.updated_at, r.episodes_recorded, r.episodes_planned,
-    r.stop_reason, r.error_message, r.tags
+    r.stop_reason, r.error_message, r.creator, r.resumed_by, r.cancelled_by, r.tags
 """
 
 
@@ -171,6 +171,10 @@ def run_from_row(row: Mapping[str, Any]) -> resources_pb2.Run:
         stop_reason=row["stop_reason"] or "",
         error_message=row["error_message"] or "",
         tags=list(row.get("tags") or []),
+        # NULL (unknown owner: older runs, authentication off) travels as "".
+        creator=row.get("creator") or "",
+        resumed_by=row.get("resumed_by") or "",
+        cancelled_by=row.get("cancelled_by") or "",
     )
     run.params.CopyFrom(dict_to_struct(row["params"]))
     run.plots.CopyFrom(dict_to_struct(row["plots"]))
@@ -201,7 +205,7 @@ def artifact_from_row(row: Mapping[str, Any]) -> resources_pb2.Artifact:
     return artifact
 
 
-MODEL_COLUMNS = "model_id, run_id, model_name, model_path, model_size, model_metadata, created_at"
+MODEL_COLUMNS = "model_id, run_id, model_name, model_path, model_size, model_metadata, created_at, imported_by"
 
 
 def model_from_row(row: Mapping[str, Any]) -> resources_pb2.Model:
@@ -211,13 +215,14 @@ def model_from_row(row: Mapping[str, Any]) -> resources_pb2.Model:
         model_name=row["model_name"] or "",
         model_path=row["model_path"] or "",
         model_size=row["model_size"] or 0,
+        imported_by=row.get("imported_by") or "",
     )
     model.model_metadata.CopyFrom(dict_to_struct(row["model_metadata"]))
     model.create_time.CopyFrom(timestamp(row["created_at"]))
     return model
 
 
-ANNOTATION_COLUMNS = "annotation_id, run_id, annotation, tags, created_at"
+ANNOTATION_COLUMNS = "annotation_id, run_id, annotation, tags, created_at, author"
 
 
 def annotation_from_row(row: Mapping[str, Any]) -> resources_pb2.Annotation:
@@ -227,6 +232,7 @@ def annotation_from_row(row: Mapping[str, Any]) -> resources_pb2.Annotation:
         annotation=row["annotation"],
         tags=list(row["tags"]),
         create_time=timestamp(row["created_at"]),
+        author=row.get("author") or "",
     )
 
 

@@ -56,6 +56,8 @@ COLUMNS: dict[str, Field] = {
     "status": Field("status", "r.status", "status"),
     "mode": Field("mode", "r.mode", "text"),
     "env_id": Field("env_id", "r.env_id", "text"),
+    # Who started the run; "" when unknown (migration 0013 indexes this expression).
+    "creator": Field("creator", "COALESCE(r.creator, '')", "text"),
     "create_time": Field("create_time", "r.created_at", "timestamp"),
     "update_time": Field("update_time", "r.updated_at", "timestamp"),
     "execution_time": Field("execution_time", "r.execution_time", "number", nullable=True),

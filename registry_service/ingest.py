@@ -46,15 +46,17 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "taxidriver_run_events"
 MAX_BATCH_EPISODES = 100_000
 MAX_NAME_CHARS = 200
+# users.username (creator, resumed_by, cancelled_by columns: migration 0013).
+MAX_USERNAME_CHARS = 100
 
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM training_runs r WHERE r.run_id = %s"
 
 INSERT_RUN = """
 INSERT INTO training_runs (
     run_id, request_id, algorithm, mode, env_id, params, episodes_planned, trainer_id,
-    request_caller, request_fingerprint
+    request_caller, request_fingerprint, creator
 )
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULLIF(%s, ''))
 ON CONFLICT DO NOTHING
 RETURNING run_id
 """
@@ -75,7 +77,8 @@ CLAIM_RUN = """
 UPDATE training_runs SET
     status = 'queued', lease_epoch = lease_epoch + 1, trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
     lease_expires_at = now() + make_interval(secs => %s), cancel_requested = false,
-    stop_reason = '', error_message = '', updated_at = now()
+    stop_reason = '', error_message = '', updated_at = now(),
+    resumed_by = COALESCE(NULLIF(%s, ''), resumed_by)
 WHERE run_id = %s
 RETURNING lease_epoch
 """
@@ -203,7 +206,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             violations.add("caller", f"at most {MAX_NAME_CHARS} characters")
         if request.request_fingerprint and not _SHA256_HEX.fullmatch(request.request_fingerprint):
             violations.add("request_fingerprint", "must be a lower-case hex SHA-256")
-        for name in ("request_id", "env_id", "trainer_id", "caller"):
+        if len(request.creator) > MAX_USERNAME_CHARS:
+            violations.add("creator", f"at most {MAX_USERNAME_CHARS} characters")
+        for name in ("request_id", "env_id", "trainer_id", "caller", "creator"):
             check_text(violations, name, getattr(request, name))
         params = user_struct(request.params, "params", violations)
         _check_params(params, violations)
@@ -227,6 +232,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     request.trainer_id,
                     request.caller or None,
                     fingerprint,
+                    request.creator,
                 ),
             )
             created = await cursor.fetchone() is not None
@@ -503,6 +509,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self, request: ingest_service_pb2.RequestCancelRequest, context: grpc.aio.ServicerContext
     ) -> ingest_service_pb2.RequestCancelResponse:
         run_id = parse_uuid(request.run_id, "run_id")
+        if len(request.requested_by) > MAX_USERNAME_CHARS:
+            raise bad_field("requested_by", f"at most {MAX_USERNAME_CHARS} characters")
         async with self.pool.connection() as conn, conn.transaction():
             # A live holder sees the request on its next heartbeat and ends the run itself.
             # A run nobody holds (interrupted, or its lease ran out: a trainer that vanished)
@@ -512,6 +520,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 """
                 UPDATE training_runs SET
                     cancel_requested = true,
+                    cancelled_by = COALESCE(NULLIF(%s, ''), cancelled_by),
                     status = CASE WHEN status = 'interrupted' OR lease_expires_at < now()
                         THEN 'cancelled' ELSE status END,
                     stop_reason = CASE WHEN status = 'interrupted' OR lease_expires_at < now()
@@ -522,7 +531,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 WHERE run_id = %s AND status NOT IN ('completed', 'failed', 'cancelled')
                 RETURNING 1
                 """,
-                (run_id,),
+                (request.requested_by, run_id),
             )
             if await cursor.fetchone() is not None:
                 await notify(conn, run_id, "status")
@@ -536,6 +545,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         run_id = parse_uuid(request.run_id, "run_id")
         if len(request.trainer_id) > MAX_NAME_CHARS:
             raise bad_field("trainer_id", f"at most {MAX_NAME_CHARS} characters")
+        if len(request.requested_by) > MAX_USERNAME_CHARS:
+            raise bad_field("requested_by", f"at most {MAX_USERNAME_CHARS} characters")
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 "SELECT status, trainer_id FROM training_runs WHERE run_id = %s FOR UPDATE", (run_id,)
@@ -553,7 +564,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     status=name,
                     trainer_id=holder,
                 )
-            cursor = await conn.execute(CLAIM_RUN, (request.trainer_id, self.settings.lease_seconds, run_id))
+            cursor = await conn.execute(
+                CLAIM_RUN, (request.trainer_id, self.settings.lease_seconds, request.requested_by, run_id)
+            )
             claimed = await cursor.fetchone()
             assert claimed is not None
             await notify(conn, run_id, "status")

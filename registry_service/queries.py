@@ -52,6 +52,7 @@ from registry_service.filters import (
     parse_order_by,
 )
 from registry_service.settings import RegistrySettings
+from taxidriver.access import caller_name, caller_of
 from taxidriver.errors import FieldViolation, ServiceError, Violations, bad_field, not_found, request_id_reused
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc, resources_pb2
@@ -548,7 +549,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
             # Concurrent first tries of one request_id: one inserts, the others wait for it and read it.
-            await cursor.execute(INSERT_ANNOTATION, (uuid.uuid4(), run_id, request.annotation, tags, request_id))
+            await cursor.execute(
+                INSERT_ANNOTATION, (uuid.uuid4(), run_id, request.annotation, tags, request_id, caller_name(context))
+            )
             row = await cursor.fetchone()
             if row is None:
                 await cursor.execute(FIND_ANNOTATION, (request_id,))
@@ -745,6 +748,15 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                     metadata={"run_id": str(run_id), "model_name": header.model_name},
                 )
             model_row = stored[1]
+            assert model_row is not None
+            importer = caller_name(context)
+            if importer is not None:
+                models = conn.cursor(row_factory=dict_row)
+                await models.execute(
+                    f"UPDATE saved_models SET imported_by = %s WHERE model_id = %s RETURNING {MODEL_COLUMNS}",
+                    (importer, model_row["model_id"]),
+                )
+                model_row = await models.fetchone()
         assert model_row is not None
         return pb.ImportModelResponse(model=model_from_row(model_row))
 
@@ -832,11 +844,19 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         async for event in watch_many(self.pool, self.hub, request_iterator):
             yield pb.WatchRunsResponse(event=event)
 
+    async def GetCurrentUser(
+        self, request: pb.GetCurrentUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCurrentUserResponse:
+        caller = caller_of(context)
+        if caller is None:
+            return pb.GetCurrentUserResponse()
+        return pb.GetCurrentUserResponse(username=caller.username, role=caller.role)  # type: ignore[arg-type]
+
 
 FIND_ANNOTATION = f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE request_id = %s"
 INSERT_ANNOTATION = f"""
-INSERT INTO run_annotations (annotation_id, run_id, annotation, tags, request_id)
-VALUES (%s, %s, %s, %s, %s)
+INSERT INTO run_annotations (annotation_id, run_id, annotation, tags, request_id, author)
+VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (request_id) DO NOTHING
 RETURNING {ANNOTATION_COLUMNS}
 """

@@ -1,10 +1,10 @@
 """`python -m registry_service.users`: users, roles and API keys.
 
-    python -m registry_service.users create alice --role admin   # prints alice's first key
+    python -m registry_service.users create alice --role admin --email alice@example.org  # prints alice's first key
     python -m registry_service.users issue-key alice              # another key
-    python -m registry_service.users list
+    python -m registry_service.users list                         # emails, keys, when each was last used
     python -m registry_service.users revoke <key_id>
-    python -m registry_service.users disable alice
+    python -m registry_service.users disable alice                # and revokes every key of alice
     python -m registry_service.users ensure dev --role admin --key-file .data/dev-api-key
 
 An operator's command against the registry database (DATABASE_URL, or the
@@ -26,10 +26,13 @@ from pathlib import Path
 import psycopg
 
 from registry_service.backup import BackupError, database_url
+from taxidriver.access import ROLE_NAMES
 
-ROLE_NAMES = ("reader", "trainer", "admin")
 KEY_PREFIX = "tdk_"
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+# One @, no spaces, a dot in the domain: catches typos, not a full RFC 5322 parser.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+MAX_EMAIL_CHARS = 255
 
 
 class UserError(RuntimeError):
@@ -49,6 +52,8 @@ def create_user(conn: psycopg.Connection, username: str, role: str, email: str |
         raise UserError("username must be 1-100 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
     if role not in ROLE_NAMES:
         raise UserError(f"role must be one of {', '.join(ROLE_NAMES)}")
+    if email is not None and (len(email) > MAX_EMAIL_CHARS or not _EMAIL.match(email)):
+        raise UserError(f"email must look like name@example.org (at most {MAX_EMAIL_CHARS} characters), got {email!r}")
     user_id = uuid.uuid4()
     try:
         conn.execute(
@@ -71,6 +76,22 @@ def issue_key(conn: psycopg.Connection, username: str) -> tuple[uuid.UUID, str]:
         (key_id, row[0], hash_key(api_key), api_key[: len(KEY_PREFIX) + 6]),
     )
     return key_id, api_key
+
+
+def disable_user(conn: psycopg.Connection, username: str) -> int:
+    """Disable the user and revoke its keys, in one transaction; returns the keys revoked.
+
+    The registry's triggers (migration 0013) tell the gateways at once, so no
+    cached answer keeps a key alive.
+    """
+    with conn.transaction():
+        row = conn.execute("UPDATE users SET disabled = true WHERE username = %s RETURNING user_id", (username,))
+        found = row.fetchone()
+        if found is None:
+            raise UserError(f"no user {username!r}")
+        return conn.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL", (found[0],)
+        ).rowcount
 
 
 def ensure_user_with_key(conn: psycopg.Connection, username: str, role: str) -> str:
@@ -140,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     create = commands.add_parser("create", help="create a user and print its first API key")
     create.add_argument("username")
     create.add_argument("--role", choices=ROLE_NAMES, required=True)
-    create.add_argument("--email")
+    create.add_argument("--email", help="contact address, validated (name@example.org)")
     issue = commands.add_parser("issue-key", help="print a new API key for a user")
     issue.add_argument("username")
     commands.add_parser("list", help="users, roles and their keys")
     revoke = commands.add_parser("revoke", help="revoke an API key by its id")
     revoke.add_argument("key_id")
-    disable = commands.add_parser("disable", help="refuse every key of a user")
+    disable = commands.add_parser("disable", help="disable a user and revoke its keys at once")
     disable.add_argument("username")
     ensure = commands.add_parser(
         "ensure", help="make sure a user exists with a role and an active key kept in a file (0600), reused"
@@ -168,20 +189,20 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "list":
                 rows = conn.execute(
                     """
-                    SELECT u.username, u.role, u.disabled, k.key_id, k.key_prefix, k.created_at, k.revoked_at,
-                           k.last_used_at
+                    SELECT u.username, u.email, u.role, u.disabled, k.key_id, k.key_prefix, k.created_at,
+                           k.revoked_at, k.last_used_at
                     FROM users u LEFT JOIN api_keys k USING (user_id)
                     ORDER BY u.username, k.created_at
                     """
                 ).fetchall()
-                for username, role, disabled, key_id, prefix, created, revoked, used in rows:
+                for username, email, role, disabled, key_id, prefix, created, revoked, used in rows:
                     state = "disabled" if disabled else "active"
                     key = f"{key_id} {prefix}… created {created:%Y-%m-%d}" if key_id else "no keys"
                     if revoked:
                         key += " REVOKED"
-                    elif used:
-                        key += f" last used {used:%Y-%m-%d %H:%M}"
-                    print(f"{username:20} {role:8} {state:8} {key}")
+                    # Use is recorded at most once a minute per key (registry_service/auth.py).
+                    key += f" last used {used:%Y-%m-%d %H:%M%z}" if used else " never used"
+                    print(f"{username:20} {email or '-':30} {role:8} {state:8} {key}")
             elif args.command == "revoke":
                 try:
                     key_id = uuid.UUID(args.key_id)
@@ -194,12 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise UserError(f"no active key {args.key_id}")
                 print(f"key {args.key_id} revoked")
             elif args.command == "disable":
-                updated = conn.execute(
-                    "UPDATE users SET disabled = true WHERE username = %s", (args.username,)
-                ).rowcount
-                if not updated:
-                    raise UserError(f"no user {args.username!r}")
-                print(f"user {args.username} disabled")
+                revoked = disable_user(conn, args.username)
+                print(f"user {args.username} disabled; {revoked} key(s) revoked")
             elif args.command == "ensure":
                 _, issued = ensure_key_file(conn, args.username, args.role, args.key_file)
                 print(f"{'new key written to' if issued else 'reusing the active key in'} {args.key_file}")

@@ -163,10 +163,15 @@ def _run_row(run: resources_pb2.Run) -> list[Any]:
         _metric(run, "test_metrics", "avg_steps"),
         _metric(run, "test_metrics", "avg_reward"),
         run.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if run.HasField("create_time") else "",
+        run.creator or UNKNOWN_OWNER,
     ]
 
 
-RUN_HEADERS = ["run_id", "algorithm", "status", "mode", "episodes", "success", "avg_steps", "avg_reward", "created"]
+RUN_HEADERS = [
+    "run_id", "algorithm", "status", "mode", "episodes", "success", "avg_steps", "avg_reward", "created", "creator"
+]  # fmt: skip
+# Runs recorded before owners were (or with authentication off) have no creator.
+UNKNOWN_OWNER = "(unknown)"
 
 
 def _print_runs(output: Output, runs: Sequence[resources_pb2.Run], total: int | None = None) -> None:
@@ -327,6 +332,11 @@ def _print_run(output: Output, run: resources_pb2.Run) -> None:
     output.line(f"status:          {status_name(run.status)}")
     output.line(f"mode:            {run.mode}")
     output.line(f"env_id:          {run.env_id}")
+    output.line(f"creator:         {run.creator or UNKNOWN_OWNER}")
+    if run.resumed_by:
+        output.line(f"resumed_by:      {run.resumed_by}")
+    if run.cancelled_by:
+        output.line(f"cancelled_by:    {run.cancelled_by}")
     output.line(f"episodes:        {run.episodes_recorded}/{run.episodes_planned}")
     if run.stop_reason:
         output.line(f"stop_reason:     {run.stop_reason}")
@@ -365,6 +375,11 @@ def cmd_runs_list(client: TaxiDriverClient, args: argparse.Namespace, output: Ou
         clauses.append(f'algorithm = "{args.algorithm}"')
     if args.status:
         clauses.append(f'status = "{args.status}"')
+    if args.mine:
+        me = client.current_user().username
+        if not me:
+            raise UsageError("--mine needs a gateway that checks API keys (this one does not say who you are)")
+        clauses.append(f"creator = {json.dumps(me)}")
     query = " AND ".join(f"({c})" if " OR " in c.upper() else c for c in clauses)
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -594,9 +609,15 @@ def cmd_runs_annotations(client: TaxiDriverClient, args: argparse.Namespace, out
         output.json({"annotations": [to_dict(n) for n in notes]})
         return 0
     output.table(
-        ["annotation_id", "created", "tags", "annotation"],
+        ["annotation_id", "created", "author", "tags", "annotation"],
         [
-            [n.annotation_id, n.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"), ",".join(n.tags), n.annotation]
+            [
+                n.annotation_id,
+                n.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
+                n.author or UNKNOWN_OWNER,
+                ",".join(n.tags),
+                n.annotation,
+            ]
             for n in notes
         ],
     )
@@ -795,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20, help="runs per page (default 20)")
     listing.add_argument("--page-token", help="the next page, as printed after the previous one")
     listing.add_argument("--all", action="store_true", help="every matching run (follows the page tokens)")
+    listing.add_argument("--mine", action="store_true", help="only the runs I started (the API key's user)")
     listing.set_defaults(handler=cmd_runs_list)
     show = runs.add_parser("show", help="one run with all its metric groups")
     show.add_argument("run_id")

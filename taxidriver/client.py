@@ -324,6 +324,11 @@ class TaxiDriverClient:
             if not token:
                 return found
 
+    def current_user(self) -> registry_service_pb2.GetCurrentUserResponse:
+        """Who the gateway says the API key belongs to (empty username: keys are not checked)."""
+        request = registry_service_pb2.GetCurrentUserRequest()
+        return _call(lambda: self.raw.registry.GetCurrentUser(request, timeout=self.timeout))
+
     def delete_run(self, run_id: str) -> registry_service_pb2.DeleteRunResponse:
         request = registry_service_pb2.DeleteRunRequest(run_id=run_id)
         return _call(lambda: self.raw.registry.DeleteRun(request, timeout=self.timeout))

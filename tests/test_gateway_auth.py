@@ -162,12 +162,21 @@ def test_the_key_stops_at_the_gateway_and_the_caller_travels_upstream() -> None:
     token = current_principal.set(Principal(user_id="u-1", username="alice", role=auth_service_pb2.ROLE_TRAINER))
     try:
         forwarded = dict(
-            request_metadata([("authorization", "Bearer tdk_secret"), ("x-caller", "spoofed"), ("x-request-id", "r1")])
+            request_metadata(
+                [
+                    ("authorization", "Bearer tdk_secret"),
+                    ("x-caller", "spoofed"),
+                    ("x-caller-name", "mallory"),
+                    ("x-caller-role", "admin"),
+                    ("x-request-id", "r1"),
+                ]
+            )
         )
     finally:
         current_principal.reset(token)
     assert "authorization" not in forwarded
     assert forwarded["x-caller"] == "u-1"
+    assert forwarded["x-caller-name"] == "alice"
     assert forwarded["x-caller-role"] == "trainer"
     assert forwarded["x-request-id"] == "r1"
 

@@ -122,11 +122,14 @@ def test_each_call_is_logged_as_json_with_request_id(servers: Servers, caplog: p
 def test_gateway_gives_a_request_id_to_calls_without_one(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="taxidriver.calls"):
         assert get_run(servers.gateway_target, "r-4") == grpc.StatusCode.OK
-    forwarded = servers.seen.metadata["GetRun"]["x-request-id"]
-    assert len(forwarded) == 32
-    logged = [r for r in caplog.records if getattr(r, "request_id", "") == forwarded]
-    # The same id on the gateway's line and on the upstream's line.
-    assert len(logged) == 2
+        forwarded = servers.seen.metadata["GetRun"]["x-request-id"]
+        assert len(forwarded) == 32
+
+        def logged() -> int:
+            return len([r for r in caplog.records if getattr(r, "request_id", "") == forwarded])
+
+        # The same id on the gateway's line and on the upstream's line (each written after its response).
+        assert eventually(logged, 2), logged()
 
 
 def test_health_probes_are_not_logged_at_info(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:

@@ -240,7 +240,7 @@ def test_the_descriptor_set_loads_in_proto_loader() -> None:
     loaded = json.loads(result.stdout)
     assert loaded == {
         "trainer": ["StartRun", "CancelRun", "ResumeRun", "ListAlgorithms"],
-        "registry": 18,
+        "registry": 19,  # 18 + GetCurrentUser
         "health": ["Check", "Watch", "List"],
         "bad_request": True,
     }

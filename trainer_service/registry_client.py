@@ -136,8 +136,10 @@ class RegistryClient:
         )
         return reply.run
 
-    async def claim_run(self, run_id: str, trainer_id: str) -> ingest_service_pb2.ClaimRunResponse:
-        request = ingest_service_pb2.ClaimRunRequest(run_id=run_id, trainer_id=trainer_id)
+    async def claim_run(
+        self, run_id: str, trainer_id: str, *, requested_by: str = ""
+    ) -> ingest_service_pb2.ClaimRunResponse:
+        request = ingest_service_pb2.ClaimRunRequest(run_id=run_id, trainer_id=trainer_id, requested_by=requested_by)
         return await self._retry(lambda: self.stub.ClaimRun(request, timeout=self.call_timeout), "ClaimRun")
 
     async def upload_artifact(
@@ -217,7 +219,7 @@ class RegistryClient:
             raise
         return bool(reply.cancel_requested)
 
-    async def request_cancel(self, run_id: str) -> resources_pb2.Run:
-        request = ingest_service_pb2.RequestCancelRequest(run_id=run_id)
+    async def request_cancel(self, run_id: str, *, requested_by: str = "") -> resources_pb2.Run:
+        request = ingest_service_pb2.RequestCancelRequest(run_id=run_id, requested_by=requested_by)
         reply = await self._retry(lambda: self.stub.RequestCancel(request, timeout=self.call_timeout), "RequestCancel")
         return reply.run

@@ -147,20 +147,21 @@ class RunManager:
             )
 
     async def start_run(
-        self, request: trainer_service_pb2.StartRunRequest, *, caller: str = ""
+        self, request: trainer_service_pb2.StartRunRequest, *, caller: str = "", creator: str = ""
     ) -> trainer_service_pb2.StartRunResponse:
+        """`creator`: the username the gateway asserted, recorded as the run's owner ("" unknown)."""
         spec = resolve(request, random_seed=secrets.randbits(52))
         self._check_caller_quota(caller)
         self._reserved[caller] = self._reserved.get(caller, 0) + 1
         try:
-            return await self._start_run(request, spec, caller)
+            return await self._start_run(request, spec, caller, creator)
         finally:
             self._reserved[caller] -= 1
             if not self._reserved[caller]:
                 del self._reserved[caller]
 
     async def _start_run(
-        self, request: trainer_service_pb2.StartRunRequest, spec: RunSpec, caller: str
+        self, request: trainer_service_pb2.StartRunRequest, spec: RunSpec, caller: str, creator: str = ""
     ) -> trainer_service_pb2.StartRunResponse:
         run_id = str(uuid.uuid4())
         register = ingest_service_pb2.RegisterRunRequest(
@@ -175,6 +176,7 @@ class RunManager:
             # AIP-155: the registry refuses this request_id reused by another caller or request.
             caller=caller,
             request_fingerprint=message_fingerprint(request),
+            creator=creator,
         )
         async with registry_errors("registering the run"):
             reply = await self.client.register_run(register)
@@ -202,14 +204,21 @@ class RunManager:
             seed=spec.seed,
         )
 
-    async def cancel_run(self, run_id: str) -> trainer_service_pb2.CancelRunResponse:
+    async def cancel_run(self, run_id: str, *, cancelled_by: str = "") -> trainer_service_pb2.CancelRunResponse:
         _check_uuid(run_id)
         run = self.active.get(run_id)
         if run is None:
             # Not here: another replica may run it; it sees the request on its next heartbeat.
             async with registry_errors("cancelling the run"):
-                remote = await self.client.request_cancel(run_id)
+                remote = await self.client.request_cancel(run_id, requested_by=cancelled_by)
             return trainer_service_pb2.CancelRunResponse(run_id=run_id, status=remote.status)
+        if cancelled_by:
+            # Who asked is recorded with the request at the registry; a local cancel does not wait for it.
+            # Bounded: the client's retries would hold a local cancel for a minute while the registry is away.
+            try:
+                await asyncio.wait_for(self.client.request_cancel(run_id, requested_by=cancelled_by), 5.0)
+            except (grpc.aio.AioRpcError, TimeoutError) as error:
+                log.warning("run %s: cancel by %s not recorded (%s)", run_id, cancelled_by, error)
         if self.pool.withdraw(run_id):
             run.messages.put_nowait(("cancelled", run_id, {"episodes": run.episodes_done}))
         else:
@@ -218,7 +227,9 @@ class RunManager:
             await asyncio.wait_for(run.finished.wait(), 10.0)
         return trainer_service_pb2.CancelRunResponse(run_id=run_id, status=run.status)
 
-    async def resume_run(self, run_id: str, *, caller: str = "") -> trainer_service_pb2.ResumeRunResponse:
+    async def resume_run(
+        self, run_id: str, *, caller: str = "", resumed_by: str = ""
+    ) -> trainer_service_pb2.ResumeRunResponse:
         _check_uuid(run_id)
         if run_id in self.active:
             raise failed_precondition(f"run {run_id} is already active on this trainer", reason="RUN_ACTIVE")
@@ -242,7 +253,7 @@ class RunManager:
         # or one resuming a run its first trainer still holds, exactly one wins; the epoch it
         # gets fences out every earlier writer before we read the checkpoint.
         async with registry_errors("taking the run"):
-            claim = await self.client.claim_run(run_id, self.trainer_id)
+            claim = await self.client.claim_run(run_id, self.trainer_id, requested_by=resumed_by)
         registered = claim.run
         try:
             spec = RunSpec.from_params(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 
+from taxidriver.access import CALLER_KEY, Caller, caller_of, check_owner, needs_owner
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from trainer_service.algorithms import ALGORITHMS
 from trainer_service.envs import ENVIRONMENTS
 from trainer_service.params import PARAMETERS, PRESETS
-from trainer_service.runs import RunManager
+from trainer_service.runs import RunManager, _check_uuid, registry_errors
 
-CALLER_KEY = "x-caller"
+_METHODS = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"].methods_by_name
 
 
 class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
@@ -20,25 +22,43 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
     async def StartRun(
         self, request: trainer_service_pb2.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.StartRunResponse:
-        return await self.runs.start_run(request, caller=caller_of(context))
+        caller = caller_of(context)
+        return await self.runs.start_run(request, caller=quota_key(context), creator=_name(caller))
 
     async def CancelRun(
         self, request: trainer_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.CancelRunResponse:
-        return await self.runs.cancel_run(request.run_id)
+        caller = caller_of(context)
+        await self._check_owner(_METHODS["CancelRun"], request.run_id, caller)
+        return await self.runs.cancel_run(request.run_id, cancelled_by=_name(caller))
 
     async def ResumeRun(
         self, request: trainer_service_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.ResumeRunResponse:
-        return await self.runs.resume_run(request.run_id, caller=caller_of(context))
+        caller = caller_of(context)
+        await self._check_owner(_METHODS["ResumeRun"], request.run_id, caller)
+        return await self.runs.resume_run(request.run_id, caller=quota_key(context), resumed_by=_name(caller))
 
     async def ListAlgorithms(
         self, request: trainer_service_pb2.ListAlgorithmsRequest, context: grpc.aio.ServicerContext
     ) -> trainer_service_pb2.ListAlgorithmsResponse:
         return list_algorithms()
 
+    async def _check_owner(self, method: MethodDescriptor, run_id: str, caller: Caller | None) -> None:
+        """The method's ownership rule (its access option in the proto), checked against the registry's record."""
+        if not needs_owner(method, caller):
+            return
+        _check_uuid(run_id)
+        async with registry_errors("reading the run's owner"):
+            run = await self.runs.client.get_run(run_id)
+        check_owner(method, caller, run_id=run_id, creator=run.creator)
 
-def caller_of(context: grpc.aio.ServicerContext) -> str:
+
+def _name(caller: Caller | None) -> str:
+    return caller.username if caller is not None else ""
+
+
+def quota_key(context: grpc.aio.ServicerContext) -> str:
     """Who a run is counted against: `x-caller` metadata, else the peer's host (not its port)."""
     for key, value in context.invocation_metadata() or ():
         if key == CALLER_KEY and value:
