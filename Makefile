@@ -68,7 +68,7 @@ lint: $(STAMPS)/protos $(STAMPS)/buf
 	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy taxidriver trainer_service registry_service gateway
+	$(BIN)/mypy taxidriver trainer_service registry_service gateway web
 
 backup: $(STAMPS)/protos
 	$(PY) -m registry_service.backup dump $(if $(FILE),--file $(FILE),)
