@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv protos test run bench lint backup restore clean up down descriptor
+.PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor
 
 help:
 	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the three services, a first training"
@@ -80,3 +80,14 @@ restore: $(STAMPS)/protos
 clean:
 	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth
 -include deploy/deploy.mk
+
+# The dashboard's and /docs' browser assets (committed; see web/static/vendor/README.md).
+UPLOT_VERSION := 1.6.32
+SWAGGER_UI_VERSION := 5.35.0
+web-vendor:
+	rm -rf $(STAMPS)/vendor && mkdir -p $(STAMPS)/vendor
+	cd $(STAMPS)/vendor && npm pack --silent uplot@$(UPLOT_VERSION) swagger-ui-dist@$(SWAGGER_UI_VERSION)
+	cd $(STAMPS)/vendor && for f in *.tgz; do mkdir -p "$${f%.tgz}" && tar xzf "$$f" -C "$${f%.tgz}"; done
+	cp $(STAMPS)/vendor/uplot-$(UPLOT_VERSION)/package/dist/uPlot.iife.min.js $(STAMPS)/vendor/uplot-$(UPLOT_VERSION)/package/dist/uPlot.min.css $(STAMPS)/vendor/uplot-$(UPLOT_VERSION)/package/LICENSE web/static/vendor/uplot/
+	cd $(STAMPS)/vendor/swagger-ui-dist-$(SWAGGER_UI_VERSION)/package && cp swagger-ui-bundle.js swagger-ui.css LICENSE NOTICE swagger-ui-bundle.js.LICENSE.txt $(CURDIR)/web/static/vendor/swagger-ui/
+	cd web/static/vendor && sha256sum -c SHA256SUMS

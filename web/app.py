@@ -58,8 +58,11 @@ def create_app(settings: WebSettings) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return status_response(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
 
+    from web import docs
+
     return Starlette(
         routes=[
+            *docs.routes(routes),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
             Route("/{path:path}", api, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
         ],
