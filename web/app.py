@@ -10,7 +10,10 @@ from pathlib import Path
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -54,6 +57,21 @@ def create_app(settings: WebSettings) -> Starlette:
     async def api(request):  # type: ignore[no-untyped-def]
         return await holder["state"].transcoder(request)
 
+    async def healthz(request: Request) -> Response:
+        """Liveness: the process answers (its dependencies are readiness' business)."""
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        """Readiness: the gateway answers its health check."""
+        stub = health_pb2_grpc.HealthStub(holder["state"].transcoder.channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.aio.AioRpcError as error:
+            return PlainTextResponse(f"gateway: {error.code().name}", status_code=503)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return PlainTextResponse("gateway: not serving", status_code=503)
+        return PlainTextResponse("ok")
+
     async def unexpected(request, exc):  # type: ignore[no-untyped-def]
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return status_response(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
@@ -62,6 +80,8 @@ def create_app(settings: WebSettings) -> Starlette:
 
     return Starlette(
         routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             *docs.routes(routes),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
             Route("/{path:path}", api, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
