@@ -37,6 +37,7 @@ protos: $(STAMPS)/protos
 
 # pytest exits 5 when it collected no test: that is an error here, never a pass.
 test: $(STAMPS)/protos
+	@test -x /usr/bin/chromium || echo "make test: /usr/bin/chromium is missing: the browser tests (tests/test_web_browser.py) will be SKIPPED (apt-get install chromium)" >&2
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$rc
 

@@ -76,13 +76,14 @@ def create_app(settings: WebSettings) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return status_response(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
 
-    from web import docs
+    from web import dashboard, docs
 
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *docs.routes(routes),
+            *dashboard.routes(),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
             Route("/{path:path}", api, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
         ],
