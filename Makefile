@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor
 
 help:
-	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the three services, a first training"
+	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the services, web on http://127.0.0.1:8000, a first training"
 	@echo "make test    - the test suite (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one; BENCH_QUICK=1: tiny sizes, as in CI)"
 	@echo "make lint    - buf lint, ruff, mypy"
