@@ -23,6 +23,8 @@ OUT = PROTO_ROOT.parent
 # has their modules from googleapis-common-protos and grpcio-health-checking, so
 # generating them here would shadow those packages.
 THIRD_PARTY = PROTO_ROOT / "third_party"
+# Generated beside the modules, never committed (see .gitignore).
+DESCRIPTORS = "api_descriptors.binpb"
 
 
 def main() -> int:
@@ -35,6 +37,9 @@ def main() -> int:
         f"--python_out={OUT}",
         f"--pyi_out={OUT}",
         f"--grpc_python_out={OUT}",
+        # Our protos' descriptors with their comments: web/ documents its OpenAPI from them.
+        f"--descriptor_set_out={OUT / 'taxidriver' / DESCRIPTORS}",
+        "--include_source_info",
         *protos,
     ]
     code = protoc.main(args)

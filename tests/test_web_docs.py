@@ -67,7 +67,7 @@ def test_every_schema_reference_resolves(docs_server: WebServer) -> None:
     for ref in refs:
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
     run = schemas["taxidriver.registry.v1.Run"]["properties"]
-    assert run["runId"] == {"type": "string"}
+    assert run["runId"]["type"] == "string" and run["runId"]["description"] == "UUID of the run."
     assert run["createTime"]["format"] == "date-time"
     assert run["params"]["type"] == "object"
     statuses = schemas["taxidriver.registry.v1.RunStatus"]
@@ -85,3 +85,15 @@ def test_docs_load_only_local_assets(docs_server: WebServer) -> None:
         assert reply.status_code == 200 and len(reply.content) > 100, asset
     script = httpx.get(f"{docs_server.url}/static/docs.js", timeout=30).text
     assert '"/openapi.json"' in script and "validatorUrl: null" in script
+
+
+def test_openapi_carries_the_protos_comments(docs_server: WebServer) -> None:
+    """protos/generate.py keeps the comments (api_descriptors.binpb); the document shows them."""
+    document = httpx.get(f"{docs_server.url}/openapi.json", timeout=30).json()
+    listing = document["paths"]["/database/runs"]["get"]
+    assert "AIP-160" in listing["description"]
+    page_size = next(p for p in listing["parameters"] if p["name"] == "page_size")
+    assert page_size["description"].startswith("At most this many runs")
+    run = document["components"]["schemas"]["taxidriver.registry.v1.Run"]
+    assert "training_runs" in run["description"]
+    assert run["properties"]["episodesRecorded"]["description"].startswith("Episodes durably stored")

@@ -7,8 +7,10 @@ names, Timestamp/Duration as strings, Struct as a free-form object.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from web.rules import Route
@@ -53,11 +55,68 @@ _SCALARS: dict[int, dict[str, Any]] = {
 }
 
 STATUS_REF = "#/components/schemas/google.rpc.Status"
+# Written by protos/generate.py (--include_source_info): the protos' comments.
+DESCRIPTORS = Path(__file__).resolve().parent.parent / "taxidriver" / "api_descriptors.binpb"
+
+
+def _walk_message(names: dict[tuple[int, ...], str], message: Any, prefix: tuple[int, ...], scope: str) -> None:
+    name = f"{scope}.{message.name}"
+    names[prefix] = name
+    for index, field in enumerate(message.field):
+        names[(*prefix, 2, index)] = f"{name}.{field.name}"
+    for index, nested in enumerate(message.nested_type):
+        _walk_message(names, nested, (*prefix, 3, index), name)
+    for index, enum in enumerate(message.enum_type):
+        _walk_enum(names, enum, (*prefix, 4, index), name)
+
+
+def _walk_enum(names: dict[tuple[int, ...], str], enum: Any, prefix: tuple[int, ...], scope: str) -> None:
+    name = f"{scope}.{enum.name}"
+    names[prefix] = name
+    for index, value in enumerate(enum.value):
+        names[(*prefix, 2, index)] = f"{name}.{value.name}"
+
+
+def load_comments(path: Path = DESCRIPTORS) -> dict[str, str]:
+    """Full name of a message, field, enum, enum value, service or method -> its leading comment.
+
+    Empty when the descriptor set is missing: the document is still complete, without prose.
+    """
+    if not path.exists():
+        return {}
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    comments: dict[str, str] = {}
+    for proto in files.file:
+        # source_code_info paths: 4 message, 5 enum, 6 service; inside them 2 field/value/method.
+        names: dict[tuple[int, ...], str] = {}
+        for index, message in enumerate(proto.message_type):
+            _walk_message(names, message, (4, index), proto.package)
+        for index, enum in enumerate(proto.enum_type):
+            _walk_enum(names, enum, (5, index), proto.package)
+        for index, service in enumerate(proto.service):
+            names[(6, index)] = f"{proto.package}.{service.name}"
+            for method_index, method in enumerate(service.method):
+                names[(6, index, 2, method_index)] = f"{proto.package}.{service.name}.{method.name}"
+        for location in proto.source_code_info.location:
+            name = names.get(tuple(location.path))
+            text = " ".join(line.strip() for line in location.leading_comments.strip().splitlines())
+            if name and text:
+                comments[name] = text
+    return comments
 
 
 class _Schemas:
-    def __init__(self) -> None:
+    def __init__(self, comments: dict[str, str] | None = None) -> None:
         self.components: dict[str, dict[str, Any]] = {}
+        self.comments = comments or {}
+
+    def described(self, schema: dict[str, Any], full_name: str) -> dict[str, Any]:
+        text = self.comments.get(full_name)
+        if not text:
+            return schema
+        if "$ref" in schema:  # OpenAPI 3.1: a $ref may carry a description beside it
+            return {**schema, "description": text}
+        return {**schema, "description": (schema.get("description", "") + " " + text).strip()}
 
     def ref(self, name: str) -> dict[str, Any]:
         return {"$ref": f"#/components/schemas/{name}"}
@@ -68,8 +127,10 @@ class _Schemas:
         name = descriptor.full_name
         if name not in self.components:
             self.components[name] = {}  # placeholder: recursive messages
-            properties = {field.json_name: self.field(field) for field in descriptor.fields}
-            self.components[name] = {"type": "object", "properties": properties}
+            properties = {
+                field.json_name: self.described(self.field(field), field.full_name) for field in descriptor.fields
+            }
+            self.components[name] = self.described({"type": "object", "properties": properties}, name)
         return self.ref(name)
 
     def enum(self, descriptor: EnumDescriptor) -> dict[str, Any]:
@@ -121,13 +182,29 @@ def _operation(route: Route, schemas: _Schemas, operation_id: str) -> dict[str, 
     parameters: list[dict[str, Any]] = []
     for variable in route.template.variables:
         field = _field(request, variable)
-        parameters.append({"name": variable, "in": "path", "required": True, "schema": schemas.field(field)})
+        parameters.append(
+            {
+                "name": variable,
+                "in": "path",
+                "required": True,
+                "description": schemas.comments.get(field.full_name, ""),
+                "schema": schemas.field(field),
+            }
+        )
     alias_names = {alias.name for alias in route.aliases}
     if route.body != "*":
         for path, field in _query_fields(request):
             if path in variables or (route.body and path.split(".")[0] == route.body) or path in alias_names:
                 continue
-            parameters.append({"name": path, "in": "query", "required": False, "schema": schemas.field(field)})
+            parameters.append(
+                {
+                    "name": path,
+                    "in": "query",
+                    "required": False,
+                    "description": schemas.comments.get(field.full_name, ""),
+                    "schema": schemas.field(field),
+                }
+            )
         for alias in route.aliases:
             if alias.struct:
                 parameters.append(
@@ -158,6 +235,7 @@ def _operation(route: Route, schemas: _Schemas, operation_id: str) -> dict[str, 
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": f"{method.containing_service.name}.{method.name}",
+        "description": schemas.comments.get(method.full_name, ""),
         "tags": [method.containing_service.name],
         "parameters": parameters,
         "responses": {
@@ -215,8 +293,8 @@ def _field(message: Descriptor, dotted: str) -> FieldDescriptor:
     return field
 
 
-def build_openapi(routes: list[Route], version: str = "1") -> dict[str, Any]:
-    schemas = _Schemas()
+def build_openapi(routes: list[Route], version: str = "1", comments: dict[str, str] | None = None) -> dict[str, Any]:
+    schemas = _Schemas(load_comments() if comments is None else comments)
     from google.rpc import status_pb2
 
     schemas.message(status_pb2.Status.DESCRIPTOR)
