@@ -171,8 +171,8 @@ def test_compare_two_runs(browser, web: WebServer, keys: dict[str, str], runs: l
     assert overlay.locator("canvas").count() == 1
     legend = page.inner_text("#overlay .chart[data-curve=rewards]")
     assert runs[0][:8] in legend and runs[1][:8] in legend
-    assert page.locator("table.params th", has_text="alpha").count() == 1
-    assert page.locator("table.metrics th", has_text="test_metrics.success_rate").count() == 1
+    assert page.locator("table.param-diff th", has_text="alpha").count() == 1
+    assert page.locator("table.side-by-side th", has_text="test_metrics.success_rate").count() == 1
     shot(page, tmp_path, "compare.png")
     context.close()
 

@@ -553,9 +553,9 @@
     }
     const head = el("tr", {}, el("th", {}, ""), labels.map((l, i) => el("th", {}, el("a", { href: `/runs/${reply.runs[i].runId}` }, l))));
     const params = reply.paramDifferences.map((d) => el("tr", {}, el("th", {}, d.key), d.values.map((v) => el("td", {}, fmt(v)))));
-    app.append(el("h2", {}, "Parameters that differ"), el("table", { class: "compare params" }, el("thead", {}, head.cloneNode(true)), el("tbody", {}, params.length ? params : [el("tr", {}, el("td", {}, "none"))])));
+    app.append(el("h2", {}, "Parameters that differ"), el("table", { class: "compare param-diff" }, el("thead", {}, head.cloneNode(true)), el("tbody", {}, params.length ? params : [el("tr", {}, el("td", {}, "none"))])));
     const metrics = reply.metrics.map((m) => el("tr", {}, el("th", {}, m.metric), m.values.map((v, i) => el("td", { class: reply.runs[i].runId === m.bestRunId ? "best" : "" }, fmt(v)))));
-    app.append(el("h2", {}, "Metrics side by side"), el("table", { class: "compare metrics" }, el("thead", {}, head), el("tbody", {}, metrics)));
+    app.append(el("h2", {}, "Metrics side by side"), el("table", { class: "compare side-by-side" }, el("thead", {}, head), el("tbody", {}, metrics)));
   }
 
   async function statisticsPage() {
