@@ -582,7 +582,10 @@
           title,
           width: chartWidth(byAlgorithm),
           height: 200,
-          scales: { x: { time: false, range: [-0.5, Math.max(0.5, algorithms.length - 0.5)] } },
+          scales: {
+            x: { time: false, range: [-0.5, Math.max(0.5, algorithms.length - 0.5)] },
+            y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] }, // bars start at zero
+          },
           axes: [{ values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? names[t] || "" : "")), splits: () => xs }, {}],
           series: [{ label: "algorithm", value: (u, v) => (v === null ? "" : names[v]) }, { label: title, fill: "rgba(37,99,235,0.5)", stroke: "#2563eb", paths: bars, points: { show: false } }],
         },
@@ -602,7 +605,17 @@
         const box = el("div", { class: "chart", dataset: { chart: field } });
         perDay.append(box);
         new uPlot(
-          { title, width: chartWidth(perDay), height: 200, series: [{}, { label: title, stroke: "#16a34a", width: 2, fill: "rgba(22,163,74,0.15)" }] },
+          {
+            title,
+            width: chartWidth(perDay),
+            height: 200,
+            // At least a week on the axis, so that a single day is not drawn against years.
+            scales: {
+              x: { time: true, auto: false, range: [Math.min(days[0], days[days.length - 1] - 6 * 86400) - 43200, days[days.length - 1] + 43200] },
+              y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+            },
+            series: [{}, { label: title, stroke: "#16a34a", width: 2, fill: "rgba(22,163,74,0.15)", points: { show: true, size: 6 } }],
+          },
           [days, daily.map((d) => Number(d[field] || 0))],
           box,
         );
