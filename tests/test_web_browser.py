@@ -20,6 +20,7 @@ __all__ = ["keys", "secured_gateway", "web"]  # fixtures used by this module
 
 CHROMIUM = Path("/usr/bin/chromium")
 ALGORITHM_CELLS = "[...document.querySelectorAll('table.runs tbody tr td:nth-child(3)')]"
+STATUS_CELLS = "[...document.querySelectorAll('table.runs tbody tr td:nth-child(4)')]"
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="browser tests not run: /usr/bin/chromium is missing (apt-get install chromium)",
@@ -99,8 +100,14 @@ def test_sign_in_list_and_filter_runs(
         "() => document.querySelectorAll('table.runs tbody tr').length > 0 && "
         f"{ALGORITHM_CELLS}.every(td => td.textContent === 'q_learning')"
     )
-    page.click(".facet[data-facet=status] button[data-value=failed]")
-    page.wait_for_function("() => document.querySelector('.summary').dataset.total === '0'")
+    page.click(".facet[data-facet=status] button[data-value=completed]")
+    page.wait_for_selector(".facet[data-facet=status] button.on[data-value=completed]")
+    page.wait_for_function(
+        "() => document.querySelectorAll('table.runs tbody tr').length > 0 && "
+        f"{ALGORITHM_CELLS}.every(td => td.textContent === 'q_learning') && "
+        f"{STATUS_CELLS}.every(td => td.textContent === 'completed')"
+    )
+    assert runs[0] in page.eval_on_selector_all("table.runs tbody tr", "rows => rows.map(r => r.dataset.runId)")
     shot(page, tmp_path, "runs-filtered.png")
     # Sorting by a column header.
     page.click(".facet[data-facet=status] button:text('all')")
