@@ -171,10 +171,15 @@ def downsample(values: list[float], width: int) -> dict[str, list[Any]]:
     for start in range(0, count, size):
         bucket = values[start : start + size]
         xs.append(start)
-        lows.append(min(bucket))
-        highs.append(max(bucket))
-        means.append(sum(bucket) / len(bucket))
+        lows.append(_display(min(bucket)))
+        highs.append(_display(max(bucket)))
+        means.append(_display(sum(bucket) / len(bucket)))
     return {"x": xs, "min": lows, "max": highs, "mean": means}
+
+
+def _display(value: float) -> float:
+    """Six significant digits: a chart cannot show more, and full doubles triple the JSON."""
+    return float(f"{value:.6g}")
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
