@@ -8,6 +8,7 @@ screenshot of the pages it visits under its temporary folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,8 +179,8 @@ def test_compare_two_runs(browser, web: WebServer, keys: dict[str, str], runs: l
     assert overlay.locator("canvas").count() == 1
     legend = page.inner_text("#overlay .chart[data-curve=rewards]")
     assert runs[0][:8] in legend and runs[1][:8] in legend
-    assert page.locator("table.param-diff th", has_text="alpha").count() == 1
-    assert page.locator("table.side-by-side th", has_text="test_metrics.success_rate").count() == 1
+    assert page.locator("table.param-diff th", has_text=re.compile(r"^alpha$")).count() == 1
+    assert page.locator("table.side-by-side th", has_text=re.compile(r"^test_metrics\.success_rate$")).count() == 1
     shot(page, tmp_path, "compare.png")
     context.close()
 
@@ -254,7 +255,8 @@ def test_statistics_are_charts(browser, web: WebServer, keys: dict[str, str], ru
     ready(page)
     assert page.locator("#per-algorithm canvas").count() == 3
     assert page.locator("#per-day canvas").count() == 2
-    assert page.locator("table.stats td", has_text="sarsa").count() == 1
+    # Exactly "sarsa" (has_text alone would also match "expected_sarsa").
+    assert page.locator("table.stats td", has_text=re.compile(r"^sarsa$")).count() == 1
     shot(page, tmp_path, "statistics.png")
     context.close()
 
