@@ -9,10 +9,10 @@ PROTOS := $(shell find protos -name '*.proto')
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv protos test run bench lint backup restore clean up down descriptor
+.PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor
 
 help:
-	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the three services, a first training"
+	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the services, web on http://127.0.0.1:8000, a first training"
 	@echo "make test    - the test suite (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one; BENCH_QUICK=1: tiny sizes, as in CI)"
 	@echo "make lint    - buf lint, ruff, mypy"
@@ -37,6 +37,7 @@ protos: $(STAMPS)/protos
 
 # pytest exits 5 when it collected no test: that is an error here, never a pass.
 test: $(STAMPS)/protos
+	@test -x /usr/bin/chromium || echo "make test: /usr/bin/chromium is missing: the browser tests (tests/test_web_browser.py) will be SKIPPED (apt-get install chromium)" >&2
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests (exit 5)" >&2; fi; exit $$rc
 
@@ -68,7 +69,7 @@ lint: $(STAMPS)/protos $(STAMPS)/buf
 	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy taxidriver trainer_service registry_service gateway
+	$(BIN)/mypy taxidriver trainer_service registry_service gateway web
 
 backup: $(STAMPS)/protos
 	$(PY) -m registry_service.backup dump $(if $(FILE),--file $(FILE),)
@@ -78,5 +79,16 @@ restore: $(STAMPS)/protos
 	$(PY) -m registry_service.backup restore --file $(FILE)
 
 clean:
-	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth taxidriver/options
+	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth taxidriver/options taxidriver/api_descriptors.binpb
 -include deploy/deploy.mk
+
+# The dashboard's and /docs' browser assets (committed; see web/static/vendor/README.md).
+UPLOT_VERSION := 1.6.32
+SWAGGER_UI_VERSION := 5.35.0
+web-vendor:
+	rm -rf $(STAMPS)/vendor && mkdir -p $(STAMPS)/vendor
+	cd $(STAMPS)/vendor && npm pack --silent uplot@$(UPLOT_VERSION) swagger-ui-dist@$(SWAGGER_UI_VERSION)
+	cd $(STAMPS)/vendor && for f in *.tgz; do mkdir -p "$${f%.tgz}" && tar xzf "$$f" -C "$${f%.tgz}"; done
+	cp $(STAMPS)/vendor/uplot-$(UPLOT_VERSION)/package/dist/uPlot.iife.min.js $(STAMPS)/vendor/uplot-$(UPLOT_VERSION)/package/dist/uPlot.min.css $(STAMPS)/vendor/uplot-$(UPLOT_VERSION)/package/LICENSE web/static/vendor/uplot/
+	cd $(STAMPS)/vendor/swagger-ui-dist-$(SWAGGER_UI_VERSION)/package && cp swagger-ui-bundle.js swagger-ui.css LICENSE NOTICE swagger-ui-bundle.js.LICENSE.txt $(CURDIR)/web/static/vendor/swagger-ui/
+	cd web/static/vendor && sha256sum -c SHA256SUMS

@@ -3,7 +3,7 @@
 #   make docker-engine    a private dockerd (Debian's docker.io) when no engine runs
 #   make wheelhouse       runtime wheels for the images, downloaded on the host
 #   make base-image       Debian bookworm + python3.11 via debootstrap, imported as taxidriver/base:bookworm
-#   make images           the four images (registry, trainer, gateway, dev postgres), tag $(TAG)
+#   make images           the five images (registry, trainer, gateway, web, dev postgres), tag $(TAG)
 #   make up / make down   the stack on one machine (compose when available, else docker run)
 #   make smoke            build, start, train once through the gateway container, tear down
 .PHONY: deploy-validate docker-engine docker-engine-stop wheelhouse base-image images up down smoke
@@ -33,10 +33,11 @@ docker-engine:
 docker-engine-stop:
 	deploy/scripts/engine.sh stop
 
-deploy/.wheelhouse/.complete: deploy/requirements.runtime.txt deploy/requirements.build.txt deploy/requirements.postgres.txt
+deploy/.wheelhouse/.complete: deploy/requirements.runtime.txt deploy/requirements.build.txt deploy/requirements.postgres.txt deploy/requirements.web.txt
 	@mkdir -p deploy/.wheelhouse
 	$(PY) -m pip wheel --quiet --quiet --disable-pip-version-check --wheel-dir deploy/.wheelhouse \
-		-r deploy/requirements.runtime.txt -r deploy/requirements.build.txt -r deploy/requirements.postgres.txt
+		-r deploy/requirements.runtime.txt -r deploy/requirements.build.txt -r deploy/requirements.postgres.txt \
+		-r deploy/requirements.web.txt
 	@touch $@
 
 wheelhouse: $(STAMPS)/venv deploy/.wheelhouse/.complete

@@ -18,10 +18,13 @@ WELL_KNOWN = str(Path(grpc_tools.__file__).parent / "_proto")
 
 PROTO_ROOT = Path(__file__).resolve().parent
 OUT = PROTO_ROOT.parent
-# Vendored upstream contracts (google.rpc, grpc.health.v1) for other languages'
-# clients; Python already has them from googleapis-common-protos and
-# grpcio-health-checking, so generating them here would shadow those packages.
+# Vendored upstream contracts (google.rpc, grpc.health.v1, google.api http annotations):
+# an include path only (our protos import google/api/annotations.proto). Python already
+# has their modules from googleapis-common-protos and grpcio-health-checking, so
+# generating them here would shadow those packages.
 THIRD_PARTY = PROTO_ROOT / "third_party"
+# Generated beside the modules, never committed (see .gitignore).
+DESCRIPTORS = "api_descriptors.binpb"
 
 
 def main() -> int:
@@ -29,10 +32,14 @@ def main() -> int:
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{THIRD_PARTY}",
         f"-I{WELL_KNOWN}",
         f"--python_out={OUT}",
         f"--pyi_out={OUT}",
         f"--grpc_python_out={OUT}",
+        # Our protos' descriptors with their comments: web/ documents its OpenAPI from them.
+        f"--descriptor_set_out={OUT / 'taxidriver' / DESCRIPTORS}",
+        "--include_source_info",
         *protos,
     ]
     code = protoc.main(args)

@@ -258,6 +258,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         full: bool,
         count: bool,
         where_field: str = "filter",
+        skip: int = 0,
     ) -> tuple[list[resources_pb2.Run], str, int]:
         """One keyset page of runs; the token is bound to `scope` + `binding_text` + ordering."""
         after = decode_page_token(token, scope, binding_text, ordering) or Compiled("TRUE")
@@ -265,9 +266,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         order = ordering.order_sql()
         query = (
             f"SELECT {RUN_COLUMNS}, {select.sql} FROM training_runs r"
-            f" WHERE ({where.sql}) AND ({after.sql}) ORDER BY {order.sql} LIMIT %s"
+            f" WHERE ({where.sql}) AND ({after.sql}) ORDER BY {order.sql} LIMIT %s OFFSET %s"
         )
-        params = [*select.params, *where.params, *after.params, *order.params, size + 1]
+        params = [*select.params, *where.params, *after.params, *order.params, size + 1, skip]
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             try:
@@ -334,6 +335,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         return kept
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
+        if request.skip < 0:
+            raise bad_field("skip", "must be >= 0")
         full = wants_curves(request.view)
         size = page_size(request.page_size)
         where = compile_filter(request.filter)
@@ -347,6 +350,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             size=size,
             full=full,
             count=True,
+            skip=request.skip,
         )
         return pb.ListRunsResponse(runs=runs, next_page_token=token, total_size=total)
 

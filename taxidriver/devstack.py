@@ -1,7 +1,8 @@
 """`make run`: the whole system on this machine, then a first training.
 
 Starts PostgreSQL (embedded, data in .data/postgres) unless DATABASE_URL is
-set, then the registry, trainer and gateway as separate processes, then trains
+set, then the registry, trainer, gateway and web (the HTTP face, http://127.0.0.1:8000)
+as separate processes, then trains
 SARSA in `optimized` mode with 250 test episodes through the gateway (the
 seed's example), prints a short summary of the run and how to call the system,
 and keeps everything up until Ctrl-C or SIGTERM, restarting a service that
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,12 +164,28 @@ class Service:
         return self.process.wait(10)
 
 
+def _ready(target: str, stub: health_pb2_grpc.HealthStub | None) -> bool:
+    """gRPC services: health SERVING; the web service (an http:// target): /readyz answers 200."""
+    if stub is None:
+        try:
+            with urllib.request.urlopen(f"{target}/readyz", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def wait_serving(service: Service, timeout: float, check_stop: Callable[[], None]) -> None:
     started = time.monotonic()
     deadline = started + timeout
     next_note = started + 5
-    with grpc.insecure_channel(service.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    http = service.target.startswith("http://")
+    with grpc.insecure_channel("127.0.0.1:1" if http else service.target) as channel:
+        stub = None if http else health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             check_stop()
             if time.monotonic() >= next_note:  # a slow start says what it waits for
@@ -179,12 +197,8 @@ def wait_serving(service: Service, timeout: float, check_stop: Callable[[], None
                 raise StackFailed(
                     f"{service.module} exited with code {code} during start-up; log tail:\n{service.log_tail(3000)}"
                 )
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
+            if _ready(service.target, stub):
+                return
             time.sleep(0.2)
     raise StackFailed(
         f"{service.module} at {service.target} was not SERVING after {timeout:.0f}s (log: {service.log_path})"
@@ -251,7 +265,7 @@ class Stack:
         if busy:
             raise StackFailed(
                 f"{', '.join(busy)} already in use on 127.0.0.1 (another `make run` still up?);"
-                " stop it, or choose ports with GATEWAY_PORT / TRAINER_PORT / REGISTRY_PORT"
+                " stop it, or choose ports with GATEWAY_PORT / TRAINER_PORT / REGISTRY_PORT / WEB_PORT"
             )
         registry = f"127.0.0.1:{self.ports['registry']}"
         trainer = f"127.0.0.1:{self.ports['trainer']}"
@@ -264,6 +278,11 @@ class Stack:
                 "gateway",
                 {"GATEWAY_ADDRESS": gateway, "TRAINER_TARGETS": trainer, "REGISTRY_TARGET": registry},
                 gateway,
+            ),
+            (
+                "web",
+                {"WEB_HOST": "127.0.0.1", "WEB_PORT": str(self.ports["web"]), "GATEWAY_TARGET": gateway},
+                f"http://127.0.0.1:{self.ports['web']}",
             ),
         ]
         for module, env, target in specs:
@@ -541,6 +560,12 @@ def print_howto(gateway: str, run_id: str, key_file: Path) -> None:
     )
 
 
+def print_web(url: str, run_id: str, key_file: Path) -> None:
+    say(f"web: {url}/  (dashboard: sign in with the dev key; the REST API's docs: {url}/docs)")
+    say(f'  curl -H "Authorization: Bearer $(cat {key_file})" "{url}/database/runs?limit=10"')
+    say(f'  curl -H "Authorization: Bearer $(cat {key_file})" "{url}/database/runs/{run_id}"')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--once", action="store_true", help="stop everything after the first training")
@@ -548,13 +573,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "50051")))
     parser.add_argument("--trainer-port", type=int, default=int(os.environ.get("TRAINER_PORT", "50052")))
     parser.add_argument("--registry-port", type=int, default=int(os.environ.get("REGISTRY_PORT", "50053")))
+    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "8000")))
     parser.add_argument("--test-episodes", type=int, default=250)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TAXI_DRIVER_DATA_DIR", ROOT / ".data")))
     args = parser.parse_args(argv)
 
     data_dir: Path = args.data_dir.resolve()
     stack = Stack(
-        data_dir, {"registry": args.registry_port, "trainer": args.trainer_port, "gateway": args.gateway_port}
+        data_dir,
+        {
+            "registry": args.registry_port,
+            "trainer": args.trainer_port,
+            "gateway": args.gateway_port,
+            "web": args.web_port,
+        },
     )
     stack.install_signal_handlers()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -590,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print_plots(first.wait_plots(run.run_id), run.run_id, gateway)
             print_howto(gateway, run.run_id, key_file)
+            print_web(f"http://127.0.0.1:{args.web_port}", run.run_id, key_file)
         finally:
             first.close()
         if args.once:

@@ -22,6 +22,8 @@ from tests.support import ROOT, InProcessService
 BIN = ROOT / ".venv" / "bin"
 DEPLOY = ROOT / "deploy"
 SERVICES = {"registry": 50053, "trainer": 50052, "gateway": 50051}
+# The HTTP face: not a gRPC server, a client of the gateway.
+WEB_PORT = 8000
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
 
 
@@ -77,9 +79,10 @@ def test_deploy_validate_passes_offline() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "deploy/k8s/base renders 24 objects, all valid for Kubernetes 1.37.0 (strict)" in result.stdout
-    assert "deploy/k8s/overlays/dev renders 29 objects" in result.stdout
-    assert result.stdout.count("hadolint deploy/") == 4
+    # web adds a Deployment, Service, PodDisruptionBudget and NetworkPolicy (and a dev Secret).
+    assert "deploy/k8s/base renders 28 objects, all valid for Kubernetes 1.37.0 (strict)" in result.stdout
+    assert "deploy/k8s/overlays/dev renders 34 objects" in result.stdout
+    assert result.stdout.count("hadolint deploy/") == 5
 
 
 def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
@@ -113,7 +116,7 @@ def test_image_requirements_are_pins_from_the_lock() -> None:
         assert f"\n{dev_only}==" not in runtime
 
 
-@pytest.mark.parametrize("service", [*SERVICES, "postgres"])
+@pytest.mark.parametrize("service", [*SERVICES, "web", "postgres"])
 def test_dockerfile_is_multistage_non_root_with_exec_entrypoint(service: str) -> None:
     text = (DEPLOY / service / "Dockerfile").read_text()
     assert text.count("\nFROM ") + text.startswith("FROM ") >= 2
@@ -144,8 +147,8 @@ def test_every_pod_is_hardened(dev: list[dict[str, Any]]) -> None:
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name} {bound}"
             tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{name}: /tmp must be an emptyDir"
-    # registry, trainer, gateway, postgres, migrate job, purge and backup cron jobs, restore job
-    assert seen == 8
+    # registry, trainer, gateway, web, postgres, migrate job, purge and backup cron jobs, restore job
+    assert seen == 9
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
@@ -158,6 +161,21 @@ def test_services_use_native_grpc_probes_on_their_port(dev: list[dict[str, Any]]
     assert container["livenessProbe"]["grpc"]["service"] == "liveness"
     assert env_of(container)[f"{service.upper()}_ADDRESS"] == f"0.0.0.0:{port}"
     assert {"containerPort": port, "name": "grpc"} in container["ports"]
+
+
+def test_web_probes_http_and_reaches_the_gateway_service(dev: list[dict[str, Any]]) -> None:
+    deployment = find(dev, "Deployment", "web")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {"containerPort": WEB_PORT, "name": "http"} in container["ports"]
+    env = env_of(container)
+    assert env["GATEWAY_TARGET"] == "gateway:50051"
+    assert env["WEB_HOST"] == "0.0.0.0" and env["WEB_PORT"] == str(WEB_PORT)
+    # One CSRF secret for every replica, from a Secret.
+    assert env["WEB_SESSION_SECRET"] == {"secretKeyRef": {"name": "taxidriver-web", "key": "WEB_SESSION_SECRET"}}
+    assert "DATABASE_URL" not in env and "INTERNAL_TOKEN" not in env
+    assert find(dev, "Service", "web")["spec"]["ports"][0]["port"] == WEB_PORT
 
 
 def test_registry_readiness_follows_its_service_health(dev: list[dict[str, Any]]) -> None:
@@ -177,21 +195,29 @@ def test_trainer_scales_behind_a_headless_service(base: list[dict[str, Any]]) ->
     assert config["REGISTRY_TARGET"] == "registry:50053"
 
 
-def test_only_the_gateway_is_exposed(base: list[dict[str, Any]], dev: list[dict[str, Any]]) -> None:
-    exposed = [
+def test_only_the_gateway_and_web_are_exposed(base: list[dict[str, Any]], dev: list[dict[str, Any]]) -> None:
+    exposed = sorted(
         o["metadata"]["name"]
         for o in base
         if o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP"
-    ]
-    assert exposed == ["gateway"]
+    )
+    assert exposed == ["gateway", "web"]
     assert all(o["spec"].get("type", "ClusterIP") == "ClusterIP" for o in dev if o["kind"] == "Service")
-    # Policies that admit traffic from anywhere (an ingress rule without `from`) select only the gateway.
-    open_to_all = [
-        o["spec"]["podSelector"]["matchLabels"]
-        for o in dev
-        if o["kind"] == "NetworkPolicy" and any("from" not in rule for rule in o["spec"].get("ingress", []))
+    # Policies that admit traffic from anywhere (an ingress rule without `from`) select only those two.
+    open_to_all = sorted(
+        (
+            o["spec"]["podSelector"]["matchLabels"]
+            for o in dev
+            if o["kind"] == "NetworkPolicy" and any("from" not in rule for rule in o["spec"].get("ingress", []))
+        ),
+        key=lambda labels: labels["app.kubernetes.io/name"],
+    )
+    assert open_to_all == [
+        {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "server"},
+        {"app.kubernetes.io/name": "web", "app.kubernetes.io/component": "server"},
     ]
-    assert open_to_all == [{"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "server"}]
+    web_ingress = next(o for o in dev if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "web")["spec"]
+    assert web_ingress["ingress"] == [{"ports": [{"protocol": "TCP", "port": WEB_PORT}]}]
 
 
 def test_network_paths_match_the_architecture(dev: list[dict[str, Any]]) -> None:
@@ -217,13 +243,15 @@ def test_network_paths_match_the_architecture(dev: list[dict[str, Any]]) -> None
 
     assert egress_targets("gateway") == {("trainer", 50052), ("registry", 50053)}
     assert egress_targets("trainer") == {("registry", 50053)}
+    # web reaches the gateway and nothing else (DNS aside): never the registry nor PostgreSQL.
+    assert egress_targets("web") == {("gateway", 50051)}
     dns = policies["allow-dns-egress"]
     assert dns["podSelector"] == {} and {p["port"] for p in dns["egress"][0]["ports"]} == {53}
 
 
 def test_disruption_budgets_cover_every_service(dev: list[dict[str, Any]]) -> None:
     budgets = {o["metadata"]["name"]: o["spec"] for o in dev if o["kind"] == "PodDisruptionBudget"}
-    assert set(budgets) == set(SERVICES)
+    assert set(budgets) == {*SERVICES, "web"}
     for name, spec in budgets.items():
         assert spec["minAvailable"] == 1
         assert spec["selector"]["matchLabels"]["app.kubernetes.io/name"] == name
@@ -278,6 +306,9 @@ def test_compose_starts_in_dependency_order_on_loopback() -> None:
     assert services["trainer"]["depends_on"] == {"registry": {"condition": "service_healthy"}}
     assert set(services["gateway"]["depends_on"]) == {"registry", "trainer"}
     assert services["gateway"]["ports"] == ["127.0.0.1:${GATEWAY_PORT:-50051}:50051"]
+    assert services["web"]["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert services["web"]["ports"] == ["127.0.0.1:${WEB_PORT:-8000}:8000"]
+    assert services["web"]["environment"]["GATEWAY_TARGET"] == "gateway:50051"
     for name, service in services.items():
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
         if name in SERVICES:

@@ -7,6 +7,7 @@ its services, and checks which processes are left.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,11 +38,17 @@ class DevStack:
     def __init__(self, data_dir: Path, *args: str, database_url: str | None = None, make: bool = False) -> None:
         self.data_dir = data_dir
         self.gateway_port = free_port()
+        self.web_port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINER_WORKERS": "1"}
         env.pop("DATABASE_URL", None)
         if database_url:
             env["DATABASE_URL"] = database_url
-        ports = {"GATEWAY_PORT": self.gateway_port, "TRAINER_PORT": free_port(), "REGISTRY_PORT": free_port()}
+        ports = {
+            "GATEWAY_PORT": self.gateway_port,
+            "TRAINER_PORT": free_port(),
+            "REGISTRY_PORT": free_port(),
+            "WEB_PORT": self.web_port,
+        }
         env.update({name: str(port) for name, port in ports.items()})
         env["TAXI_DRIVER_DATA_DIR"] = str(data_dir)
         # `make run` exactly as a user types it, or what it runs (with extra arguments).
@@ -173,7 +181,7 @@ def stacks() -> Iterator[list[DevStack]]:
 
 @pytest.mark.parametrize(
     ("moment", "started_services"),
-    [(r"started run [0-9a-f-]{36}", 3), (r"registry_service SERVING", 1)],
+    [(r"started run [0-9a-f-]{36}", 4), (r"registry_service SERVING", 1)],
     ids=["during-the-first-training", "during-start-up"],
 )
 def test_sigterm_to_make_run_at_any_moment_leaves_no_process(
@@ -194,7 +202,7 @@ def test_sigterm_to_make_run_at_any_moment_leaves_no_process(
     assert wait_gone(services) == set(), stack.output
     assert in_sessions(sessions) == set(), stack.output
     assert wait_gone({postgres}) == set(), stack.output
-    for service in ("registry_service", "trainer_service", "gateway")[:started_services]:
+    for service in ("registry_service", "trainer_service", "gateway", "web")[:started_services]:
         assert re.search(rf"{service} stopped \(exit code -?\d+\)", stack.output), stack.output
 
 
@@ -231,6 +239,16 @@ def test_a_killed_trainer_is_restarted_and_the_stack_still_answers(
                 assert time.monotonic() < deadline, f"the gateway never reached the restarted trainer: {error}"
                 time.sleep(0.5)
     assert "sarsa" in {a.name for a in reply.algorithms}
+    # The HTTP face came up with the stack, printed its URL, and answers with the dev key.
+    stack.wait_for(rf"web: http://127\.0\.0\.1:{stack.web_port}/")
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://127.0.0.1:{stack.web_port}/database/runs?limit=10", headers={"Authorization": f"Bearer {key}"}
+        ),
+        timeout=30,
+    ) as reply_http:
+        listed = json.loads(reply_http.read())
+    assert any(run["algorithm"] == "sarsa" for run in listed["runs"])
     services = stack.service_pids()
     assert stack.terminate() == 0
     assert wait_gone(services) == set(), stack.output

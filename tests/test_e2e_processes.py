@@ -46,6 +46,8 @@ def first_training(database_url: str, tmp_path_factory: pytest.TempPathFactory) 
             str(free_port()),
             "--registry-port",
             str(free_port()),
+            "--web-port",
+            str(free_port()),
             "--data-dir",
             str(data_dir),
         ],
@@ -68,8 +70,10 @@ def test_first_training_prints_its_test_metrics(first_training: tuple[str, str])
     assert re.search(r"avg_steps = \d+(\.\d+)?", output)
     assert "grpcurl -plaintext" in output
     # Each service drained and exited cleanly on SIGTERM.
-    for service in ("gateway", "trainer_service", "registry_service"):
+    for service in ("web", "gateway", "trainer_service", "registry_service"):
         assert f"{service} stopped (exit code 0)" in output
+    # make run prints the HTTP face's URL.
+    assert re.search(r"web: http://127\.0\.0\.1:\d+/ ", output)
 
 
 def test_run_row_holds_the_seed_keys(first_training: tuple[str, str], database_url: str) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the four images (registry, trainer, gateway, postgres) from a staged context.
+# Build the five images (registry, trainer, gateway, web, postgres) from a staged context.
 # The context mirrors the repository's paths but holds only what images need (no .venv,
 # .data, .git, generated code, caches), so the Dockerfiles also work from the repo root
 # with a .dockerignore. Python wheels come from deploy/.wheelhouse (make wheelhouse).
@@ -10,7 +10,7 @@ DOCKER=${DOCKER:-docker}
 BASE_IMAGE=${BASE_IMAGE:-taxidriver/base:bookworm}
 TAG=${TAG:-dev}
 PREFIX=${IMAGE_PREFIX:-taxidriver}
-SERVICES=${SERVICES:-postgres registry trainer gateway}
+SERVICES=${SERVICES:-postgres registry trainer gateway web}
 CTX=deploy/.context
 
 ls deploy/.wheelhouse/*.whl >/dev/null 2>&1 || { echo "build-images: deploy/.wheelhouse is empty (make wheelhouse)" >&2; exit 1; }
@@ -24,7 +24,7 @@ done
 rm -rf "$CTX"
 mkdir -p "$CTX/deploy/scripts" "$CTX/deploy/postgres"
 packages=()
-for pkg in registry_service trainer_service gateway; do [ -d "$pkg" ] && packages+=("$pkg"); done
+for pkg in registry_service trainer_service gateway web; do [ -d "$pkg" ] && packages+=("$pkg"); done
 rsync -a --exclude '__pycache__' --exclude '*.pyc' \
   --exclude '/taxidriver/registry' --exclude '/taxidriver/trainer' --exclude '/taxidriver/ingest' \
   protos taxidriver "${packages[@]}" "$CTX/"

@@ -11,6 +11,8 @@ export PROJECT=${SMOKE_PROJECT:-taxidriver-smoke}
 export TAG=${TAG:-dev}
 GATEWAY_PORT=${GATEWAY_PORT:-$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 export GATEWAY_PORT
+WEB_PORT=${WEB_PORT:-$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+export WEB_PORT
 t0=$SECONDS
 phase() { echo "smoke: $1 = $(( SECONDS - $2 )) s"; }
 
@@ -45,7 +47,7 @@ phase base_image_and_wheelhouse $t
 t=$SECONDS
 deploy/scripts/build-images.sh
 phase build_images $t
-for image in postgres registry trainer gateway; do
+for image in postgres registry trainer gateway web; do
   echo "smoke: image $image = $($DOCKER image inspect --format '{{.Size}}' "taxidriver/$image:$TAG" | awk '{printf "%.0f", $1/1048576}') MiB"
 done
 deploy/scripts/stack.sh down >/dev/null 2>&1 || true
@@ -59,6 +61,13 @@ export TAXI_DRIVER_API_KEY
 [ -n "$TAXI_DRIVER_API_KEY" ] || { echo "smoke: FAILED: no API key issued" >&2; exit 1; }
 $PY deploy/scripts/smoke_client.py --target "127.0.0.1:$GATEWAY_PORT"
 phase training $t
+# The web container: the seed's listing over HTTP/JSON with the key, and /docs, through it.
+t=$SECONDS
+listed=$(curl -fsS -H "Authorization: Bearer $TAXI_DRIVER_API_KEY" "http://127.0.0.1:$WEB_PORT/database/runs?limit=10")
+$PY -c 'import json, sys; runs = json.loads(sys.argv[1])["runs"]; assert runs, "no run listed"; print(f"smoke: web lists {len(runs)} run(s)")' "$listed"
+curl -fsS -o /dev/null "http://127.0.0.1:$WEB_PORT/docs"
+curl -fsS -o /dev/null "http://127.0.0.1:$WEB_PORT/static/vendor/uplot/uPlot.iife.min.js"
+phase web $t
 # The CronJobs' commands, in the registry image under the same hardening (read-only root).
 t=$SECONDS
 deploy/scripts/stack.sh task /bin/sh -c \
@@ -66,8 +75,11 @@ deploy/scripts/stack.sh task /bin/sh -c \
    && echo "smoke: backup = $(wc -c < /backups/smoke.dump) bytes"'
 deploy/scripts/stack.sh task python -m registry_service.purge --older-than-days 30
 phase backup_and_purge $t
-# Graceful drain: the gateway must exit 0 on SIGTERM.
+# Graceful drain: web and the gateway must exit 0 on SIGTERM.
 t=$SECONDS
+$DOCKER stop --time 30 "$PROJECT-web" >/dev/null
+code=$($DOCKER inspect --format '{{.State.ExitCode}}' "$PROJECT-web")
+[ "$code" = 0 ] || { echo "smoke: FAILED: web exited $code on SIGTERM" >&2; exit 1; }
 $DOCKER stop --time 30 "$PROJECT-gateway" >/dev/null
 code=$($DOCKER inspect --format '{{.State.ExitCode}}' "$PROJECT-gateway")
 [ "$code" = 0 ] || { echo "smoke: FAILED: gateway exited $code on SIGTERM" >&2; exit 1; }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The compose stack with plain `docker run` on a user network, for engines without a compose
 # tool (and for the smoke test, which must not depend on one). Mirrors deploy/compose.yaml:
-# postgres -> migrate (must exit 0) -> registry (healthy) -> trainer (healthy) -> gateway (healthy).
+# postgres -> migrate (must exit 0) -> registry (healthy) -> trainer (healthy) -> gateway (healthy)
+# -> web (healthy: its /readyz sees the gateway).
 #   deploy/scripts/stack.sh up|down|status|task COMMAND [ARGS...]
 # Env: DOCKER, PROJECT (container/network prefix, default taxidriver), TAG (default dev),
-#      GATEWAY_PORT (loopback port, default 50051), POSTGRES_PASSWORD, TRAINER_WORKERS,
+#      GATEWAY_PORT (loopback port, default 50051), WEB_PORT (default 8000), POSTGRES_PASSWORD, TRAINER_WORKERS,
 #      KEEP_VOLUME=1 keeps the database volume on down.
 set -euo pipefail
 DOCKER=${DOCKER:-docker}
@@ -12,6 +13,8 @@ PROJECT=${PROJECT:-taxidriver}
 TAG=${TAG:-dev}
 PREFIX=${IMAGE_PREFIX:-taxidriver}
 GATEWAY_PORT=${GATEWAY_PORT:-50051}
+WEB_PORT=${WEB_PORT:-8000}
+WEB_SESSION_SECRET=${WEB_SESSION_SECRET:-taxidriver-dev-web-session-secret}
 POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-taxidriver-dev}
 INTERNAL_TOKEN=${INTERNAL_TOKEN:-taxidriver-dev-internal-token}
 TRAINER_WORKERS=${TRAINER_WORKERS:-2}
@@ -68,7 +71,12 @@ up() {
     -e REGISTRY_TARGET=registry:50053 -e INTERNAL_TOKEN="$INTERNAL_TOKEN" -p "127.0.0.1:$GATEWAY_PORT:50051" \
     --health-cmd "grpc-health-probe 127.0.0.1:50051" --health-interval 2s --health-retries 30 "$PREFIX/gateway:$TAG"
   wait_healthy gateway
-  echo "stack: up; gateway at 127.0.0.1:$GATEWAY_PORT"
+  run web "$PREFIX/web:$TAG" -e WEB_HOST=0.0.0.0 -e WEB_PORT=8000 -e GATEWAY_TARGET=gateway:50051 \
+    -e WEB_SESSION_SECRET="$WEB_SESSION_SECRET" -p "127.0.0.1:$WEB_PORT:8000" \
+    --health-cmd "python -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)\"" \
+    --health-interval 2s --health-retries 30 "$PREFIX/web:$TAG"
+  wait_healthy web
+  echo "stack: up; gateway at 127.0.0.1:$GATEWAY_PORT, web at http://127.0.0.1:$WEB_PORT"
 }
 
 down() {
