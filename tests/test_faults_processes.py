@@ -615,3 +615,59 @@ def test_trainer_paused_past_its_lease_is_refused_after_another_took_the_run(
         assert_complete_exactly_once(db, run_id)
         final = db.execute("SELECT trainer_id, lease_epoch FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
         assert final is not None and final[1] == 2 and final[0] not in ("", first_writer)
+
+
+PLOT_NAMES = {"rewards.png", "steps.png", "epsilon.png", "td_error.png", "test_vs_brute_force.png"}
+
+
+def test_trainer_sigkilled_as_its_run_completes_leaves_the_run_with_model_and_every_plot(
+    healthy_stack: Stack, db: psycopg.Connection
+) -> None:
+    """Issue 10: a run is `completed` only once everything it promises is stored.
+
+    The trainer is SIGKILLed the moment the registry answers `completed` (a few runs, each
+    on a freshly started trainer): each completed run must already hold its model and all
+    five plots, in the artifacts table and in training_runs.plots.
+    """
+    trainer = healthy_stack.trainer
+    with grpc.insecure_channel(healthy_stack.registry.target) as registry_channel:
+        registry = registry_grpc.RegistryServiceStub(registry_channel)
+        for seed in (101, 102, 103):
+            if trainer.process is None or trainer.process.poll() is not None:
+                trainer.start()
+            request = tpb.StartRunRequest(
+                algorithm="q_learning",
+                mode=tpb.TRAINING_MODE_USER,
+                hyperparameters=tpb.Hyperparameters(
+                    alpha=0.5,
+                    gamma=0.9,
+                    epsilon=1.0,
+                    epsilon_min=0.1,
+                    epsilon_decay=0.999,
+                    training_episodes=5_000,
+                    max_steps=200,
+                ),
+                seed=seed,
+                test_episodes=10,
+            )
+            with grpc.insecure_channel(trainer.target) as channel:
+                run_id = trainer_grpc.TrainerServiceStub(channel).StartRun(request, timeout=60).run_id
+            deadline = time.monotonic() + 120
+            while True:  # as tight as the registry answers: the kill must land right after completion
+                status = registry.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10).run.status
+                if status in TERMINAL:
+                    break
+                assert time.monotonic() < deadline, f"run {run_id} still {status} after 120s"
+            trainer.kill()
+            assert status == resources_pb2.RUN_STATUS_COMPLETED, trainer.log_tail()
+            assert row(db, run_id) == ("completed", 5_000)
+            model = db.execute("SELECT count(*) FROM saved_models WHERE run_id = %s", (run_id,)).fetchone()
+            assert model == (1,), run_id
+            stored = dict(
+                db.execute(
+                    "SELECT name, artifact_id::text FROM artifacts WHERE run_id = %s AND kind = 'plot'", (run_id,)
+                ).fetchall()
+            )
+            assert set(stored) == PLOT_NAMES, (run_id, sorted(stored))
+            plots = db.execute("SELECT plots FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+            assert plots is not None and plots[0] == stored, run_id

@@ -2,7 +2,10 @@
 
 Each active run has one task that consumes its worker's messages in order, so the
 registry always sees: episodes (streamed concurrently by the EpisodeStreamer), then
-the model, then CompleteRun, then the plots (never on the critical path).
+the model and the plots, then CompleteRun. A run is completed only once everything it
+promises is stored: a trainer killed at any moment leaves either a completed run with
+all its artifacts or a non-terminal one that its lease turns interrupted (resumable;
+the resumed run renders and uploads everything again). Every upload carries the lease epoch.
 """
 
 from __future__ import annotations
@@ -377,9 +380,6 @@ class RunManager:
                 elif kind == "done":
                     await self._complete(run, payload)
                     completed = True
-                    run.finished.set()  # plots follow, off the critical path
-                elif kind == "plots":
-                    await self._upload_plots(run, payload)
                     return
                 elif kind == "cancelled":
                     await self._finish(run, STATUS.RUN_STATUS_CANCELLED, payload["episodes"], "cancelled")
@@ -448,6 +448,7 @@ class RunManager:
             episode=result["episodes"],
             metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, **result["model_metadata"]},
         )
+        await self._upload_plots(run, result["plots"])
         request = ingest_service_pb2.CompleteRunRequest(
             run_id=run.run_id,
             status=STATUS.RUN_STATUS_COMPLETED,
@@ -473,18 +474,16 @@ class RunManager:
         log.info("run %s completed", run.run_id, extra={"run_id": run.run_id})
 
     async def _upload_plots(self, run: ActiveRun, plots: dict[str, bytes]) -> None:
+        """Before CompleteRun, like the model: a plot that cannot be stored fails the run (resumable)."""
         for name, png in plots.items():
-            try:
-                await self.client.upload_artifact(
-                    run.run_id,
-                    STATUS.ARTIFACT_KIND_PLOT,
-                    name,
-                    png,
-                    content_type="image/png",
-                    lease_epoch=run.lease_epoch,
-                )
-            except grpc.aio.AioRpcError as error:
-                log.warning("run %s: plot %s not stored: %s", run.run_id, name, error.details())
+            await self.client.upload_artifact(
+                run.run_id,
+                STATUS.ARTIFACT_KIND_PLOT,
+                name,
+                png,
+                content_type="image/png",
+                lease_epoch=run.lease_epoch,
+            )
 
     async def _finish(
         self, run: ActiveRun, status: STATUS.RunStatus, episodes: int, reason: str, error: str = ""
@@ -595,7 +594,7 @@ class RunManager:
             _, pending = await asyncio.wait([asyncio.ensure_future(r.finished.wait()) for r in runs], timeout=grace)
             for waiter in pending:
                 waiter.cancel()
-        # Plot uploads may still be in flight: give the run tasks a moment, then stop.
+        # Run tasks still finishing (a completion's last writes): give them a moment, then stop.
         tasks = [r.task for r in runs if r.task is not None and not r.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)

@@ -5,7 +5,8 @@ chunks for cancel or shutdown); `_Progress` is the plumbing around it (batches t
 checkpoints); `_report` computes the metric groups. Messages posted to the parent's outbox:
   ("ready", worker, None), ("started", run_id, {...}), ("episodes", run_id, EpisodeColumns),
   ("checkpoint", run_id, {...}), ("done" | "cancelled" | "interrupted" | "failed", run_id, {...}),
-  ("plots", run_id, {name: png}), ("idle", worker, None).
+  ("idle", worker, None). The "done" payload carries the model AND the plots ({name: png} under
+  "plots"): the parent stores both before it completes the run.
 """
 
 from __future__ import annotations
@@ -142,10 +143,11 @@ def _execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None: 
         outbox.put(("cancelled", job.run_id, {"episodes": state.episode}))
         return
     result, agent, random_agent = _report(spec, table, best, state, progress, stop_reason)
-    outbox.put(("done", job.run_id, result))
     from trainer_service.plots import render_plots
 
-    outbox.put(("plots", job.run_id, render_plots(progress.history(), agent, random_agent)))
+    # Rendered before "done", not after: a run is completed only once its plots are stored too.
+    result["plots"] = render_plots(progress.history(), agent, random_agent)
+    outbox.put(("done", job.run_id, result))
 
 
 def train(
