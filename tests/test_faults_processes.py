@@ -315,7 +315,10 @@ def test_trainer_sigkilled_mid_run_is_interrupted_then_resumed_elsewhere(
             )
         assert resumed.resumed_from_episode >= CHECKPOINT_EVERY
         assert resumed.resumed_from_episode % CHECKPOINT_EVERY == 0
-        assert resumed.resumed_from_episode <= recorded
+        # A checkpoint may be ahead of the episodes the registry acknowledged (it holds the
+        # whole history, and the resuming trainer re-sends the unacknowledged part from it):
+        # the check that matters is that every episode ends up stored exactly once.
+        assert resumed.resumed_from_episode < EPISODES
         status, _ = wait_row(db, run_id, statuses={"completed", "failed"}, timeout=120)
         assert status == "completed", other.log_tail()
         assert_complete_exactly_once(db, run_id)

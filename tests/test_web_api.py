@@ -129,6 +129,7 @@ def test_every_annotated_route_is_served(
         "StartRun": "runId",
         "ListAlgorithms": "algorithms",
         "Check": "status",
+        "GetCurrentUser": "role",
     }
     served = set()
     for route in load_routes():
