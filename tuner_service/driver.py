@@ -24,12 +24,13 @@ from google.protobuf import json_format, struct_pb2
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from taxidriver import seedstats as stats
 from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import sweep_store_pb2, sweep_store_pb2_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2
 from taxidriver.tuner.v1 import tuner_service_pb2 as pb
-from tuner_service import space, stats
+from tuner_service import space
 from tuner_service.trainers import TrainerPool
 
 log = logging.getLogger(__name__)
@@ -445,7 +446,7 @@ class SweepDriver:
         trial.training_seconds = sum(t or 0.0 for t in times) / len(times)
         summary = stats.seed_statistics({runs[0].env_id or "Taxi-v3": scores})
         trial.statistics.CopyFrom(
-            pb.SeedStatistics(
+            resources_pb2.SeedStatistics(
                 seeds=summary.seeds, mean=summary.mean, iqm=summary.iqm, ci_low=summary.ci_low, ci_high=summary.ci_high
             )
         )
