@@ -56,6 +56,7 @@ $(STAMPS)/buf:
 # included) for clients that load contracts at run time (docs/clients.md).
 DESCRIPTOR := build/taxidriver-public.binpb
 PUBLIC_PROTOS := taxidriver/trainer/v1/trainer_service.proto taxidriver/registry/v1/registry_service.proto \
+	taxidriver/tuner/v1/tuner_service.proto \
 	third_party/google/rpc/status.proto third_party/google/rpc/error_details.proto \
 	third_party/grpc/health/v1/health.proto
 

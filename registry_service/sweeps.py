@@ -311,7 +311,9 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
             await conn.execute(TOUCH_SWEEP, (sweep_id,))
         return pb.RecordTrialResponse()
 
-    async def FinishSweep(self, request: pb.FinishSweepRequest, context: grpc.aio.ServicerContext) -> pb.SweepRecord:
+    async def FinishSweep(
+        self, request: pb.FinishSweepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FinishSweepResponse:
         sweep_id = parse_uuid(request.sweep_id, "sweep_id")
         if request.state not in FINAL_SWEEP_STATES:
             raise bad_field("state", f"must be one of {', '.join(sorted(FINAL_SWEEP_STATES))}")
@@ -322,11 +324,11 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
             state = await self._check_epoch(conn, sweep_id, request.lease_epoch)
             if state == "running":
                 await conn.execute(FINISH_SWEEP, (request.state, request.error_message[:10_000], sweep_id))
-            return await self._fetch(conn, sweep_id)
+            return pb.FinishSweepResponse(sweep=await self._fetch(conn, sweep_id))
 
     async def GetSweepRecord(
         self, request: pb.GetSweepRecordRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SweepRecord:
+    ) -> pb.GetSweepRecordResponse:
         sweep_id = parse_uuid(request.sweep_id, "sweep_id")
         async with self.pool.connection() as conn:
             record = await self._fetch(conn, sweep_id)
@@ -339,7 +341,7 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
                         number=number, state=state, body=dict_to_struct(body), run_ids=tagged.get(number, [])
                     )
                 )
-        return record
+        return pb.GetSweepRecordResponse(sweep=record)
 
     async def ListSweepRecords(
         self, request: pb.ListSweepRecordsRequest, context: grpc.aio.ServicerContext
@@ -369,18 +371,18 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
 
     async def ListOrphanSweeps(
         self, request: pb.ListOrphanSweepsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListSweepRecordsResponse:
+    ) -> pb.ListOrphanSweepsResponse:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(LIST_ORPHANS)
             rows = await cursor.fetchall()
-        return pb.ListSweepRecordsResponse(sweeps=[record_from_row(row) for row in rows])
+        return pb.ListOrphanSweepsResponse(sweeps=[record_from_row(row) for row in rows])
 
     async def RequestSweepCancel(
         self, request: pb.RequestSweepCancelRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SweepRecord:
+    ) -> pb.RequestSweepCancelResponse:
         """Records the cancel; a held sweep is stopped by its holder at its next renewal."""
         sweep_id = parse_uuid(request.sweep_id, "sweep_id")
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(REQUEST_CANCEL, (sweep_id,))
-            return await self._fetch(conn, sweep_id)
+            return pb.RequestSweepCancelResponse(sweep=await self._fetch(conn, sweep_id))

@@ -80,7 +80,7 @@ def small_spec(**overrides: object) -> pb.SweepSpec:
 def wait_done(stub: tuner_service_pb2_grpc.TunerServiceStub, sweep_id: str, timeout: float = 120.0) -> pb.Sweep:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id))
+        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id)).sweep
         if sweep.state != pb.SWEEP_STATE_RUNNING:
             return sweep
         time.sleep(0.2)
@@ -95,11 +95,11 @@ def test_sweep_trials_run_on_both_trainers_and_are_recorded(
 ) -> None:
     with grpc.insecure_channel(tuner.target) as channel:
         stub = tuner_service_pb2_grpc.TunerServiceStub(channel)
-        started = stub.StartSweep(pb.StartSweepRequest(request_id=str(uuid.uuid4()), spec=small_spec()))
+        started = stub.StartSweep(pb.StartSweepRequest(request_id=str(uuid.uuid4()), spec=small_spec())).sweep
         assert started.state == pb.SWEEP_STATE_RUNNING
         assert started.spec.objective.metric == "optimal_start_state_fraction"
         watched = list(stub.WatchSweep(pb.WatchSweepRequest(sweep_id=started.sweep_id), timeout=180))
-        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=started.sweep_id))
+        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=started.sweep_id)).sweep
 
     assert sweep.state == pb.SWEEP_STATE_SUCCEEDED
     assert [t.number for t in sweep.trials] == [0, 1, 2, 3]
@@ -151,8 +151,8 @@ def test_start_sweep_with_the_same_request_id_returns_the_same_sweep(tuner: InPr
     spec = small_spec(n_trials=1, parallelism=1, seeds_per_trial=1)
     with grpc.insecure_channel(tuner.target) as channel:
         stub = tuner_service_pb2_grpc.TunerServiceStub(channel)
-        first = stub.StartSweep(pb.StartSweepRequest(request_id=request_id, spec=spec))
-        again = stub.StartSweep(pb.StartSweepRequest(request_id=request_id, spec=spec))
+        first = stub.StartSweep(pb.StartSweepRequest(request_id=request_id, spec=spec)).sweep
+        again = stub.StartSweep(pb.StartSweepRequest(request_id=request_id, spec=spec)).sweep
         assert again.sweep_id == first.sweep_id
         other = small_spec(n_trials=2, parallelism=1, seeds_per_trial=1)
         with pytest.raises(grpc.RpcError) as caught:
@@ -209,15 +209,15 @@ def test_cancel_sweep_stops_its_runs_and_starts_no_more_trials(tuner: InProcessS
     spec = small_spec(n_trials=20, parallelism=1, seeds_per_trial=2, fixed_params={"training_episodes": 200_000})
     with grpc.insecure_channel(tuner.target) as channel:
         stub = tuner_service_pb2_grpc.TunerServiceStub(channel)
-        started = stub.StartSweep(pb.StartSweepRequest(spec=spec))
+        started = stub.StartSweep(pb.StartSweepRequest(spec=spec)).sweep
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=started.sweep_id))
+            sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=started.sweep_id)).sweep
             if sweep.trials and len(sweep.trials[0].run_ids) == 2:
                 break
             time.sleep(0.1)
         run_ids = list(sweep.trials[0].run_ids)
-        cancelled = stub.CancelSweep(pb.CancelSweepRequest(sweep_id=started.sweep_id), timeout=60)
+        cancelled = stub.CancelSweep(pb.CancelSweepRequest(sweep_id=started.sweep_id), timeout=60).sweep
     assert cancelled.state == pb.SWEEP_STATE_CANCELLED
     assert [t.state for t in cancelled.trials] == [pb.TRIAL_STATE_CANCELLED]
     deadline = time.monotonic() + 60
@@ -254,7 +254,7 @@ def test_gateway_forwards_the_tuner_service(
         wait_for_health(gateway.target, "taxidriver.tuner.v1.TunerService", timeout=30)
         with grpc.insecure_channel(gateway.target) as channel:
             stub = tuner_service_pb2_grpc.TunerServiceStub(channel)
-            started = stub.StartSweep(pb.StartSweepRequest(spec=small_spec(n_trials=1, seeds_per_trial=1)))
+            started = stub.StartSweep(pb.StartSweepRequest(spec=small_spec(n_trials=1, seeds_per_trial=1))).sweep
             done = wait_done(stub, started.sweep_id)
             assert done.state == pb.SWEEP_STATE_SUCCEEDED and done.trials[0].state == pb.TRIAL_STATE_COMPLETE
             # Rich errors cross the gateway intact.

@@ -84,9 +84,11 @@ class Tuner:
                 return False  # another tuner holds it, or it ended / was deleted meanwhile
             raise
         # The trials as the registry has them, read after the claim: nobody else writes now.
-        record = await self.store.GetSweepRecord(
-            sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id), timeout=CALL_TIMEOUT_S
-        )
+        record = (
+            await self.store.GetSweepRecord(
+                sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id), timeout=CALL_TIMEOUT_S
+            )
+        ).sweep
         services = Services(
             store=self.store,
             registry=self.registry,
@@ -131,7 +133,7 @@ class Tuner:
         self._adopter = asyncio.create_task(self._adopt_forever(), name="tuner-adopt")
 
     async def cancel_runs_of_unfinished(self, sweep_id: str) -> None:
-        record = await self.store.GetSweepRecord(sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id))
+        record = (await self.store.GetSweepRecord(sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id))).sweep
         for stored in record.trials:
             if stored.state != "running":
                 continue

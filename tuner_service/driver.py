@@ -407,6 +407,11 @@ class SweepDriver:
 
     async def _train(self, trial: pb.Trial) -> None:
         seeds = max(1, self.spec.seeds_per_trial)
+        # The trial's parameters are durable before any run starts: a tuner taking the sweep over
+        # asks this trial again with them, so its StartRun requests (same request_ids) are the
+        # same requests, answered with the runs already started (other parameters would be a
+        # reused request_id, refused).
+        await self._record(trial)
         run_ids: list[str] = []
         seed_values: list[int] = []
         for seed_index in range(seeds):

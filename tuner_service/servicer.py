@@ -128,7 +128,9 @@ class TunerServicer(tuner_service_pb2_grpc.TunerServiceServicer):
 
     # ---- sweeps ----
 
-    async def StartSweep(self, request: pb.StartSweepRequest, context: grpc.aio.ServicerContext) -> pb.Sweep:
+    async def StartSweep(
+        self, request: pb.StartSweepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartSweepResponse:
         if len(request.request_id) > MAX_NAME_CHARS or "\x00" in request.request_id:
             raise bad_field("request_id", f"at most {MAX_NAME_CHARS} characters, no NUL")
         spec = await self._validated_spec(request.spec)
@@ -145,15 +147,15 @@ class TunerServicer(tuner_service_pb2_grpc.TunerServiceServicer):
             reply = await self.tuner.store.CreateSweep(create)
         if reply.created:
             await self.tuner.adopt(reply.sweep.sweep_id)
-        return await self._get(reply.sweep.sweep_id)
+        return pb.StartSweepResponse(sweep=await self._get(reply.sweep.sweep_id))
 
     async def _get(self, sweep_id: str) -> pb.Sweep:
         async with upstream_errors("reading the sweep"):
-            record = await self.tuner.store.GetSweepRecord(sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id))
-        return sweep_from_record(record)
+            reply = await self.tuner.store.GetSweepRecord(sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id))
+        return sweep_from_record(reply.sweep)
 
-    async def GetSweep(self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext) -> pb.Sweep:
-        return await self._get(request.sweep_id)
+    async def GetSweep(self, request: pb.GetSweepRequest, context: grpc.aio.ServicerContext) -> pb.GetSweepResponse:
+        return pb.GetSweepResponse(sweep=await self._get(request.sweep_id))
 
     async def ListSweeps(
         self, request: pb.ListSweepsRequest, context: grpc.aio.ServicerContext
@@ -168,11 +170,15 @@ class TunerServicer(tuner_service_pb2_grpc.TunerServiceServicer):
             sweeps=[sweep_from_record(record) for record in reply.sweeps], next_page_token=reply.next_page_token
         )
 
-    async def CancelSweep(self, request: pb.CancelSweepRequest, context: grpc.aio.ServicerContext) -> pb.Sweep:
+    async def CancelSweep(
+        self, request: pb.CancelSweepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelSweepResponse:
         async with upstream_errors("cancelling the sweep"):
-            record = await self.tuner.store.RequestSweepCancel(
-                sweep_store_pb2.RequestSweepCancelRequest(sweep_id=request.sweep_id)
-            )
+            record = (
+                await self.tuner.store.RequestSweepCancel(
+                    sweep_store_pb2.RequestSweepCancelRequest(sweep_id=request.sweep_id)
+                )
+            ).sweep
         driver = self.tuner.drivers.get(record.sweep_id)
         if driver is not None:
             driver.cancel_requested.set()
@@ -184,7 +190,7 @@ class TunerServicer(tuner_service_pb2_grpc.TunerServiceServicer):
         elif record.state == "cancelled":
             # Nobody drove it: the registry cancelled it at once; its unfinished trials' runs stop too.
             await self.tuner.cancel_runs_of_unfinished(record.sweep_id)
-        return await self._get(record.sweep_id)
+        return pb.CancelSweepResponse(sweep=await self._get(record.sweep_id))
 
     async def WatchSweep(
         self, request: pb.WatchSweepRequest, context: grpc.aio.ServicerContext
