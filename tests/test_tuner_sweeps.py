@@ -32,14 +32,16 @@ def second_trainer(loop_thread: LoopThread, registry: InProcessService) -> Itera
     service.stop(1.0)
 
 
-def start_tuner(loop_thread: LoopThread, registry: InProcessService, *trainers: InProcessService) -> InProcessService:
+def start_tuner(
+    loop_thread: LoopThread, registry: InProcessService, *trainers: InProcessService | str
+) -> InProcessService:
     from tuner_service.app import start_tuner as start
     from tuner_service.settings import TunerSettings
 
     settings = TunerSettings(
         address="127.0.0.1:0",
         registry_target=registry.target,
-        trainer_targets=tuple(t.target for t in trainers),
+        trainer_targets=tuple(t if isinstance(t, str) else t.target for t in trainers),
         poll_interval=0.1,
         lease_seconds=6.0,
         adopt_interval=0.5,

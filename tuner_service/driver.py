@@ -286,6 +286,7 @@ class SweepDriver:
         for trial, asked in pending:
             launch(trial, asked)
         stop_reason = ""
+        stopping = False
         try:
             while True:
                 if self.cancel_requested.is_set():
@@ -313,14 +314,19 @@ class SweepDriver:
                 for task in done & running:
                     running.discard(task)
                     task.result()  # a trial's LeaseLost (or a bug) ends the sweep here
+        except asyncio.CancelledError:
+            # This tuner is shutting down: its trials stop here, their runs go on, and whoever
+            # takes the sweep next finds them again.
+            stopping = True
+            raise
         finally:
-            if running and (stop_reason or self.lost.is_set()):
+            if running and (stop_reason or stopping or self.lost.is_set()):
                 for task in running:
                     task.cancel()
             if running:
                 results = await asyncio.gather(*running, return_exceptions=True)
                 for result in results:
-                    if isinstance(result, LeaseLost):
+                    if isinstance(result, LeaseLost) and not stopping:
                         raise result
         if stop_reason == "cancelled":
             await self._cancel_unfinished()
