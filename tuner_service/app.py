@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from taxidriver.errors import ServiceError, failed_precondition
+from taxidriver.errors import ServiceError, Violations, bad_field
 from taxidriver.ingest.v1 import sweep_store_pb2, sweep_store_pb2_grpc
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
@@ -18,6 +18,7 @@ from taxidriver.server import RunningServer, ServiceBinding, create_server
 from taxidriver.trainer.v1 import trainer_service_pb2
 from taxidriver.tuner.v1 import tuner_service_pb2 as pb
 from taxidriver.tuner.v1 import tuner_service_pb2_grpc
+from tuner_service import advice, space
 from tuner_service.driver import CALL_TIMEOUT_S, Services, SweepDriver, trial_from_record
 from tuner_service.servicer import TunerServicer, upstream_errors
 from tuner_service.settings import TunerSettings
@@ -144,10 +145,70 @@ class Tuner:
                     )
 
     async def suggest(self, request: pb.SuggestParamsRequest) -> pb.SuggestParamsResponse:
-        raise failed_precondition("SuggestParams is not built yet", reason="NOT_BUILT")
+        algorithms, specs = await self.algorithms()
+        violations = Violations()
+        algorithm = algorithms.get(request.algorithm)
+        if algorithm is None or request.algorithm == "brute_force":
+            names = ", ".join(sorted(name for name in algorithms if name != "brute_force"))
+            violations.add("algorithm", f"must be one of {names}")
+        if request.sampler not in (pb.SAMPLER_UNSPECIFIED, pb.SAMPLER_TPE, pb.SAMPLER_RANDOM, pb.SAMPLER_CMA_ES):
+            violations.add("sampler", "must be TPE, RANDOM or CMA_ES (a grid has nothing to learn)")
+        if len(request.env_id) > 100:
+            violations.add("env_id", "at most 100 characters")
+        advice.check_request_common(request.objective, request.max_runs, violations)
+        space.check_space(request.search_space, "search_space", algorithm, specs, violations)
+        violations.raise_if_any()
+        assert algorithm is not None
+        search_space = advice.algorithm_space(algorithm, list(request.search_space))
+        dists = space.distributions(search_space, specs)
+        metric = request.objective.metric or space.DEFAULT_METRIC
+        if request.sweep_id:
+            record = await self._sweep_record(request.sweep_id)
+            if record.algorithm != request.algorithm:
+                raise bad_field(
+                    "sweep_id", f"sweep {request.sweep_id} tuned {record.algorithm}, not {request.algorithm}"
+                )
+            observations = advice.observations_from_sweep(record, dists)
+        else:
+            async with upstream_errors("reading stored runs"):
+                runs = await advice.runs_of(
+                    self.registry, request.algorithm, request.env_id, request.max_runs or advice.DEFAULT_MAX_RUNS
+                )
+            observations = advice.observations_from_runs(runs, dists, metric)
+        # Fitting TPE on thousands of runs takes a while: off the event loop.
+        return await asyncio.to_thread(advice.suggest, request, observations, dists, search_space)
+
+    async def _sweep_record(self, sweep_id: str) -> sweep_store_pb2.SweepRecord:
+        async with upstream_errors("reading the sweep"):
+            reply = await self.store.GetSweepRecord(sweep_store_pb2.GetSweepRecordRequest(sweep_id=sweep_id))
+        return reply.sweep
 
     async def importance(self, request: pb.GetParamImportanceRequest) -> pb.GetParamImportanceResponse:
-        raise failed_precondition("GetParamImportance is not built yet", reason="NOT_BUILT")
+        algorithms, specs = await self.algorithms()
+        violations = Violations()
+        if not request.sweep_id and not request.algorithm:
+            violations.add("sweep_id", "give a sweep_id or an algorithm")
+        algorithm = algorithms.get(request.algorithm) if request.algorithm else None
+        if request.algorithm and (algorithm is None or request.algorithm == "brute_force"):
+            violations.add("algorithm", "must be a tunable algorithm")
+        advice.check_request_common(request.objective, request.max_runs, violations)
+        violations.raise_if_any()
+        if request.sweep_id:
+            record = await self._sweep_record(request.sweep_id)
+            spec = advice.sweep_space(record)[0]
+            objective = request.objective if request.objective.metric else spec.objective
+            dists = space.distributions(spec.search_space, specs)
+            observations = advice.observations_from_sweep(record, dists)
+        else:
+            assert algorithm is not None
+            objective = request.objective
+            dists = space.distributions(space.default_space(algorithm), specs)
+            async with upstream_errors("reading stored runs"):
+                runs = await advice.runs_of(
+                    self.registry, request.algorithm, request.env_id, request.max_runs or advice.DEFAULT_MAX_RUNS
+                )
+            observations = advice.observations_from_runs(runs, dists, objective.metric or space.DEFAULT_METRIC)
+        return await asyncio.to_thread(advice.importance, observations, dists, objective)
 
     async def close(self) -> None:
         """Stops driving (leases run out and another tuner takes over); closes the channels."""
