@@ -132,6 +132,39 @@ WHERE sweep_id = %s AND state = 'running'
 """
 
 
+# Completed runs with the metric, scored; the best and the newest of them (a TPE sampler's
+# "good" group is at most 25 trials: the best of everything stored keeps it exact, the newest
+# keep the rest of the picture current). Non-numeric values are skipped, never cast.
+RUN_OBSERVATIONS = """
+WITH scored AS (
+    SELECT r.run_id, r.created_at, r.params,
+           CASE WHEN jsonb_typeof(r.test_metrics -> %(metric)s) = 'number'
+                THEN (r.test_metrics ->> %(metric)s)::float8
+                WHEN jsonb_typeof(r.system_metrics -> %(metric)s) = 'number'
+                THEN (r.system_metrics ->> %(metric)s)::float8 END AS value,
+           CASE WHEN jsonb_typeof(r.system_metrics -> 'training_time_s') = 'number'
+                THEN (r.system_metrics ->> 'training_time_s')::float8 ELSE 0 END AS training_seconds
+    FROM training_runs r
+    WHERE r.algorithm = %(algorithm)s AND r.status = 'completed'
+      AND (%(env_id)s::text IS NULL OR r.env_id = %(env_id)s)
+), valued AS (
+    SELECT * FROM scored WHERE value IS NOT NULL AND value NOT IN ('NaN', 'Infinity', '-Infinity')
+), best AS (
+    SELECT run_id, params, value, training_seconds, 0 AS part,
+           row_number() OVER (ORDER BY CASE WHEN %(minimize)s THEN value ELSE -value END, training_seconds) AS rank
+    FROM valued ORDER BY rank LIMIT %(best)s
+), newest AS (
+    SELECT run_id, params, value, training_seconds, 1 AS part,
+           row_number() OVER (ORDER BY created_at DESC, run_id DESC) AS rank
+    FROM valued WHERE run_id NOT IN (SELECT run_id FROM best) ORDER BY rank LIMIT %(newest)s
+)
+SELECT run_id::text, params, value, training_seconds, (SELECT count(*) FROM valued) AS matching
+FROM (SELECT * FROM best UNION ALL SELECT * FROM newest) picked
+ORDER BY part, rank
+"""
+MAX_OBSERVATIONS = 100_000
+
+
 def record_from_row(row: dict[str, Any]) -> pb.SweepRecord:
     return pb.SweepRecord(
         sweep_id=str(row["sweep_id"]),
@@ -386,3 +419,39 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(REQUEST_CANCEL, (sweep_id,))
             return pb.RequestSweepCancelResponse(sweep=await self._fetch(conn, sweep_id))
+
+    async def ListRunObservations(
+        self, request: pb.ListRunObservationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunObservationsResponse:
+        violations = Violations()
+        if request.algorithm not in ALGORITHMS:
+            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        if not request.metric or len(request.metric) > 100:
+            violations.add("metric", "is required, at most 100 characters")
+        for name in ("best", "newest"):
+            if not 0 <= getattr(request, name) <= MAX_OBSERVATIONS:
+                violations.add(name, f"must be in [0, {MAX_OBSERVATIONS}]")
+        for name in ("algorithm", "env_id", "metric"):
+            check_text(violations, name, getattr(request, name))
+        violations.raise_if_any()
+        params = {
+            "algorithm": request.algorithm,
+            "env_id": request.env_id or None,
+            "metric": request.metric,
+            "minimize": request.minimize,
+            "best": request.best,
+            "newest": request.newest,
+        }
+        keys = list(request.param_keys)
+        reply = pb.ListRunObservationsResponse()
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(RUN_OBSERVATIONS, params)
+            for run_id, run_params, value, training_seconds, matching in await cursor.fetchall():
+                reply.matching = matching
+                observation = pb.RunObservation(run_id=run_id, value=value, training_seconds=training_seconds)
+                for key in keys:
+                    found = (run_params or {}).get(key)
+                    if isinstance(found, int | float) and not isinstance(found, bool):
+                        observation.params[key] = float(found)
+                reply.observations.append(observation)
+        return reply

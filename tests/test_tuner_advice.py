@@ -80,6 +80,17 @@ def stored(registry: InProcessService) -> tuple[str, dict[str, str]]:
     return env_id, ids
 
 
+def test_suggest_learns_from_the_best_and_the_newest_runs(
+    stub: tuner_service_pb2_grpc.TunerServiceStub, stored: tuple[str, dict[str, str]]
+) -> None:
+    env_id, ids = stored
+    # The 5 newest beside the 100 best: with 43 runs the best 100 are all of them (42 in the space).
+    reply = stub.SuggestParams(
+        pb.SuggestParamsRequest(algorithm="sarsa", search_space=SPACE, env_id=env_id, max_runs=5)
+    )
+    assert reply.runs_used == 42 and reply.best_run_id == ids["fast"]
+
+
 def test_suggest_params_learns_from_stored_runs(
     stub: tuner_service_pb2_grpc.TunerServiceStub, stored: tuple[str, dict[str, str]]
 ) -> None:
@@ -112,7 +123,7 @@ def test_param_importance_finds_the_parameter_that_matters(
 
 
 def test_advice_requests_are_validated(
-    stub: tuner_service_pb2_grpc.TunerServiceStub, stored: tuple[str, dict[str, str]]
+    stub: tuner_service_pb2_grpc.TunerServiceStub, registry: InProcessService
 ) -> None:
     def refused(call) -> tuple[grpc.StatusCode, list[str], str]:  # type: ignore[no-untyped-def]
         with pytest.raises(grpc.RpcError) as caught:
@@ -128,8 +139,10 @@ def test_advice_requests_are_validated(
     grid = pb.SuggestParamsRequest(algorithm="sarsa", sampler=pb.SAMPLER_GRID, max_runs=-1)
     assert refused(lambda: stub.SuggestParams(grid))[:2] == (invalid, ["sampler", "max_runs"])
     assert refused(lambda: stub.GetParamImportance(pb.GetParamImportanceRequest()))[:2] == (invalid, ["sweep_id"])
-    env_id, _ = stored
-    lonely = pb.GetParamImportanceRequest(algorithm="sarsa", env_id=env_id, max_runs=1)
+    lonely_env = f"Taxi-v3-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(registry.target) as channel:
+        store_run(ingest_service_pb2_grpc.IngestServiceStub(channel), lonely_env, alpha=0.5, gamma=0.9, value=0.5)
+    lonely = pb.GetParamImportanceRequest(algorithm="sarsa", env_id=lonely_env)
     assert refused(lambda: stub.GetParamImportance(lonely)) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         [],
@@ -154,3 +167,35 @@ def test_advice_over_a_sweep(stub: tuner_service_pb2_grpc.TunerServiceStub) -> N
     assert importance.trials_used == 4
     assert {i.name for i in importance.importances} == {"alpha", "gamma"}
     assert sum(i.importance for i in importance.importances) == pytest.approx(1.0)
+
+
+def test_run_observations_are_the_best_then_the_newest(registry: InProcessService) -> None:
+    from taxidriver.ingest.v1 import sweep_store_pb2 as spb
+    from taxidriver.ingest.v1 import sweep_store_pb2_grpc
+
+    env_id = f"Taxi-v3-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(registry.target) as channel:
+        ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        # Stored in this order: values 0.5, 0.9, 0.1, 0.8, 0.3, 0.2 (the last is the newest).
+        values = [0.5, 0.9, 0.1, 0.8, 0.3, 0.2]
+        ids = [store_run(ingest, env_id, alpha=0.1 * (i + 1), gamma=0.9, value=v) for i, v in enumerate(values)]
+        store = sweep_store_pb2_grpc.SweepStoreServiceStub(channel)
+        request = spb.ListRunObservationsRequest(
+            algorithm="sarsa",
+            env_id=env_id,
+            metric="optimal_start_state_fraction",
+            best=2,
+            newest=3,
+            param_keys=["alpha", "training_runs"],
+        )
+        reply = store.ListRunObservations(request)
+        assert reply.matching == 6
+        # The best two (0.9, 0.8), then the three newest not among them (0.2, 0.3, 0.1).
+        assert [o.run_id for o in reply.observations] == [ids[1], ids[3], ids[5], ids[4], ids[2]]
+        assert [o.value for o in reply.observations] == pytest.approx([0.9, 0.8, 0.2, 0.3, 0.1])
+        assert dict(reply.observations[0].params) == pytest.approx({"alpha": 0.2, "training_runs": 1000})
+        request.minimize = True
+        assert [o.value for o in store.ListRunObservations(request).observations][:2] == pytest.approx([0.1, 0.2])
+        with pytest.raises(grpc.RpcError) as caught:
+            store.ListRunObservations(spb.ListRunObservationsRequest(algorithm="chess", best=-1))
+        assert {v.field for v in status_details(caught.value)[0]} == {"algorithm", "metric", "best"}

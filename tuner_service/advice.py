@@ -8,7 +8,6 @@ fANOVA evaluator needs scikit-learn, which the tuner's image does not carry).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +17,20 @@ from optuna.distributions import BaseDistribution
 from optuna.importance import PedAnovaImportanceEvaluator
 
 from taxidriver.errors import Violations, failed_precondition
-from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
+from taxidriver.ingest.v1 import sweep_store_pb2, sweep_store_pb2_grpc
 from taxidriver.trainer.v1 import trainer_service_pb2
 from taxidriver.tuner.v1 import tuner_service_pb2 as pb
 from tuner_service import space
-from tuner_service.driver import CALL_TIMEOUT_S, metric_of, spec_from_record, trial_from_record
+from tuner_service.driver import CALL_TIMEOUT_S, spec_from_record, trial_from_record
 
 IMPORTANCE_EVALUATOR = "PedAnovaImportanceEvaluator"
-DEFAULT_MAX_RUNS = 10_000
+# What a sampler learns from: the newest runs (max_runs, default below) and the best BEST_RUNS
+# of everything stored. Fitting TPE on all of 10,000 runs took 7.8 s per call (p50, bench
+# suggest_p50_ms before this cap); its "good" group is at most 25 trials, which the best 100
+# contain, and the newest 1,000 keep the rest of the picture current.
+DEFAULT_MAX_RUNS = 1_000
+BEST_RUNS = 100
 MAX_RUNS = 100_000
-PAGE_SIZE = 1_000
 # Hyper-parameter name -> the run's params JSONB key (the seed calls training episodes training_runs).
 PARAM_KEYS = {"training_episodes": "training_runs"}
 
@@ -53,62 +56,44 @@ def _direction(objective: pb.Objective) -> str:
     return "minimize" if objective.direction == pb.DIRECTION_MINIMIZE else "maximize"
 
 
-async def runs_of(
-    registry: registry_service_pb2_grpc.RegistryServiceStub, algorithm: str, env_id: str, max_runs: int
-) -> list[resources_pb2.Run]:
-    """The newest completed runs of an algorithm (through the registry's public listing)."""
-    terms = [f"algorithm = {json.dumps(algorithm)}", 'status = "completed"']
-    if env_id:
-        terms.append(f"env_id = {json.dumps(env_id)}")
-    runs: list[resources_pb2.Run] = []
-    token = ""
-    while len(runs) < max_runs:
-        reply = await registry.ListRuns(
-            registry_service_pb2.ListRunsRequest(
-                page_size=min(PAGE_SIZE, max_runs - len(runs)),
-                page_token=token,
-                filter=" AND ".join(terms),
-                order_by="create_time desc",
-                view=resources_pb2.RUN_VIEW_SUMMARY,
-            ),
-            timeout=CALL_TIMEOUT_S,
-        )
-        runs.extend(reply.runs)
-        token = reply.next_page_token
-        if not token:
-            break
-    return runs
-
-
-def observations_from_runs(
-    runs: list[resources_pb2.Run], dists: dict[str, BaseDistribution], metric: str
+async def stored_observations(
+    store: sweep_store_pb2_grpc.SweepStoreServiceStub,
+    algorithm: str,
+    env_id: str,
+    objective: pb.Objective,
+    newest: int,
+    dists: dict[str, BaseDistribution],
 ) -> list[Observation]:
-    """Runs whose parameters lie in the searched space and that carry the metric."""
+    """The best BEST_RUNS completed runs and the `newest` most recent, within the searched space."""
+    reply = await store.ListRunObservations(
+        sweep_store_pb2.ListRunObservationsRequest(
+            algorithm=algorithm,
+            env_id=env_id,
+            metric=objective.metric or space.DEFAULT_METRIC,
+            minimize=objective.direction == pb.DIRECTION_MINIMIZE,
+            best=BEST_RUNS,
+            newest=newest,
+            param_keys=[PARAM_KEYS.get(name, name) for name in dists],
+        ),
+        timeout=CALL_TIMEOUT_S,
+    )
     found = []
-    for run in runs:
-        value = metric_of(run, metric)
-        if value is None or not math.isfinite(value):
+    for row in reply.observations:
+        if not math.isfinite(row.value):
             continue
         params: dict[str, float] = {}
         for name, dist in dists.items():
-            field = run.params.fields.get(PARAM_KEYS.get(name, name))
-            if field is None or field.WhichOneof("kind") != "number_value":
+            key = PARAM_KEYS.get(name, name)
+            if key not in row.params:
                 break
-            number = field.number_value
+            number = row.params[key]
             if isinstance(dist, optuna.distributions.IntDistribution):
                 number = round(number)
             if not _inside(dist, number):
                 break
             params[name] = number
         else:
-            found.append(
-                Observation(
-                    params=params,
-                    value=value,
-                    training_seconds=metric_of(run, space.TIE_BREAK_METRIC) or 0.0,
-                    run_id=run.run_id,
-                )
-            )
+            found.append(Observation(params, row.value, row.training_seconds, row.run_id))
     return found
 
 

@@ -161,7 +161,6 @@ class Tuner:
         assert algorithm is not None
         search_space = advice.algorithm_space(algorithm, list(request.search_space))
         dists = space.distributions(search_space, specs)
-        metric = request.objective.metric or space.DEFAULT_METRIC
         if request.sweep_id:
             record = await self._sweep_record(request.sweep_id)
             if record.algorithm != request.algorithm:
@@ -171,10 +170,14 @@ class Tuner:
             observations = advice.observations_from_sweep(record, dists)
         else:
             async with upstream_errors("reading stored runs"):
-                runs = await advice.runs_of(
-                    self.registry, request.algorithm, request.env_id, request.max_runs or advice.DEFAULT_MAX_RUNS
+                observations = await advice.stored_observations(
+                    self.store,
+                    request.algorithm,
+                    request.env_id,
+                    request.objective,
+                    request.max_runs or advice.DEFAULT_MAX_RUNS,
+                    dists,
                 )
-            observations = advice.observations_from_runs(runs, dists, metric)
         # Fitting TPE on thousands of runs takes a while: off the event loop.
         return await asyncio.to_thread(advice.suggest, request, observations, dists, search_space)
 
@@ -204,10 +207,14 @@ class Tuner:
             objective = request.objective
             dists = space.distributions(space.default_space(algorithm), specs)
             async with upstream_errors("reading stored runs"):
-                runs = await advice.runs_of(
-                    self.registry, request.algorithm, request.env_id, request.max_runs or advice.DEFAULT_MAX_RUNS
+                observations = await advice.stored_observations(
+                    self.store,
+                    request.algorithm,
+                    request.env_id,
+                    objective,
+                    request.max_runs or advice.DEFAULT_MAX_RUNS,
+                    dists,
                 )
-            observations = advice.observations_from_runs(runs, dists, objective.metric or space.DEFAULT_METRIC)
         return await asyncio.to_thread(advice.importance, observations, dists, objective)
 
     async def close(self) -> None:
