@@ -70,7 +70,7 @@ lint: $(STAMPS)/protos $(STAMPS)/buf
 	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy taxidriver trainer_service registry_service gateway web
+	$(BIN)/mypy taxidriver trainer_service registry_service gateway web tuner_service
 
 backup: $(STAMPS)/protos
 	$(PY) -m registry_service.backup dump $(if $(FILE),--file $(FILE),)

@@ -52,8 +52,10 @@ def check_request_common(objective: pb.Objective, max_runs: int, violations: Vio
         violations.add("max_runs", f"must be in [0, {MAX_RUNS}] (0: {DEFAULT_MAX_RUNS})")
 
 
-def _direction(objective: pb.Objective) -> str:
-    return "minimize" if objective.direction == pb.DIRECTION_MINIMIZE else "maximize"
+def _direction(objective: pb.Objective) -> optuna.study.StudyDirection:
+    if objective.direction == pb.DIRECTION_MINIMIZE:
+        return optuna.study.StudyDirection.MINIMIZE
+    return optuna.study.StudyDirection.MAXIMIZE
 
 
 async def stored_observations(
