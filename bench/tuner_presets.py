@@ -2,12 +2,12 @@
 
 With a stack up (`make run`, or the gateway in TAXI_DRIVER_GATEWAY with TAXI_DRIVER_API_KEY):
     .venv/bin/python bench/tuner_presets.py [algorithm ...]
-Each sweep is a grid over the parameters that mattered (the exploration floor and the number of
-episodes; the others fixed at the values the notes in trainer_service/params.py give), 20 seeds
-per trial (100-119, the seeds bench_trainer.py --presets-only measures), objective: the share of
-start states where the greedy policy is optimal, averaged over the seeds (1.0 = exactly optimal
-for every seed), ties broken by training time. Its fixed request_id makes a re-run return the
-same sweep (`--fresh` starts a new one). Prints the trials as they land and the best.
+The deciding sweeps are grids with 20 seeds per trial (100-119, the seeds bench_trainer.py
+--presets-only measures); SARSA's is preceded by a TPE exploration of four parameters (5 seeds
+per trial). Objective: the share of start states where the greedy policy is optimal, averaged
+over the seeds (1.0 = exactly optimal for every seed), ties broken by training time. Fixed
+request ids make a re-run return the same sweeps (`--fresh` starts new ones). Prints the trials
+as they land and the best.
 """
 
 from __future__ import annotations
@@ -15,24 +15,56 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from taxidriver.cli import main as cli
 
-COMMON = ["--seeds", "20", "--base-seed", "100", "--sampler", "grid", "--parallelism", "2", "--test-episodes", "100"]
+COMMON = ["--base-seed", "100", "--parallelism", "2", "--test-episodes", "100"]
 FIXED = {"epsilon": 1.0, "max_steps": 200}
-SWEEPS: dict[str, dict[str, object]] = {
-    "expected_sarsa": {
-        "fixed": {"alpha": 1.0, "gamma": 0.9, "epsilon_decay": 0.995},
-        "params": ["epsilon_min=0.1,0.2,0.3", "training_episodes=40000,60000"],
-        "trials": 6,
-    },
-    "double_q_learning": {
-        "fixed": {"alpha": 1.0, "gamma": 0.99, "epsilon_decay": 0.995},
-        "params": ["epsilon_min=0.2,0.3", "training_episodes=40000,60000"],
-        "trials": 4,
-    },
+# Per algorithm, the sweeps in order: each a sampler, seeds per trial, trials, searched and fixed values.
+SWEEPS: dict[str, list[dict[str, Any]]] = {
+    "expected_sarsa": [
+        {
+            "name": "1",
+            "sampler": "grid",
+            "seeds": 20,
+            "trials": 6,
+            "params": ["epsilon_min=0.1,0.2,0.3", "training_episodes=40000,60000"],
+            "fixed": {"alpha": 1.0, "gamma": 0.9, "epsilon_decay": 0.995},
+        }
+    ],
+    "double_q_learning": [
+        {
+            "name": "1",
+            "sampler": "grid",
+            "seeds": 20,
+            "trials": 4,
+            "params": ["epsilon_min=0.2,0.3", "training_episodes=40000,60000"],
+            "fixed": {"alpha": 1.0, "gamma": 0.99, "epsilon_decay": 0.995},
+        }
+    ],
+    "sarsa": [
+        # TPE over four parameters, 5 seeds per trial: where SARSA reaches the optimum at all.
+        {
+            "name": "explore-1",
+            "sampler": "tpe",
+            "seeds": 5,
+            "trials": 16,
+            "params": ["alpha=0.05:1:log", "gamma=0.9:1", "epsilon_decay=0.99:0.9999", "epsilon_min=0:0.1"],
+            "fixed": {"training_episodes": 40000},
+        },
+        # Round values near TPE's best, 20 seeds each.
+        {
+            "name": "1",
+            "sampler": "grid",
+            "seeds": 20,
+            "trials": 4,
+            "params": ["alpha=0.05,0.055", "epsilon_decay=0.99,0.9925"],
+            "fixed": {"gamma": 0.93, "epsilon_min": 0.01, "training_episodes": 40000},
+        },
+    ],
 }
 
 
@@ -41,16 +73,19 @@ def main(argv: list[str]) -> int:
     algorithms = [a for a in argv if a != "--fresh"] or list(SWEEPS)
     worst = 0
     for algorithm in algorithms:
-        sweep = SWEEPS[algorithm]
-        args = ["--timeout", "300", "sweep", "start", algorithm, *COMMON, "--trials", str(sweep["trials"])]
-        for spec in sweep["params"]:  # type: ignore[attr-defined]
-            args += ["--param", spec]
-        for name, value in {**FIXED, **sweep["fixed"]}.items():  # type: ignore[dict-item]
-            args += ["--fixed", f"{name}={value}"]
-        request_id = f"preset-{algorithm.replace('_', '-')}-1" + (f"-{uuid.uuid4().hex[:8]}" if fresh else "")
-        args += ["--request-id", request_id, "--watch"]
-        print(f"== {algorithm}: taxi-driver {' '.join(args)}", flush=True)
-        worst = max(worst, cli(args))
+        for sweep in SWEEPS[algorithm]:
+            args = ["--timeout", "300", "sweep", "start", algorithm, *COMMON]
+            args += ["--sampler", sweep["sampler"], "--seeds", str(sweep["seeds"]), "--trials", str(sweep["trials"])]
+            for spec in sweep["params"]:
+                args += ["--param", spec]
+            for name, value in {**FIXED, **sweep["fixed"]}.items():
+                args += ["--fixed", f"{name}={value}"]
+            request_id = f"preset-{algorithm.replace('_', '-')}-{sweep['name']}"
+            if fresh:
+                request_id += f"-{uuid.uuid4().hex[:8]}"
+            args += ["--request-id", request_id, "--watch"]
+            print(f"== {algorithm}: taxi-driver {' '.join(args)}", flush=True)
+            worst = max(worst, cli(args))
     return worst
 
 
