@@ -285,3 +285,47 @@ def test_a_paused_tuner_that_comes_back_writes_nothing_more(
     assert len(runs) == 12 and sorted(r[1] for r in runs) == sorted(list(range(6)) * 2)
     log = (tmp_path / "tuner.log").read_text()
     assert "lease lost" in log or "another tuner drives it now" in log
+
+
+@pytest.mark.slow
+def test_trials_are_spread_over_two_trainer_processes(
+    loop_thread: LoopThread,
+    registry: InProcessService,
+    trainer: InProcessService,
+    db: psycopg.Connection,
+    tmp_path: Path,
+) -> None:
+    ports = [free_port(), free_port()]
+    processes = [
+        spawn(
+            "trainer_service",
+            {
+                "TRAINER_ADDRESS": f"127.0.0.1:{port}",
+                "REGISTRY_TARGET": registry.target,
+                "TRAINER_WORKERS": "1",
+                "TRAINER_MAX_ACTIVE_RUNS_PER_CALLER": "100",
+            },
+            tmp_path / f"trainer-{port}.log",
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            wait_for_health(f"127.0.0.1:{port}", TRAINER, timeout=120)
+        tuner = start_tuner(loop_thread, registry, *(f"127.0.0.1:{port}" for port in ports))
+        try:
+            with grpc.insecure_channel(tuner.target) as channel:
+                stub = tuner_service_pb2_grpc.TunerServiceStub(channel)
+                sweep_id = stub.StartSweep(
+                    pb.StartSweepRequest(spec=small_spec(n_trials=4, parallelism=2, seeds_per_trial=1))
+                ).sweep.sweep_id
+                done = wait_done(stub, sweep_id, timeout=180)
+        finally:
+            tuner.stop(0.5)
+    finally:
+        for process in processes:
+            stop_process(process)
+    assert done.state == pb.SWEEP_STATE_SUCCEEDED and done.trials_complete == 4
+    trainers = {r[3] for r in sweep_runs(db, sweep_id)}
+    # Both processes trained trials (round robin over the two targets), the session's trainer none.
+    assert len(trainers) == 2 and trainer.app.runs.trainer_id not in trainers
