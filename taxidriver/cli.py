@@ -556,6 +556,22 @@ def cmd_runs_compare(client: TaxiDriverClient, args: argparse.Namespace, output:
         output.line()
         differences = [[d.key, *(_value(v) for v in d.values)] for d in reply.param_differences]
         output.table(["param", *short], differences, literal=1)
+    if any(len(group.run_ids) > 1 for group in reply.param_groups):
+        # Seeds of one configuration together: mean, IQM and 95% stratified-bootstrap interval.
+        output.line()
+        rows = [
+            [
+                index,
+                len(group.run_ids),
+                m.metric,
+                round(m.statistics.mean, 4),
+                round(m.statistics.iqm, 4),
+                f"[{m.statistics.ci_low:.3f}, {m.statistics.ci_high:.3f}]",
+            ]
+            for index, group in enumerate(reply.param_groups)
+            for m in group.metrics
+        ]
+        output.table(["config", "runs", "metric", "mean", "iqm", "95% ci"], rows)
     return 0
 
 

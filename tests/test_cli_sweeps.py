@@ -109,3 +109,33 @@ def test_sweep_mistakes_are_reported_not_raised(tuner_gateway: InProcessService)
     assert "spec.search_space[0].high" in refused.err and "spec.n_trials" in refused.err
     missing = cli(tuner_gateway, "sweep", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.code == 1 and "NOT_FOUND" in missing.err
+
+
+def test_runs_compare_groups_the_seeds_of_a_configuration(tuner_gateway: InProcessService) -> None:
+    runs = []
+    for seed in (1, 2):
+        started = cli(
+            tuner_gateway,
+            "--json",
+            "train",
+            "q_learning",
+            "--mode",
+            "optimized",
+            "--episodes",
+            "300",
+            "--test-episodes",
+            "5",
+            "--seed",
+            str(seed),
+            "--no-progress",
+        )
+        assert started.code == 0, started.err
+        runs.append(started.json()["run_id"])
+    compared = cli(tuner_gateway, "runs", "compare", *runs)
+    assert compared.code == 0
+    table = compared.out.split("CONFIG", 1)[1].splitlines()[1:]
+    lines = [line for line in table if line.split()[:1] == ["0"]]
+    # One configuration, two seeds: a row per summarised metric.
+    assert any("test_metrics.optimal_start_state_fraction" in line for line in lines)
+    assert all(line.split()[1] == "2" for line in lines)
+    assert len(lines) == 5 and "95% CI" in compared.out
