@@ -65,6 +65,26 @@ SWEEPS: dict[str, list[dict[str, Any]]] = {
             "fixed": {"gamma": 0.93, "epsilon_min": 0.01, "training_episodes": 40000},
         },
     ],
+    "monte_carlo": [
+        # Not at the optimum: how far it goes. TPE over four parameters, 5 seeds per trial...
+        {
+            "name": "explore-1",
+            "sampler": "tpe",
+            "seeds": 5,
+            "trials": 16,
+            "params": ["alpha=0.02:0.5:log", "gamma=0.9:1", "epsilon_decay=0.99:0.9999", "epsilon_min=0.01:0.3"],
+            "fixed": {"training_episodes": 50000},
+        },
+        # ... then its best, rounded, with 20 seeds, at 50,000 and 100,000 episodes.
+        {
+            "name": "1",
+            "sampler": "grid",
+            "seeds": 20,
+            "trials": 2,
+            "params": ["training_episodes=50000,100000"],
+            "fixed": {"alpha": 0.02, "gamma": 0.91, "epsilon_min": 0.25, "epsilon_decay": 0.9966},
+        },
+    ],
 }
 
 
