@@ -31,7 +31,7 @@ REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistrySer
 TUNER_SERVICE = tuner_service_pb2.DESCRIPTOR.services_by_name["TunerService"]
 INGEST_SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"]
 # What the gateway serves: each needs an access option on every method (taxidriver/access.py).
-PUBLIC_SERVICES = (TRAINER_SERVICE, REGISTRY_SERVICE)
+PUBLIC_SERVICES = (TRAINER_SERVICE, REGISTRY_SERVICE, TUNER_SERVICE)
 INGEST_REFUSAL = f"{INGEST_SERVICE.full_name} is internal to the cluster and not routed by the gateway"
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from taxidriver.access import caller_name
 from taxidriver.errors import (
     ServiceError,
     Violations,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CALLER_KEY = "x-caller"
 MAX_NAME_CHARS = 200
 WATCH_POLL_S = 1.0
 
@@ -57,11 +57,9 @@ async def upstream_errors(what: str) -> AsyncIterator[None]:
 
 
 def caller_of(context: grpc.aio.ServicerContext) -> str:
-    """The gateway's authenticated caller (x-caller); empty for a direct, trusted call."""
-    for key, value in context.invocation_metadata() or ():
-        if key == CALLER_KEY and isinstance(value, str):
-            return value[:MAX_NAME_CHARS]
-    return ""
+    """The gateway's authenticated caller by username (x-caller-name, what runs record as their
+    creator); empty for a direct, trusted call or without authentication."""
+    return (caller_name(context) or "")[:MAX_NAME_CHARS]
 
 
 class TunerServicer(tuner_service_pb2_grpc.TunerServiceServicer):
