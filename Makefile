@@ -56,6 +56,7 @@ $(STAMPS)/buf:
 # included) for clients that load contracts at run time (docs/clients.md).
 DESCRIPTOR := build/taxidriver-public.binpb
 PUBLIC_PROTOS := taxidriver/trainer/v1/trainer_service.proto taxidriver/registry/v1/registry_service.proto \
+	taxidriver/tuner/v1/tuner_service.proto \
 	third_party/google/rpc/status.proto third_party/google/rpc/error_details.proto \
 	third_party/grpc/health/v1/health.proto
 
@@ -69,7 +70,7 @@ lint: $(STAMPS)/protos $(STAMPS)/buf
 	cd protos && ../$(STAMPS)/node/node_modules/.bin/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy taxidriver trainer_service registry_service gateway web
+	$(BIN)/mypy taxidriver trainer_service registry_service gateway web tuner_service
 
 backup: $(STAMPS)/protos
 	$(PY) -m registry_service.backup dump $(if $(FILE),--file $(FILE),)

@@ -3,7 +3,7 @@
 #   make docker-engine    a private dockerd (Debian's docker.io) when no engine runs
 #   make wheelhouse       runtime wheels for the images, downloaded on the host
 #   make base-image       Debian bookworm + python3.11 via debootstrap, imported as taxidriver/base:bookworm
-#   make images           the five images (registry, trainer, gateway, web, dev postgres), tag $(TAG)
+#   make images           the six images (registry, trainer, tuner, gateway, web, dev postgres), tag $(TAG)
 #   make up / make down   the stack on one machine (compose when available, else docker run)
 #   make smoke            build, start, train once through the gateway container, tear down
 .PHONY: deploy-validate docker-engine docker-engine-stop wheelhouse base-image images up down smoke

@@ -22,14 +22,16 @@ from taxidriver.internal_auth import token_metadata
 from taxidriver.registry.v1 import registry_service_pb2
 from taxidriver.server import RunningServer, ServiceBinding, create_server
 from taxidriver.trainer.v1 import trainer_service_pb2
+from taxidriver.tuner.v1 import tuner_service_pb2
 
 log = logging.getLogger(__name__)
 
 TRAINER_SERVICE = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"]
 REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+TUNER_SERVICE = tuner_service_pb2.DESCRIPTOR.services_by_name["TunerService"]
 INGEST_SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"]
 # What the gateway serves: each needs an access option on every method (taxidriver/access.py).
-PUBLIC_SERVICES = (TRAINER_SERVICE, REGISTRY_SERVICE)
+PUBLIC_SERVICES = (TRAINER_SERVICE, REGISTRY_SERVICE, TUNER_SERVICE)
 INGEST_REFUSAL = f"{INGEST_SERVICE.full_name} is internal to the cluster and not routed by the gateway"
 
 
@@ -38,6 +40,7 @@ class GatewayApp:
     running: RunningServer
     trainer: Upstream
     registry: Upstream
+    tuner: Upstream
     mirror: HealthMirror
     authenticator: KeyAuthenticator | None = None
 
@@ -55,6 +58,7 @@ class GatewayApp:
         await self.mirror.stop()
         await self.trainer.close()
         await self.registry.close()
+        await self.tuner.close()
         if self.authenticator is not None:
             await self.authenticator.close()
 
@@ -89,6 +93,10 @@ async def start_gateway(
         name="registry", service=REGISTRY_SERVICE.full_name, targets=(settings.registry_target,), extra_metadata=extra
     )
 
+    tuner = Upstream(
+        name="tuner", service=TUNER_SERVICE.full_name, targets=(settings.tuner_target,), extra_metadata=extra
+    )
+
     authenticator: KeyAuthenticator | None = None
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.auth_required:
@@ -109,6 +117,7 @@ async def start_gateway(
             ServiceBinding(
                 name=REGISTRY_SERVICE.full_name, register=add(forwarding_handler(REGISTRY_SERVICE, registry))
             ),
+            ServiceBinding(name=TUNER_SERVICE.full_name, register=add(forwarding_handler(TUNER_SERVICE, tuner))),
             ServiceBinding(
                 name=INGEST_SERVICE.full_name,
                 register=add(refusing_handler(INGEST_SERVICE, INGEST_REFUSAL)),
@@ -123,14 +132,17 @@ async def start_gateway(
     )
     # The gateway itself is alive; each public service follows its upstream.
     await running.health.set("", health_pb2.HealthCheckResponse.SERVING)
-    mirror = HealthMirror(running.health, [trainer, registry], retry_max=settings.health_retry_max)
+    mirror = HealthMirror(running.health, [trainer, registry, tuner], retry_max=settings.health_retry_max)
     await mirror.start()
     log.info(
-        "gateway on port %d (%s, %s): trainer -> %s, registry -> %s",
+        "gateway on port %d (%s, %s): trainer -> %s, registry -> %s, tuner -> %s",
         running.port,
         "TLS" if credentials else "plaintext",
         "API keys required" if authenticator else "no authentication",
         ",".join(settings.trainer_targets),
         settings.registry_target,
+        settings.tuner_target,
     )
-    return GatewayApp(running=running, trainer=trainer, registry=registry, mirror=mirror, authenticator=authenticator)
+    return GatewayApp(
+        running=running, trainer=trainer, registry=registry, tuner=tuner, mirror=mirror, authenticator=authenticator
+    )

@@ -26,6 +26,8 @@ class GatewaySettings:
     trainer_targets: tuple[str, ...] = ("127.0.0.1:50052",)
     # The registry's address.
     registry_target: str = "127.0.0.1:50053"
+    # The tuner's address (TUNER_TARGET): sweeps and recommendations.
+    tuner_target: str = "127.0.0.1:50054"
     # Seconds in-flight calls may take to finish after SIGTERM.
     shutdown_grace: float = 10.0
     # Longest pause between two attempts to watch an unreachable upstream's health.
@@ -58,6 +60,7 @@ class GatewaySettings:
             address=env_str("GATEWAY_ADDRESS", "127.0.0.1:50051"),
             trainer_targets=_targets(os.environ.get("TRAINER_TARGETS") or "127.0.0.1:50052"),
             registry_target=env_str("REGISTRY_TARGET", "127.0.0.1:50053"),
+            tuner_target=env_str("TUNER_TARGET", "127.0.0.1:50054"),
             shutdown_grace=env_float("GATEWAY_SHUTDOWN_GRACE", 10.0),
             health_retry_max=env_float("GATEWAY_HEALTH_RETRY_MAX", 5.0),
             log_level=env_str("LOG_LEVEL", "INFO"),

@@ -19,9 +19,10 @@ from registry_service.db import apply_migrations, open_pool
 from registry_service.ingest import IngestServicer
 from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
+from registry_service.sweeps import SweepStoreServicer
 from registry_service.watch import EventHub
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc, sweep_store_pb2, sweep_store_pb2_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.server import RunningServer, ServiceBinding, create_server
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 INGEST_SERVICE = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+SWEEP_STORE_SERVICE = sweep_store_pb2.DESCRIPTOR.services_by_name["SweepStoreService"].full_name
 AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 
 # Live runs (queued or running) whose holder stopped heart-beating become INTERRUPTED, so
@@ -177,6 +179,9 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
     def add_ingest(server: grpc.aio.Server) -> None:
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
 
+    def add_sweeps(server: grpc.aio.Server) -> None:
+        sweep_store_pb2_grpc.add_SweepStoreServiceServicer_to_server(SweepStoreServicer(pool), server)
+
     def add_auth(server: grpc.aio.Server) -> None:
         auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(pool), server)
 
@@ -187,6 +192,7 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
                 ServiceBinding(name=REGISTRY_SERVICE, register=add_registry),
                 ServiceBinding(name=INGEST_SERVICE, register=add_ingest),
                 ServiceBinding(name=AUTH_SERVICE, register=add_auth),
+                ServiceBinding(name=SWEEP_STORE_SERVICE, register=add_sweeps),
             ],
             internal_token=settings.internal_token,
         )

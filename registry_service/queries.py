@@ -51,6 +51,7 @@ from registry_service.filters import (
     load_token,
     parse_order_by,
 )
+from registry_service.grouping import param_groups
 from registry_service.settings import RegistrySettings
 from taxidriver.access import caller_name, caller_of
 from taxidriver.errors import FieldViolation, ServiceError, Violations, bad_field, not_found, request_id_reused
@@ -510,6 +511,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                 best = max(candidates, key=lambda c: c[0]) if higher else min(candidates, key=lambda c: c[0])
                 comparison.best_run_id = runs[best[1]].run_id
             response.metrics.append(comparison)
+        response.param_groups.extend(param_groups(runs))
         return response
 
     # ------------------------------------------------------------------ annotations

@@ -34,6 +34,7 @@ from taxidriver.client import (
     status_name,
 )
 from taxidriver.registry.v1 import resources_pb2
+from taxidriver.tuner.v1 import tuner_service_pb2
 
 HYPERPARAMETERS = {
     "alpha": float,
@@ -555,6 +556,22 @@ def cmd_runs_compare(client: TaxiDriverClient, args: argparse.Namespace, output:
         output.line()
         differences = [[d.key, *(_value(v) for v in d.values)] for d in reply.param_differences]
         output.table(["param", *short], differences, literal=1)
+    if any(len(group.run_ids) > 1 for group in reply.param_groups):
+        # Seeds of one configuration together: mean, IQM and 95% stratified-bootstrap interval.
+        output.line()
+        rows = [
+            [
+                index,
+                len(group.run_ids),
+                m.metric,
+                round(m.statistics.mean, 4),
+                round(m.statistics.iqm, 4),
+                f"[{m.statistics.ci_low:.3f}, {m.statistics.ci_high:.3f}]",
+            ]
+            for index, group in enumerate(reply.param_groups)
+            for m in group.metrics
+        ]
+        output.table(["config", "runs", "metric", "mean", "iqm", "95% ci"], rows)
     return 0
 
 
@@ -777,6 +794,196 @@ def seed_value(text: str) -> int:
     return seed
 
 
+# Sweeps and recommendations (the tuner) ------------------------------------------------------
+
+SAMPLERS = {
+    "tpe": tuner_service_pb2.SAMPLER_TPE,
+    "random": tuner_service_pb2.SAMPLER_RANDOM,
+    "grid": tuner_service_pb2.SAMPLER_GRID,
+    "cma-es": tuner_service_pb2.SAMPLER_CMA_ES,
+}
+SWEEP_STATES = {
+    tuner_service_pb2.SWEEP_STATE_RUNNING: "running",
+    tuner_service_pb2.SWEEP_STATE_SUCCEEDED: "succeeded",
+    tuner_service_pb2.SWEEP_STATE_CANCELLED: "cancelled",
+    tuner_service_pb2.SWEEP_STATE_FAILED: "failed",
+}
+TRIAL_STATES = {
+    tuner_service_pb2.TRIAL_STATE_RUNNING: "running",
+    tuner_service_pb2.TRIAL_STATE_COMPLETE: "complete",
+    tuner_service_pb2.TRIAL_STATE_FAILED: "failed",
+    tuner_service_pb2.TRIAL_STATE_CANCELLED: "cancelled",
+}
+
+
+def parse_range(text: str) -> tuner_service_pb2.ParameterRange:
+    """NAME=LOW:HIGH[:log] or NAME=V1,V2,... (choices)."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name:
+        raise UsageError(f"--param wants NAME=LOW:HIGH[:log] or NAME=V1,V2,...; got {text!r}")
+    try:
+        if ":" in spec:
+            parts = spec.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+                raise ValueError(spec)
+            return tuner_service_pb2.ParameterRange(
+                name=name, low=float(parts[0]), high=float(parts[1]), log=len(parts) == 3
+            )
+        return tuner_service_pb2.ParameterRange(name=name, choices=[float(v) for v in spec.split(",")])
+    except ValueError:
+        raise UsageError(f"--param wants NAME=LOW:HIGH[:log] or NAME=V1,V2,...; got {text!r}") from None
+
+
+def _objective(args: argparse.Namespace) -> tuner_service_pb2.Objective:
+    return tuner_service_pb2.Objective(
+        metric=args.metric or "",
+        direction=tuner_service_pb2.DIRECTION_MINIMIZE if args.minimize else tuner_service_pb2.DIRECTION_MAXIMIZE,
+    )
+
+
+def _params_text(params: Any) -> str:
+    return " ".join(f"{name}={exact(round(value, 6))}" for name, value in sorted(params.items()))
+
+
+def _trial_row(trial: tuner_service_pb2.Trial, best: int) -> list[Any]:
+    stats = trial.statistics
+    finished = trial.state == tuner_service_pb2.TRIAL_STATE_COMPLETE
+    return [
+        f"{trial.number}{'*' if trial.number == best else ''}",
+        TRIAL_STATES.get(trial.state, "?"),
+        round(trial.value, 4) if finished else None,
+        round(stats.iqm, 4) if finished else None,
+        f"[{stats.ci_low:.3f}, {stats.ci_high:.3f}]" if finished else "",
+        len(trial.run_ids),
+        round(trial.training_seconds, 2) if finished else None,
+        _params_text(trial.params),
+    ]
+
+
+TRIAL_HEADERS = ["trial", "state", "value", "iqm", "95% ci", "runs", "train_s", "params"]
+
+
+def _print_sweep(output: Output, sweep: tuner_service_pb2.Sweep) -> None:
+    spec = sweep.spec
+    output.line(
+        f"sweep {sweep.sweep_id}: {spec.algorithm}, {SWEEP_STATES.get(sweep.state, '?')}, "
+        f"{sweep.trials_complete}/{spec.n_trials} trials complete, {spec.seeds_per_trial} seeds each, "
+        f"objective {spec.objective.metric} "
+        f"({'min' if spec.objective.direction == tuner_service_pb2.DIRECTION_MINIMIZE else 'max'})"
+    )
+    if sweep.trials:
+        output.table(TRIAL_HEADERS, [_trial_row(t, sweep.best_trial) for t in sweep.trials])
+    if sweep.best_trial >= 0:
+        best = next(t for t in sweep.trials if t.number == sweep.best_trial)
+        output.line(f"best: trial {best.number} value {best.value:.4f}: {_params_text(best.params)}")
+    if sweep.error_message:
+        output.line(f"error: {sweep.error_message}")
+
+
+def cmd_sweep_start(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    spec = tuner_service_pb2.SweepSpec(
+        algorithm=args.algorithm,
+        search_space=[parse_range(text) for text in args.param],
+        objective=_objective(args),
+        n_trials=args.trials,
+        parallelism=args.parallelism,
+        seeds_per_trial=args.seeds,
+        sampler=SAMPLERS[args.sampler],
+        base_seed=args.base_seed,
+        test_episodes=args.test_episodes or 0,
+    )
+    for name, value in _key_values(args.fixed or [], "--fixed").items():
+        if not _is_number(value):
+            raise UsageError(f"--fixed {name} wants a number")
+        spec.fixed_params[name] = float(value)
+    sweep = client.start_sweep(spec, request_id=args.request_id or "")
+    if not args.watch:
+        output.reply(sweep, f"sweep {sweep.sweep_id} started: {spec.n_trials} trials of {spec.algorithm}")
+        return 0
+    if not output.as_json:
+        output.line(f"sweep {sweep.sweep_id} started")
+    return _watch(client, sweep.sweep_id, output)
+
+
+def _watch(client: TaxiDriverClient, sweep_id: str, output: Output) -> int:
+    """The trials as they land: one row each (a live table that also reads well in a pipe)."""
+    widths = [6, 9, 8, 8, 16, 4, 8]
+    if not output.as_json:
+        output.line("  ".join(h.upper().ljust(w) for h, w in zip(TRIAL_HEADERS, [*widths, 0], strict=True)).rstrip())
+    state = tuner_service_pb2.SWEEP_STATE_RUNNING
+    for message in client.watch_sweep(sweep_id):
+        state = message.sweep_state
+        if output.as_json:
+            output.json(to_dict(message))
+            continue
+        if message.HasField("trial"):
+            row = _trial_row(message.trial, message.best_trial)
+            cells = ["" if v is None else str(v) for v in row]
+            output.line("  ".join(c.ljust(w) for c, w in zip(cells, [*widths, 0], strict=True)).rstrip())
+            output.out.flush()
+    if not output.as_json:
+        sweep = client.get_sweep(sweep_id)
+        output.line(f"sweep {SWEEP_STATES.get(state, '?')}")
+        if sweep.best_trial >= 0:
+            best = next(t for t in sweep.trials if t.number == sweep.best_trial)
+            output.line(f"best: trial {best.number} value {best.value:.4f}: {_params_text(best.params)}")
+    return 0 if state == tuner_service_pb2.SWEEP_STATE_SUCCEEDED else 1
+
+
+def cmd_sweep_show(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    sweep = client.get_sweep(args.sweep_id)
+    if output.as_json:
+        output.json(to_dict(sweep))
+    else:
+        _print_sweep(output, sweep)
+    return 0
+
+
+def cmd_sweep_list(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    reply = client.list_sweeps(algorithm=args.algorithm or "", page_size=args.limit)
+    if output.as_json:
+        output.json(to_dict(reply))
+        return 0
+    rows = [
+        [s.sweep_id, s.spec.algorithm, SWEEP_STATES.get(s.state, "?"), s.spec.n_trials, s.owner or "-"]
+        for s in reply.sweeps
+    ]
+    output.table(["sweep", "algorithm", "state", "trials", "owner"], rows)
+    return 0
+
+
+def cmd_sweep_watch(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    return _watch(client, args.sweep_id, output)
+
+
+def cmd_sweep_cancel(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    sweep = client.cancel_sweep(args.sweep_id)
+    output.reply(sweep, f"sweep {sweep.sweep_id} {SWEEP_STATES.get(sweep.state, '?')}")
+    return 0
+
+
+def cmd_suggest(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    request = tuner_service_pb2.SuggestParamsRequest(
+        algorithm=args.algorithm,
+        search_space=[parse_range(text) for text in args.param],
+        objective=_objective(args),
+        sweep_id=args.sweep_id or "",
+        env_id=args.env_id or "",
+        max_runs=args.max_runs,
+    )
+    reply = client.suggest_params(request)
+    if output.as_json:
+        output.json(to_dict(reply))
+        return 0
+    output.line(f"learned from {reply.runs_used} completed runs")
+    if reply.best_run_id:
+        output.line(
+            f"best known: {_params_text(reply.best_params)} (value {reply.best_value:.4f}, run {reply.best_run_id})"
+        )
+    output.line(f"try next:   {_params_text(reply.suggested_params)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taxi-driver", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -883,6 +1090,54 @@ def build_parser() -> argparse.ArgumentParser:
     algorithms = commands.add_parser("algorithms", help="algorithms, parameter ranges, presets")
     algorithms.add_argument("--notes", action="store_true", help="how each optimized preset was measured")
     algorithms.set_defaults(handler=cmd_algorithms)
+
+    sweep = commands.add_parser("sweep", help="hyper-parameter sweeps (Optuna) over training runs").add_subparsers(
+        dest="sweep_command", required=True, metavar="ACTION"
+    )
+    start = sweep.add_parser("start", help="start a sweep (and follow its trials with --watch)")
+    start.add_argument("algorithm", help="q_learning, sarsa, expected_sarsa, double_q_learning, monte_carlo")
+    start.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="searched parameter: NAME=LOW:HIGH[:log] or NAME=V1,V2,... (default: the tuner's ranges)",
+    )
+    start.add_argument("--fixed", action="append", metavar="KEY=VALUE", help="a parameter fixed for every trial")
+    start.add_argument("--trials", type=int, default=20)
+    start.add_argument("--parallelism", type=int, default=2)
+    start.add_argument("--seeds", type=int, default=3, help="seeds per trial")
+    start.add_argument("--sampler", choices=list(SAMPLERS), default="tpe")
+    start.add_argument("--metric", help="objective (default: optimal_start_state_fraction)")
+    start.add_argument("--minimize", action="store_true", help="minimize the metric (default: maximize)")
+    start.add_argument("--base-seed", type=seed_value, default=0)
+    start.add_argument("--test-episodes", type=int, default=None)
+    start.add_argument("--request-id", help="makes a retried start idempotent")
+    start.add_argument("--watch", action="store_true", help="print each trial as it lands until the sweep ends")
+    start.set_defaults(handler=cmd_sweep_start)
+    sweep_show = sweep.add_parser("show", help="a sweep's trials with their across-seed statistics")
+    sweep_show.add_argument("sweep_id")
+    sweep_show.set_defaults(handler=cmd_sweep_show)
+    sweep_list = sweep.add_parser("list", help="sweeps, newest first")
+    sweep_list.add_argument("--algorithm")
+    sweep_list.add_argument("--limit", type=int, default=20)
+    sweep_list.set_defaults(handler=cmd_sweep_list)
+    sweep_watch = sweep.add_parser("watch", help="each trial as it lands, until the sweep ends")
+    sweep_watch.add_argument("sweep_id")
+    sweep_watch.set_defaults(handler=cmd_sweep_watch)
+    sweep_cancel = sweep.add_parser("cancel", help="stop a sweep and its unfinished trials' runs")
+    sweep_cancel.add_argument("sweep_id")
+    sweep_cancel.set_defaults(handler=cmd_sweep_cancel)
+
+    suggest = commands.add_parser("suggest", help="parameters to try next, learned from the stored runs")
+    suggest.add_argument("algorithm")
+    suggest.add_argument("--param", action="append", default=[], metavar="SPEC", help="as for sweep start")
+    suggest.add_argument("--sweep-id", help="learn from this sweep's trials only")
+    suggest.add_argument("--env-id", help="learn from runs of this environment only")
+    suggest.add_argument("--metric")
+    suggest.add_argument("--minimize", action="store_true")
+    suggest.add_argument("--max-runs", type=int, default=0, help="newest runs to learn from (default 10000)")
+    suggest.set_defaults(handler=cmd_suggest)
     return parser
 
 

@@ -22,6 +22,7 @@ from taxidriver.errors import FieldViolation, status_details
 from taxidriver.keepalive import channel_options
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from taxidriver.tuner.v1 import tuner_service_pb2, tuner_service_pb2_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 CHUNK_BYTES = 256 * 1024
@@ -148,6 +149,7 @@ class RawClient:
             self.channel = grpc.intercept_channel(self.channel, BearerKey(key))
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.trainer = trainer_service_pb2_grpc.TrainerServiceStub(self.channel)
+        self.tuner = tuner_service_pb2_grpc.TunerServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -300,6 +302,38 @@ class TaxiDriverClient:
             if not token:
                 break
         return runs[:limit]
+
+    # Sweeps and recommendations (the tuner) ------------------------------------------------
+
+    def start_sweep(self, spec: tuner_service_pb2.SweepSpec, *, request_id: str = "") -> tuner_service_pb2.Sweep:
+        request = tuner_service_pb2.StartSweepRequest(request_id=request_id, spec=spec)
+        return _call(lambda: self.raw.tuner.StartSweep(request, timeout=self.timeout)).sweep
+
+    def get_sweep(self, sweep_id: str) -> tuner_service_pb2.Sweep:
+        request = tuner_service_pb2.GetSweepRequest(sweep_id=sweep_id)
+        return _call(lambda: self.raw.tuner.GetSweep(request, timeout=self.timeout)).sweep
+
+    def list_sweeps(
+        self, *, algorithm: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuner_service_pb2.ListSweepsResponse:
+        request = tuner_service_pb2.ListSweepsRequest(algorithm=algorithm, page_size=page_size, page_token=page_token)
+        return _call(lambda: self.raw.tuner.ListSweeps(request, timeout=self.timeout))
+
+    def cancel_sweep(self, sweep_id: str) -> tuner_service_pb2.Sweep:
+        request = tuner_service_pb2.CancelSweepRequest(sweep_id=sweep_id)
+        return _call(lambda: self.raw.tuner.CancelSweep(request, timeout=self.timeout)).sweep
+
+    def watch_sweep(
+        self, sweep_id: str, *, timeout: float | None = None
+    ) -> Iterator[tuner_service_pb2.WatchSweepResponse]:
+        """Each finished trial as it lands, then the sweep's final state."""
+        request = tuner_service_pb2.WatchSweepRequest(sweep_id=sweep_id)
+        yield from _stream(lambda: self.raw.tuner.WatchSweep(request, timeout=timeout))
+
+    def suggest_params(
+        self, request: tuner_service_pb2.SuggestParamsRequest
+    ) -> tuner_service_pb2.SuggestParamsResponse:
+        return _call(lambda: self.raw.tuner.SuggestParams(request, timeout=self.timeout))
 
     def compare_runs(self, run_ids: Sequence[str]) -> registry_service_pb2.CompareRunsResponse:
         request = registry_service_pb2.CompareRunsRequest(run_ids=list(run_ids))

@@ -1,7 +1,7 @@
 """`make run`: the whole system on this machine, then a first training.
 
 Starts PostgreSQL (embedded, data in .data/postgres) unless DATABASE_URL is
-set, then the registry, trainer, gateway and web (the HTTP face, http://127.0.0.1:8000)
+set, then the registry, trainer, tuner, gateway and web (the HTTP face, http://127.0.0.1:8000)
 as separate processes, then trains
 SARSA in `optimized` mode with 250 test episodes through the gateway (the
 seed's example), prints a short summary of the run and how to call the system,
@@ -265,18 +265,29 @@ class Stack:
         if busy:
             raise StackFailed(
                 f"{', '.join(busy)} already in use on 127.0.0.1 (another `make run` still up?);"
-                " stop it, or choose ports with GATEWAY_PORT / TRAINER_PORT / REGISTRY_PORT / WEB_PORT"
+                " stop it, or choose ports with GATEWAY_PORT / TRAINER_PORT / REGISTRY_PORT / TUNER_PORT / WEB_PORT"
             )
         registry = f"127.0.0.1:{self.ports['registry']}"
         trainer = f"127.0.0.1:{self.ports['trainer']}"
+        tuner = f"127.0.0.1:{self.ports['tuner']}"
         gateway = f"127.0.0.1:{self.ports['gateway']}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         specs = [
             ("registry_service", {"DATABASE_URL": database_url, "REGISTRY_ADDRESS": registry}, registry),
             ("trainer_service", {"TRAINER_ADDRESS": trainer, "REGISTRY_TARGET": registry}, trainer),
             (
+                "tuner_service",
+                {"TUNER_ADDRESS": tuner, "TRAINER_TARGETS": trainer, "REGISTRY_TARGET": registry},
+                tuner,
+            ),
+            (
                 "gateway",
-                {"GATEWAY_ADDRESS": gateway, "TRAINER_TARGETS": trainer, "REGISTRY_TARGET": registry},
+                {
+                    "GATEWAY_ADDRESS": gateway,
+                    "TRAINER_TARGETS": trainer,
+                    "REGISTRY_TARGET": registry,
+                    "TUNER_TARGET": tuner,
+                },
                 gateway,
             ),
             (
@@ -573,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "50051")))
     parser.add_argument("--trainer-port", type=int, default=int(os.environ.get("TRAINER_PORT", "50052")))
     parser.add_argument("--registry-port", type=int, default=int(os.environ.get("REGISTRY_PORT", "50053")))
+    parser.add_argument("--tuner-port", type=int, default=int(os.environ.get("TUNER_PORT", "50054")))
     parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "8000")))
     parser.add_argument("--test-episodes", type=int, default=250)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TAXI_DRIVER_DATA_DIR", ROOT / ".data")))
@@ -584,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "registry": args.registry_port,
             "trainer": args.trainer_port,
+            "tuner": args.tuner_port,
             "gateway": args.gateway_port,
             "web": args.web_port,
         },

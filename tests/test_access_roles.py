@@ -53,13 +53,33 @@ EXPECTED_ROLES = {
     "taxidriver.registry.v1.RegistryService.WatchRun": "reader",
     "taxidriver.registry.v1.RegistryService.WatchRuns": "reader",
     "taxidriver.registry.v1.RegistryService.GetCurrentUser": "reader",
+    "taxidriver.tuner.v1.TunerService.StartSweep": "trainer",
+    "taxidriver.tuner.v1.TunerService.GetSweep": "reader",
+    "taxidriver.tuner.v1.TunerService.ListSweeps": "reader",
+    "taxidriver.tuner.v1.TunerService.CancelSweep": "trainer",
+    "taxidriver.tuner.v1.TunerService.WatchSweep": "reader",
+    "taxidriver.tuner.v1.TunerService.SuggestParams": "reader",
+    "taxidriver.tuner.v1.TunerService.GetParamImportance": "reader",
 }
 PUBLIC_METHODS = [method for service in PUBLIC_SERVICES for method in service.methods]
 
 
 @pytest.fixture(scope="module")
+def tuner(loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService) -> Iterator[InProcessService]:
+    from tuner_service.app import start_tuner
+    from tuner_service.settings import TunerSettings
+
+    settings = TunerSettings(
+        address="127.0.0.1:0", registry_target=registry.target, trainer_targets=(trainer.target,), poll_interval=0.1
+    )
+    service = InProcessService(loop_thread, lambda: start_tuner(settings))
+    yield service
+    service.stop(0.5)
+
+
+@pytest.fixture(scope="module")
 def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
+    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService, tuner: InProcessService
 ) -> Iterator[InProcessService]:
     from gateway.app import start_gateway
     from gateway.settings import GatewaySettings
@@ -68,6 +88,7 @@ def secured_gateway(
         address="127.0.0.1:0",
         trainer_targets=(trainer.target,),
         registry_target=registry.target,
+        tuner_target=tuner.target,
         auth_required=True,
         auth_cache_seconds=0.0,
     )
@@ -318,3 +339,24 @@ def test_a_served_method_outside_the_access_table_is_refused_even_to_an_admin(
             assert "not routed by the gateway" in (internal.value.details() or "")
     finally:
         gateway.stop()
+
+
+def test_a_sweep_records_its_owner_by_username_like_runs_record_their_creator(
+    secured_gateway: InProcessService, keys: dict[str, str]
+) -> None:
+    from taxidriver.tuner.v1 import tuner_service_pb2 as tuner_pb
+    from taxidriver.tuner.v1 import tuner_service_pb2_grpc
+    from tests.test_tuner_sweeps import small_spec
+
+    spec = small_spec(n_trials=1, parallelism=1, seeds_per_trial=1)
+    metadata = (("authorization", f"Bearer {keys['trainer']}"),)
+    with grpc.insecure_channel(secured_gateway.target) as channel:
+        stub = tuner_service_pb2_grpc.TunerServiceStub(channel)
+        sweep = stub.StartSweep(tuner_pb.StartSweepRequest(spec=spec), metadata=metadata, timeout=30).sweep
+        try:
+            # The username (what Run.creator holds), not the user id the gateway sends as x-caller.
+            assert sweep.owner == "access-test-trainer"
+            got = stub.GetSweep(tuner_pb.GetSweepRequest(sweep_id=sweep.sweep_id), metadata=metadata, timeout=30)
+            assert got.sweep.owner == "access-test-trainer"
+        finally:
+            stub.CancelSweep(tuner_pb.CancelSweepRequest(sweep_id=sweep.sweep_id), metadata=metadata, timeout=30)

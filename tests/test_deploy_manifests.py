@@ -21,7 +21,7 @@ from tests.support import ROOT, InProcessService
 
 BIN = ROOT / ".venv" / "bin"
 DEPLOY = ROOT / "deploy"
-SERVICES = {"registry": 50053, "trainer": 50052, "gateway": 50051}
+SERVICES = {"registry": 50053, "trainer": 50052, "tuner": 50054, "gateway": 50051}
 # The HTTP face: not a gRPC server, a client of the gateway.
 WEB_PORT = 8000
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
@@ -79,10 +79,11 @@ def test_deploy_validate_passes_offline() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # web adds a Deployment, Service, PodDisruptionBudget and NetworkPolicy (and a dev Secret).
-    assert "deploy/k8s/base renders 28 objects, all valid for Kubernetes 1.37.0 (strict)" in result.stdout
-    assert "deploy/k8s/overlays/dev renders 34 objects" in result.stdout
-    assert result.stdout.count("hadolint deploy/") == 5
+    # web adds a Deployment, Service, PodDisruptionBudget and NetworkPolicy (and a dev Secret);
+    # the tuner adds a Deployment, a Service, a PodDisruptionBudget and a NetworkPolicy.
+    assert "deploy/k8s/base renders 32 objects, all valid for Kubernetes 1.37.0 (strict)" in result.stdout
+    assert "deploy/k8s/overlays/dev renders 38 objects" in result.stdout
+    assert result.stdout.count("hadolint deploy/") == 6
 
 
 def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
@@ -147,8 +148,8 @@ def test_every_pod_is_hardened(dev: list[dict[str, Any]]) -> None:
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name} {bound}"
             tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{name}: /tmp must be an emptyDir"
-    # registry, trainer, gateway, web, postgres, migrate job, purge and backup cron jobs, restore job
-    assert seen == 9
+    # registry, trainer, tuner, gateway, web, postgres, migrate job, purge and backup cron jobs, restore job
+    assert seen == 10
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
@@ -241,10 +242,13 @@ def test_network_paths_match_the_architecture(dev: list[dict[str, Any]]) -> None
             for port in rule["ports"]
         }
 
-    assert egress_targets("gateway") == {("trainer", 50052), ("registry", 50053)}
+    assert egress_targets("gateway") == {("trainer", 50052), ("registry", 50053), ("tuner", 50054)}
+    assert egress_targets("tuner") == {("trainer", 50052), ("registry", 50053)}
     assert egress_targets("trainer") == {("registry", 50053)}
     # web reaches the gateway and nothing else (DNS aside): never the registry nor PostgreSQL.
     assert egress_targets("web") == {("gateway", 50051)}
+    tuner_from = policies["tuner"]["ingress"][0]["from"]
+    assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in tuner_from] == ["gateway"]
     dns = policies["allow-dns-egress"]
     assert dns["podSelector"] == {} and {p["port"] for p in dns["egress"][0]["ports"]} == {53}
 
@@ -304,7 +308,8 @@ def test_compose_starts_in_dependency_order_on_loopback() -> None:
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["registry"]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
     assert services["trainer"]["depends_on"] == {"registry": {"condition": "service_healthy"}}
-    assert set(services["gateway"]["depends_on"]) == {"registry", "trainer"}
+    assert set(services["gateway"]["depends_on"]) == {"registry", "trainer", "tuner"}
+    assert set(services["tuner"]["depends_on"]) == {"registry", "trainer"}
     assert services["gateway"]["ports"] == ["127.0.0.1:${GATEWAY_PORT:-50051}:50051"]
     assert services["web"]["depends_on"] == {"gateway": {"condition": "service_healthy"}}
     assert services["web"]["ports"] == ["127.0.0.1:${WEB_PORT:-8000}:8000"]

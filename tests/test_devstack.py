@@ -47,6 +47,7 @@ class DevStack:
             "GATEWAY_PORT": self.gateway_port,
             "TRAINER_PORT": free_port(),
             "REGISTRY_PORT": free_port(),
+            "TUNER_PORT": free_port(),
             "WEB_PORT": self.web_port,
         }
         env.update({name: str(port) for name, port in ports.items()})

@@ -205,6 +205,7 @@ def test_reflection_lists_only_public_services(stack: Stack) -> None:
         "grpc.reflection.v1alpha.ServerReflection",
         REGISTRY,
         TRAINER,
+        "taxidriver.tuner.v1.TunerService",
     ]
 
 

@@ -72,7 +72,15 @@ def gateway_process(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFa
 
 def test_list_shows_exactly_the_public_services(gateway_process: GatewayProcess) -> None:
     listed = grpcurl("-plaintext", gateway_process.target, "list").stdout.split()
-    assert listed == sorted(["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", REGISTRY, TRAINER])
+    assert listed == sorted(
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            REGISTRY,
+            TRAINER,
+            "taxidriver.tuner.v1.TunerService",
+        ]
+    )
 
 
 def test_describe_a_public_method(gateway_process: GatewayProcess) -> None:

@@ -479,3 +479,24 @@ def test_uploads_beyond_the_size_limit_are_refused(database_url: str, registry) 
             await app.stop(0)
 
     assert asyncio.run(scenario()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 0)
+
+
+def test_compare_runs_groups_seeds_of_one_configuration(ingest, queries, marker) -> None:
+    # Four seeds of alpha 0.1 and two of alpha 0.2: two groups with across-seed statistics.
+    first = [make_run(ingest, marker, alpha=0.1, success=s, seed=i) for i, s in enumerate([0.2, 0.4, 0.6, 1.0])]
+    second = [make_run(ingest, marker, alpha=0.2, success=0.9, seed=i) for i in range(2)]
+    reply = queries.CompareRuns(pb.CompareRunsRequest(run_ids=[first[0], second[0], *first[1:], second[1]]))
+    assert [list(g.run_ids) for g in reply.param_groups] == [first, second]
+    assert [g.params["alpha"] for g in reply.param_groups] == [0.1, 0.2]
+    assert "seed" not in reply.param_groups[0].params
+    success = {
+        g.params["alpha"]: next(m.statistics for m in g.metrics if m.metric == "test_metrics.success_rate")
+        for g in reply.param_groups
+    }
+    assert success[0.1].seeds == 4
+    assert success[0.1].mean == pytest.approx(0.55)
+    assert success[0.1].iqm == pytest.approx(0.5)  # (0.4 + 0.6) / 2
+    assert 0.2 <= success[0.1].ci_low < success[0.1].ci_high <= 1.0
+    assert (success[0.2].mean, success[0.2].iqm, success[0.2].ci_low, success[0.2].ci_high) == pytest.approx(
+        (0.9, 0.9, 0.9, 0.9)
+    )

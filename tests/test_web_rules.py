@@ -54,10 +54,14 @@ def test_literal_routes_win_over_variables_and_verbs_over_plain_paths() -> None:
 
 def test_every_public_method_but_the_client_streams_has_a_route() -> None:
     served = {route.method.full_name for route in load_routes()}
-    for service in ("RegistryService", "TrainerService"):
-        module = registry_service_pb2 if service == "RegistryService" else None
-        if module is None:
-            from taxidriver.trainer.v1 import trainer_service_pb2 as module  # type: ignore[no-redef]
+    from taxidriver.trainer.v1 import trainer_service_pb2
+    from taxidriver.tuner.v1 import tuner_service_pb2
+
+    for module, service in (
+        (registry_service_pb2, "RegistryService"),
+        (trainer_service_pb2, "TrainerService"),
+        (tuner_service_pb2, "TunerService"),
+    ):
         for method in module.DESCRIPTOR.services_by_name[service].methods:
             if method.client_streaming:
                 assert method.full_name not in served

@@ -54,18 +54,27 @@ class WebServer:
 def secured_gateway(
     loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
 ) -> Iterator[InProcessService]:
+    """The gateway with keys required, in front of the registry, a trainer and a tuner."""
     from gateway.app import start_gateway
     from gateway.settings import GatewaySettings
+    from tuner_service.app import start_tuner
+    from tuner_service.settings import TunerSettings
 
+    tuner_settings = TunerSettings(
+        address="127.0.0.1:0", registry_target=registry.target, trainer_targets=(trainer.target,), poll_interval=0.1
+    )
+    tuner = InProcessService(loop_thread, lambda: start_tuner(tuner_settings))
     settings = GatewaySettings(
         address="127.0.0.1:0",
         trainer_targets=(trainer.target,),
         registry_target=registry.target,
+        tuner_target=tuner.target,
         auth_required=True,
     )
     service = InProcessService(loop_thread, lambda: start_gateway(settings))
     yield service
     service.stop()
+    tuner.stop(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,12 @@ from grpc_health.v1 import health_pb2  # noqa: F401
 
 from taxidriver.registry.v1 import registry_service_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2
+from taxidriver.tuner.v1 import tuner_service_pb2
 
 PUBLIC_SERVICES: tuple[ServiceDescriptor, ...] = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"],
+    tuner_service_pb2.DESCRIPTOR.services_by_name["TunerService"],
 )
 
 # The repository copy when run from a checkout; the packaged copy inside an image.

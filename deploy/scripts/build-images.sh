@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the five images (registry, trainer, gateway, web, postgres) from a staged context.
+# Build the six images (registry, trainer, tuner, gateway, web, postgres) from a staged context.
 # The context mirrors the repository's paths but holds only what images need (no .venv,
 # .data, .git, generated code, caches), so the Dockerfiles also work from the repo root
 # with a .dockerignore. Python wheels come from deploy/.wheelhouse (make wheelhouse).
@@ -10,11 +10,11 @@ DOCKER=${DOCKER:-docker}
 BASE_IMAGE=${BASE_IMAGE:-taxidriver/base:bookworm}
 TAG=${TAG:-dev}
 PREFIX=${IMAGE_PREFIX:-taxidriver}
-SERVICES=${SERVICES:-postgres registry trainer gateway web}
+SERVICES=${SERVICES:-postgres registry trainer tuner gateway web}
 CTX=deploy/.context
 
 ls deploy/.wheelhouse/*.whl >/dev/null 2>&1 || { echo "build-images: deploy/.wheelhouse is empty (make wheelhouse)" >&2; exit 1; }
-package_of() { case "$1" in registry) echo registry_service ;; trainer) echo trainer_service ;; *) echo "$1" ;; esac; }
+package_of() { case "$1" in registry) echo registry_service ;; trainer) echo trainer_service ;; tuner) echo tuner_service ;; *) echo "$1" ;; esac; }
 for service in $SERVICES; do
   [ "$service" = postgres ] && continue
   pkg=$(package_of "$service")
@@ -24,9 +24,9 @@ done
 rm -rf "$CTX"
 mkdir -p "$CTX/deploy/scripts" "$CTX/deploy/postgres"
 packages=()
-for pkg in registry_service trainer_service gateway web; do [ -d "$pkg" ] && packages+=("$pkg"); done
+for pkg in registry_service trainer_service tuner_service gateway web; do [ -d "$pkg" ] && packages+=("$pkg"); done
 rsync -a --exclude '__pycache__' --exclude '*.pyc' \
-  --exclude '/taxidriver/registry' --exclude '/taxidriver/trainer' --exclude '/taxidriver/ingest' \
+  --exclude '/taxidriver/registry' --exclude '/taxidriver/trainer' --exclude '/taxidriver/ingest' --exclude '/taxidriver/tuner' \
   protos taxidriver "${packages[@]}" "$CTX/"
 cp deploy/requirements.*.txt "$CTX/deploy/"
 cp deploy/scripts/grpc_health_probe.py deploy/scripts/import_check.py "$CTX/deploy/scripts/"

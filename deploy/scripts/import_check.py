@@ -22,7 +22,7 @@ def main(packages: list[str]) -> int:
     for name in packages:
         package = importlib.import_module(name)
         for module in pkgutil.walk_packages(package.__path__, f"{name}."):
-            if module.name in SKIP or module.name.split(".")[1:2] in (["registry"], ["trainer"], ["ingest"]):
+            if module.name in SKIP or module.name.split(".")[1:2] in (["registry"], ["trainer"], ["ingest"], ["tuner"]):
                 continue  # generated code is imported by the modules that use it
             if module.name.endswith(".__main__"):
                 continue  # importing it would start the server
