@@ -80,7 +80,7 @@ restore: $(STAMPS)/protos
 	$(PY) -m registry_service.backup restore --file $(FILE)
 
 clean:
-	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth taxidriver/options taxidriver/api_descriptors.binpb
+	rm -rf $(STAMPS) $(VENV) taxidriver/registry taxidriver/trainer taxidriver/ingest taxidriver/auth taxidriver/options taxidriver/reasons taxidriver/api_descriptors.binpb
 -include deploy/deploy.mk
 
 # The dashboard's and /docs' browser assets (committed; see web/static/vendor/README.md).
