@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from taxidriver.errors import FieldViolation, Violations, bad_field, invalid_argument
+from taxidriver.errors import FieldViolation, Violations, invalid_argument
 from taxidriver.registry.v1 import resources_pb2
+from taxidriver.vocabulary import MODE_NUMBERS, STATUS_NUMBERS, STATUS_WORDS, TERMINAL_WORDS
 
-# Stored lower-case (the seed's `status = 'completed'`), exposed as the proto enum.
-STATUS_TO_DB: dict[int, str] = {
-    resources_pb2.RUN_STATUS_QUEUED: "queued",
-    resources_pb2.RUN_STATUS_RUNNING: "running",
-    resources_pb2.RUN_STATUS_COMPLETED: "completed",
-    resources_pb2.RUN_STATUS_FAILED: "failed",
-    resources_pb2.RUN_STATUS_CANCELLED: "cancelled",
-    resources_pb2.RUN_STATUS_INTERRUPTED: "interrupted",
-}
-STATUS_FROM_DB: dict[str, int] = {v: k for k, v in STATUS_TO_DB.items()}
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# Stored lower-case (the seed's `status = 'completed'`), exposed as the proto enum: the words
+# and the terminal set come from RunStatus (taxidriver.vocabulary), never a copy here.
+STATUS_TO_DB: dict[int, str] = STATUS_WORDS
+STATUS_FROM_DB: dict[str, int] = STATUS_NUMBERS
+TERMINAL_STATUSES: frozenset[str] = TERMINAL_WORDS
 
 KIND_TO_DB: dict[int, str] = {
     resources_pb2.ARTIFACT_KIND_MODEL: "model",
@@ -32,8 +26,9 @@ KIND_TO_DB: dict[int, str] = {
 }
 KIND_FROM_DB: dict[str, int] = {v: k for k, v in KIND_TO_DB.items()}
 
-ALGORITHMS = frozenset({"brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo"})
-MODES = frozenset({"user", "optimized", "time_budget"})
+# Algorithm names are the trainer's (its registry of algorithms): the registry stores what the
+# trainer sends and checks only the name's form (vocabulary.algorithm_name_problem).
+MODES: frozenset[str] = frozenset(MODE_NUMBERS)
 
 METRIC_GROUPS = (
     "training_metrics",
@@ -52,16 +47,6 @@ RUN_COLUMNS = """
     r.model_path, r.execution_time, r.created_at, r.updated_at, r.episodes_recorded, r.episodes_planned,
     r.stop_reason, r.error_message, r.creator, r.resumed_by, r.cancelled_by, r.tags
 """
-
-
-def parse_uuid(value: str, field_name: str) -> uuid.UUID:
-    """A UUID from user input, or INVALID_ARGUMENT naming the field."""
-    if not value:
-        raise bad_field(field_name, "is required")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise bad_field(field_name, f"must be a UUID, got {value[:64]!r}") from None
 
 
 NUL = "\x00"

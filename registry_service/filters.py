@@ -24,6 +24,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from taxidriver.errors import bad_field
+from taxidriver.vocabulary import STATUS_NUMBERS
 
 JSON_GROUPS = (
     "params",
@@ -72,7 +73,7 @@ METRICS: dict[str, Field] = {
     "test_metrics.avg_reward": Field("test_metrics.avg_reward", "r.avg_reward", "metric", nullable=True),
 }
 
-_STATUS_NAMES = {"queued", "running", "completed", "failed", "cancelled", "interrupted"}
+_STATUS_NAMES = frozenset(STATUS_NUMBERS)
 
 
 def resolve_field(name: str, field_name: str) -> Field:

@@ -19,7 +19,6 @@ from psycopg_pool import AsyncConnectionPool
 from registry_service import episodes
 from registry_service.artifacts import collect_upload, split_chunks, store_artifact
 from registry_service.convert import (
-    ALGORITHMS,
     ARTIFACT_COLUMNS,
     KIND_TO_DB,
     METRIC_GROUPS,
@@ -30,16 +29,24 @@ from registry_service.convert import (
     TERMINAL_STATUSES,
     artifact_from_row,
     check_text,
-    parse_uuid,
     run_from_row,
     struct_to_dict,
     user_struct,
 )
 from registry_service.settings import RegistrySettings
-from taxidriver.errors import Violations, bad_field, failed_precondition, not_found, request_id_reused
+from taxidriver.errors import (
+    ServiceError,
+    Violations,
+    bad_field,
+    failed_precondition,
+    not_found,
+    parse_uuid,
+    request_id_reused,
+)
 from taxidriver.idempotency import json_fingerprint
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.registry.v1 import resources_pb2
+from taxidriver.vocabulary import algorithm_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +192,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self, request: ingest_service_pb2.RegisterRunRequest, context: grpc.aio.ServicerContext
     ) -> ingest_service_pb2.RegisterRunResponse:
         violations = Violations()
-        run_id = uuid.uuid4()
-        if request.run_id:
-            try:
-                run_id = uuid.UUID(request.run_id)
-            except ValueError:
-                violations.add("run_id", "must be a UUID")
-        if request.algorithm not in ALGORITHMS:
-            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        # An empty run_id: the registry draws one.
+        run_id = (violations.uuid(request.run_id, "run_id") if request.run_id else None) or uuid.uuid4()
+        if (problem := algorithm_name_problem(request.algorithm)) is not None:
+            violations.add("algorithm", problem)
         mode = request.mode or "user"
         if mode not in MODES:
             violations.add("mode", f"must be one of {', '.join(sorted(MODES))}")
@@ -242,7 +245,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 cursor = await conn.execute(FIND_REGISTERED, (run_id, request_id, request_id))
                 existing = await cursor.fetchone()
                 if existing is None:  # pragma: no cover - a concurrent delete between the two statements
-                    raise failed_precondition("run was deleted while registering; retry", run_id=str(run_id))
+                    raise failed_precondition(
+                        "run was deleted while registering; retry",
+                        reason="RUN_DELETED_WHILE_REGISTERING",
+                        run_id=str(run_id),
+                    )
                 run_id, stored_caller, stored_fingerprint = existing
                 # AIP-155: a retry is the same request from the same caller; anything else reusing
                 # the id is refused (runs registered before fingerprints existed cannot be compared).
@@ -462,7 +469,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             row = await cursor.fetchone()
             if row is None:
                 await fetch_run(conn, run_id)  # NOT_FOUND for an unknown run
-                raise not_found("checkpoint of run", str(run_id))
+                raise ServiceError(
+                    code=grpc.StatusCode.NOT_FOUND,
+                    message=f"run {run_id} has no checkpoint yet",
+                    reason="CHECKPOINT_NOT_FOUND",
+                    metadata={"run_id": str(run_id)},
+                )
         artifact = artifact_from_row(row)
         for index, chunk in enumerate(split_chunks(bytes(row["data"]))):
             yield ingest_service_pb2.GetLatestCheckpointResponse(artifact=artifact if index == 0 else None, chunk=chunk)

@@ -22,7 +22,6 @@ from psycopg_pool import AsyncConnectionPool
 from registry_service import episodes
 from registry_service.artifacts import collect_upload, split_chunks, store_artifact
 from registry_service.convert import (
-    ALGORITHMS,
     ANNOTATION_COLUMNS,
     ARTIFACT_COLUMNS,
     KIND_TO_DB,
@@ -34,7 +33,6 @@ from registry_service.convert import (
     check_text,
     curves_from_rows,
     model_from_row,
-    parse_uuid,
     run_from_row,
     struct_to_dict,
     timestamp,
@@ -54,9 +52,18 @@ from registry_service.filters import (
 from registry_service.grouping import param_groups
 from registry_service.settings import RegistrySettings
 from taxidriver.access import caller_name, caller_of
-from taxidriver.errors import FieldViolation, ServiceError, Violations, bad_field, not_found, request_id_reused
+from taxidriver.errors import (
+    FieldViolation,
+    ServiceError,
+    Violations,
+    bad_field,
+    not_found,
+    parse_uuid,
+    request_id_reused,
+)
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc, resources_pb2
+from taxidriver.vocabulary import HIGHER, algorithm_name_problem, is_outcome, metric_direction
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +76,6 @@ SEED_SEARCH_KEYS = ("alpha", "gamma", "training_runs")
 MAX_TAGS = 32
 TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
 
-
-# Which direction is better, for metrics compared side by side; others get no best_run_id.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "success_rate": True,
-    "avg_reward": True,
-    "avg_steps": False,
-    "std_steps": False,
-    "std_reward": False,
-    "execution_time": False,
-    "optimality_gap": False,
-    "optimal_share": True,
-    "optimal_start_states": True,
-    "steps_per_second": True,
-    "episodes_per_second": True,
-    "convergence_episode": False,
-    "improvement": True,
-    "efficiency": True,
-    "success_rate_improvement": True,
-    "steps_improvement": True,
-    "reward_improvement": True,
-    "peak_rss_mb": False,
-    "cpu_percent": False,
-    "wall_time": False,
-}
 
 # Filtered statistics: aggregated over the matching runs, reading the generated metric columns.
 STATISTICS_BY_ALGORITHM = """
@@ -359,8 +342,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self, request: pb.ListBestRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBestRunsResponse:
         violations = Violations()
-        if request.algorithm and request.algorithm not in ALGORITHMS:
-            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        if request.algorithm and (problem := algorithm_name_problem(request.algorithm)) is not None:
+            violations.add("algorithm", problem)
         if request.limit < 0:
             violations.add("limit", "must be >= 0")
         violations.raise_if_any()
@@ -469,13 +452,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         if not 2 <= len(request.run_ids) <= 20:
             raise bad_field("run_ids", "compare two to twenty runs")
         violations = Violations()
-        ids: list[uuid.UUID] = []
-        for index, text in enumerate(request.run_ids):
-            try:
-                ids.append(uuid.UUID(text))
-            except ValueError:
-                violations.add(f"run_ids[{index}]", "must be a UUID")
+        parsed = [violations.uuid(text, f"run_ids[{index}]") for index, text in enumerate(request.run_ids)]
         violations.raise_if_any()
+        ids = [run_id for run_id in parsed if run_id is not None]
         if len(set(ids)) != len(ids):
             raise bad_field("run_ids", "each run may appear once")
         async with self.pool.connection() as conn:
@@ -500,17 +479,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                 metric_values[f"{group}.{key}"] = [g[group].get(key) for g in groups]
         metric_values["execution_time"] = [run.execution_time for run in runs]
         for metric, values in metric_values.items():
-            higher = HIGHER_IS_BETTER.get(metric.rsplit(".", 1)[-1])
-            comparison = pb.MetricComparison(
-                metric=metric,
-                values=[value_to_proto(v if _is_number(v) else None) for v in values],
-                higher_is_better=bool(higher),
-            )
-            candidates = [(v, i) for i, v in enumerate(values) if _is_number(v)]
-            if higher is not None and candidates:
-                best = max(candidates, key=lambda c: c[0]) if higher else min(candidates, key=lambda c: c[0])
-                comparison.best_run_id = runs[best[1]].run_id
-            response.metrics.append(comparison)
+            response.metrics.append(_comparison(metric, values, runs))
         response.param_groups.extend(param_groups(runs))
         return response
 
@@ -700,12 +669,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         if header is None:
             raise bad_field("header", "an import starts with a header")
         violations = Violations()
-        run_id: uuid.UUID | None = None
-        if header.run_id:
-            try:
-                run_id = uuid.UUID(header.run_id)
-            except ValueError:
-                violations.add("header.run_id", "must be a UUID or empty")
+        # Empty: a model that belongs to no run.
+        run_id = violations.uuid(header.run_id, "header.run_id") if header.run_id else None
         if not header.model_name or len(header.model_name) > 100:
             violations.add("header.model_name", "is required, at most 100 characters")
         if len(header.request_id) > 200:
@@ -884,6 +849,26 @@ def _is_scalar(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _comparison(metric: str, values: list[Any], runs: list[resources_pb2.Run]) -> pb.MetricComparison:
+    """One metric side by side: a best run only for an outcome, and only when one run holds it alone."""
+    direction = metric_direction(metric)
+    comparison = pb.MetricComparison(
+        metric=metric,
+        values=[value_to_proto(v if _is_number(v) else None) for v in values],
+        higher_is_better=direction == HIGHER,
+        direction=direction,  # type: ignore[arg-type]
+    )
+    numbers = [(v, i) for i, v in enumerate(values) if _is_number(v)]
+    if is_outcome(direction) and numbers:
+        best = max(v for v, _ in numbers) if direction == HIGHER else min(v for v, _ in numbers)
+        holders = [runs[i].run_id for v, i in numbers if v == best]
+        if len(holders) == 1:
+            comparison.best_run_id = holders[0]
+        else:
+            comparison.tied_run_ids.extend(holders)
+    return comparison
 
 
 # Live runs are never purged under a trainer - unless no trainer has renewed their lease

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,8 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode
     message: str
-    reason: str = "ERROR"
+    # ErrorInfo.reason: one of taxidriver.reasons.v1.ErrorReason (tests/test_vocabulary.py checks).
+    reason: str
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -80,16 +82,21 @@ def bad_field(field_name: str, description: str) -> ServiceError:
     return invalid_argument([FieldViolation(field=field_name, description=description)])
 
 
+# The reason of each kind of thing a caller may name and we may not have (declared in
+# protos/taxidriver/reasons/v1/error_reason.proto, like every reason).
+NOT_FOUND_REASONS = {"run": "RUN_NOT_FOUND", "model": "MODEL_NOT_FOUND", "artifact": "ARTIFACT_NOT_FOUND"}
+
+
 def not_found(what: str, ident: str) -> ServiceError:
     return ServiceError(
         code=grpc.StatusCode.NOT_FOUND,
         message=f"{what} {ident!r} not found",
-        reason=f"{what.upper().replace(' ', '_')}_NOT_FOUND",
-        metadata={what.replace(" ", "_"): ident},
+        reason=NOT_FOUND_REASONS[what],
+        metadata={what: ident},
     )
 
 
-def failed_precondition(message: str, reason: str = "FAILED_PRECONDITION", **metadata: str) -> ServiceError:
+def failed_precondition(message: str, *, reason: str, **metadata: str) -> ServiceError:
     return ServiceError(
         code=grpc.StatusCode.FAILED_PRECONDITION, message=message, reason=reason, metadata=dict(metadata)
     )
@@ -111,14 +118,24 @@ def request_id_reused(what: str, ident: str, field_name: str = "request_id") -> 
     )
 
 
-def unavailable(message: str, reason: str = "UNAVAILABLE", **metadata: str) -> ServiceError:
+def unavailable(message: str, *, reason: str, **metadata: str) -> ServiceError:
     return ServiceError(code=grpc.StatusCode.UNAVAILABLE, message=message, reason=reason, metadata=dict(metadata))
 
 
-def resource_exhausted(message: str, reason: str = "RESOURCE_EXHAUSTED", **metadata: str) -> ServiceError:
+def resource_exhausted(message: str, *, reason: str, **metadata: str) -> ServiceError:
     return ServiceError(
         code=grpc.StatusCode.RESOURCE_EXHAUSTED, message=message, reason=reason, metadata=dict(metadata)
     )
+
+
+def parse_uuid(value: str, field_name: str) -> uuid.UUID:
+    """A UUID from user input, or INVALID_ARGUMENT naming the field: the one UUID check."""
+    if not value:
+        raise bad_field(field_name, "is required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise bad_field(field_name, f"must be a UUID, got {value[:64]!r}") from None
 
 
 class Violations:
@@ -129,6 +146,14 @@ class Violations:
 
     def add(self, field_name: str, description: str) -> None:
         self.items.append(FieldViolation(field=field_name, description=description))
+
+    def uuid(self, value: str, field_name: str) -> uuid.UUID | None:
+        """parse_uuid, collecting the violation instead of raising it (None when bad)."""
+        try:
+            return parse_uuid(value, field_name)
+        except ServiceError as error:
+            self.items.extend(error.violations)
+            return None
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -310,3 +335,24 @@ def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[Fi
             detail.Unpack(info)
             reason = info.reason
     return violations, reason
+
+
+def relayed(error: grpc.RpcError, message: str) -> ServiceError:
+    """Another service's refusal passed on to our caller as it was: the same code, ErrorInfo
+    reason and metadata, and field violations (they name the caller's own fields)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    relay = ServiceError(code=code, message=message, reason=code.name)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            relay.violations.extend(
+                FieldViolation(field=v.field, description=v.description) for v in bad_request.field_violations
+            )
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            relay.reason = info.reason or relay.reason
+            relay.metadata.update(info.metadata)
+    return relay

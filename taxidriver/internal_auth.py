@@ -50,15 +50,19 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
             if key == INTERNAL_TOKEN_KEY:
                 sent = value
         if sent is None:
-            return _refusing(handler, "missing internal token (x-internal-token): this port is internal", "MISSING")
+            return _refusing(
+                handler,
+                "missing internal token (x-internal-token): this port is internal",
+                reason="INTERNAL_TOKEN_MISSING",
+            )
         presented = sent.encode() if isinstance(sent, str) else bytes(sent)
         if not hmac.compare_digest(presented, self._token):
-            return _refusing(handler, "wrong internal token (x-internal-token)", "INVALID")
+            return _refusing(handler, "wrong internal token (x-internal-token)", reason="INTERNAL_TOKEN_INVALID")
         return handler
 
 
-def _refusing(handler: grpc.RpcMethodHandler, message: str, what: str) -> grpc.RpcMethodHandler:
-    error = ServiceError(code=grpc.StatusCode.UNAUTHENTICATED, message=message, reason=f"INTERNAL_TOKEN_{what}")
+def _refusing(handler: grpc.RpcMethodHandler, message: str, *, reason: str) -> grpc.RpcMethodHandler:
+    error = ServiceError(code=grpc.StatusCode.UNAUTHENTICATED, message=message, reason=reason)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort_with_status(error.to_status())

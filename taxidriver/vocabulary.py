@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import EnumDescriptor
@@ -40,12 +41,11 @@ STATUS_NUMBERS: dict[str, int] = {word: number for number, word in STATUS_WORDS.
 
 
 def _with_trait(trait: str) -> frozenset[int]:
-    found = set()
-    for value in _RUN_STATUS.values:
-        traits = value.GetOptions().Extensions[run_status_pb2.status_traits]
-        if getattr(traits, trait):
-            found.add(value.number)
-    return frozenset(found)
+    """The statuses whose `(taxidriver.options.v1.status_traits)` option sets `trait`."""
+    extension: Any = run_status_pb2.status_traits
+    return frozenset(
+        value.number for value in _RUN_STATUS.values if getattr(value.GetOptions().Extensions[extension], trait)
+    )
 
 
 # Nothing writes to the run on its own any more: WatchRun ends after it, ingest refuses more.
@@ -95,7 +95,7 @@ REASONS: frozenset[str] = frozenset(
 )
 
 
-def reason(value: error_reason_pb2.ErrorReason.ValueType) -> str:
+def reason(value: int) -> str:
     """ERROR_REASON_LEASE_LOST -> "LEASE_LOST", as ErrorInfo.reason carries it."""
     return error_reason_pb2.ErrorReason.Name(value).removeprefix(_REASON_PREFIX)
 

@@ -161,7 +161,7 @@ def test_register_validation_names_every_bad_field(ingest, db) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         ingest.RegisterRun(
             ingest_pb2.RegisterRunRequest(
-                run_id="not-a-uuid", algorithm="dqn", mode="fast", params=params(alpha="x"), episodes_planned=-1
+                run_id="not-a-uuid", algorithm="Deep Q!", mode="fast", params=params(alpha="x"), episodes_planned=-1
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

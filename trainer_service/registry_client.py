@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import struct_pb2
 
-from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
+from taxidriver.reasons.v1.error_reason_pb2 import ErrorReason
 from taxidriver.registry.v1 import resources_pb2
+from taxidriver.vocabulary import error_reason, reason
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ FIRST_DELAY, MAX_DELAY = 0.05, 2.0
 # Registry refusals that mean the run is no longer this trainer's to write: another trainer
 # took it (LEASE_LOST), it was deleted (NOT_FOUND) or it already ended (RUN_FINISHED, e.g.
 # cancelled while this trainer was cut off).
-LOST_REASONS = frozenset({"LEASE_LOST", "RUN_FINISHED"})
+LOST_REASONS = frozenset({reason(ErrorReason.ERROR_REASON_LEASE_LOST), reason(ErrorReason.ERROR_REASON_RUN_FINISHED)})
+CHECKPOINT_NOT_FOUND = reason(ErrorReason.ERROR_REASON_CHECKPOINT_NOT_FOUND)
 ARTIFACT_CHUNK_BYTES = 64 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -61,9 +63,9 @@ def lost_reason(error: grpc.aio.AioRpcError) -> str:
     if error.code() == grpc.StatusCode.NOT_FOUND:
         return "RUN_DELETED"
     if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-        reason = status_details(error)[1]
-        if reason in LOST_REASONS:
-            return reason
+        refusal = error_reason(error)
+        if refusal in LOST_REASONS:
+            return refusal
     return ""
 
 
@@ -195,7 +197,7 @@ class RegistryClient:
                         artifact = message.artifact
                     chunks.append(message.chunk)
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND and "checkpoint" in (error.details() or ""):
+                if error_reason(error) == CHECKPOINT_NOT_FOUND:
                     return None
                 raise
             if artifact is None:

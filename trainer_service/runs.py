@@ -24,14 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from taxidriver.errors import (
-    ServiceError,
-    bad_field,
-    failed_precondition,
-    resource_exhausted,
-    status_details,
-    unavailable,
-)
+from taxidriver.errors import failed_precondition, parse_uuid, relayed, resource_exhausted, unavailable
 from taxidriver.idempotency import message_fingerprint
 from taxidriver.ingest.v1 import ingest_service_pb2
 from taxidriver.logs import run_id_var
@@ -41,13 +34,22 @@ from trainer_service.engine import EpisodeColumns, load_checkpoint
 from trainer_service.params import RunSpec, resolve
 from trainer_service.pool import Message, WorkerPool
 from trainer_service.registry_client import RegistryClient, RunLost, to_struct
-from trainer_service.streamer import EpisodeStreamer
+from trainer_service.streamer import EpisodeStreamer, StreamFailed
 from trainer_service.worker import Job
 
 log = logging.getLogger(__name__)
 
 STATUS = resources_pb2
-TERMINAL = {STATUS.RUN_STATUS_COMPLETED, STATUS.RUN_STATUS_FAILED, STATUS.RUN_STATUS_CANCELLED}
+# The registry's refusals our caller gets as they are (code, reason, metadata, violations).
+RELAYED_CODES = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 @contextlib.asynccontextmanager
@@ -57,18 +59,10 @@ async def registry_errors(what: str) -> AsyncIterator[None]:
         yield
     except grpc.aio.AioRpcError as error:
         code, details = error.code(), error.details() or ""
-        if code == grpc.StatusCode.NOT_FOUND:
-            raise ServiceError(code=code, message=details, reason="RUN_NOT_FOUND") from error
-        if code == grpc.StatusCode.FAILED_PRECONDITION:
-            # Keep the registry's reason (RUN_NOT_RESUMABLE, ...): callers branch on it.
-            reason = status_details(error)[1] or "FAILED_PRECONDITION"
-            raise failed_precondition(f"{what}: {details}", reason=reason) from error
-        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
-            # The registry's field violations and reason name the caller's own fields (request_id...).
-            violations, reason = status_details(error)
-            raise ServiceError(
-                code=code, message=f"{what}: {details}", reason=reason or code.name, violations=violations
-            ) from error
+        if code in RELAYED_CODES:
+            # The registry's reason (RUN_NOT_FOUND, RUN_NOT_RESUMABLE, REQUEST_ID_REUSED...), its
+            # metadata and field violations (they name the caller's own fields): callers branch on them.
+            raise relayed(error, details if code == grpc.StatusCode.NOT_FOUND else f"{what}: {details}") from error
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise unavailable(
                 f"{what}: the registry is unreachable ({details})", reason="REGISTRY_UNAVAILABLE"
@@ -208,7 +202,7 @@ class RunManager:
         )
 
     async def cancel_run(self, run_id: str, *, cancelled_by: str = "") -> trainer_service_pb2.CancelRunResponse:
-        _check_uuid(run_id)
+        parse_uuid(run_id, "run_id")
         run = self.active.get(run_id)
         if run is None:
             # Not here: another replica may run it; it sees the request on its next heartbeat.
@@ -233,7 +227,7 @@ class RunManager:
     async def resume_run(
         self, run_id: str, *, caller: str = "", resumed_by: str = ""
     ) -> trainer_service_pb2.ResumeRunResponse:
-        _check_uuid(run_id)
+        parse_uuid(run_id, "run_id")
         if run_id in self.active:
             raise failed_precondition(f"run {run_id} is already active on this trainer", reason="RUN_ACTIVE")
         if run_id in self.pool.running():
@@ -265,11 +259,14 @@ class RunManager:
             async with registry_errors("reading the latest checkpoint"):
                 latest = await self.client.latest_checkpoint(run_id)
         except Exception:
-            # Hand the run back at once rather than leave it QUEUED until its lease runs out.
-            with contextlib.suppress(Exception):
+            # Hand the run back at once rather than leave it QUEUED until its lease runs out; if
+            # even that fails, the lease sweeper does it. The first error is the caller's answer.
+            try:
                 await self.client.update_status(
                     run_id, STATUS.RUN_STATUS_INTERRUPTED, lease_epoch=claim.lease_epoch, stop_reason="resume_failed"
                 )
+            except (grpc.aio.AioRpcError, RunLost) as hand_back:
+                log.warning("run %s: could not hand the run back after a failed resume: %s", run_id, hand_back)
             raise
         data = latest[1] if latest is not None else None
         history = load_checkpoint(data)[1] if data is not None else EpisodeColumns.empty(0, 0)
@@ -408,8 +405,11 @@ class RunManager:
                 return
             log.exception("run %s: could not report to the registry", run.run_id)
             if not completed:
-                with contextlib.suppress(Exception):
+                try:
                     await self._fail(run, f"trainer could not report the run: {type(exc).__name__}: {exc}")
+                except (grpc.aio.AioRpcError, RunLost) as unreported:
+                    # The registry is unreachable or refuses: the lease sweeper will interrupt the run.
+                    log.error("run %s: could not record the failure either: %s", run.run_id, unreported)
         finally:
             run.finished.set()
             if run.heartbeat is not None:
@@ -504,8 +504,11 @@ class RunManager:
 
     async def _fail(self, run: ActiveRun, error: str) -> None:
         log.error("run %s failed: %s", run.run_id, error, extra={"run_id": run.run_id})
-        with contextlib.suppress(Exception):
+        # Episodes the registry has not acknowledged yet: best effort, the failure is recorded anyway.
+        try:
             await run.streamer.flush(wait_s=10.0)
+        except (TimeoutError, StreamFailed) as unflushed:
+            log.warning("run %s: episodes not all stored before the failure: %s", run.run_id, unflushed)
         if run.lost:
             return
         run.status = STATUS.RUN_STATUS_FAILED
@@ -599,10 +602,3 @@ class RunManager:
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         await self.pool.stop()
-
-
-def _check_uuid(run_id: str) -> None:
-    try:
-        uuid.UUID(run_id)
-    except ValueError as exc:
-        raise bad_field("run_id", f"must be a UUID, got {run_id!r}") from exc

@@ -6,11 +6,12 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor
 
 from taxidriver.access import CALLER_KEY, Caller, caller_of, check_owner, needs_owner
+from taxidriver.errors import parse_uuid
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from trainer_service.algorithms import ALGORITHMS
 from trainer_service.envs import ENVIRONMENTS
 from trainer_service.params import PARAMETERS, PRESETS
-from trainer_service.runs import RunManager, _check_uuid, registry_errors
+from trainer_service.runs import RunManager, registry_errors
 
 _METHODS = trainer_service_pb2.DESCRIPTOR.services_by_name["TrainerService"].methods_by_name
 
@@ -48,7 +49,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         """The method's ownership rule (its access option in the proto), checked against the registry's record."""
         if not needs_owner(method, caller):
             return
-        _check_uuid(run_id)
+        parse_uuid(run_id, "run_id")
         async with registry_errors("reading the run's owner"):
             run = await self.runs.client.get_run(run_id)
         check_owner(method, caller, run_id=run_id, creator=run.creator)
