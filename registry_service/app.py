@@ -23,6 +23,7 @@ from registry_service.sweeps import SweepStoreServicer
 from registry_service.watch import EventHub
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc, sweep_store_pb2, sweep_store_pb2_grpc
+from taxidriver.metrics import set_pool_usage
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.server import RunningServer, ServiceBinding, create_server
 
@@ -124,6 +125,12 @@ class RegistryApp:
                 healthy = False
                 if self.serving:
                     log.warning("database unreachable: %s", exc)
+            stats = self.pool.get_stats()
+            set_pool_usage(
+                size=stats.get("pool_size", 0),
+                in_use=stats.get("pool_size", 0) - stats.get("pool_available", 0),
+                waiting=stats.get("requests_waiting", 0),
+            )
             if healthy != self.serving:
                 self.serving = healthy
                 await self.running.set_serving(healthy)

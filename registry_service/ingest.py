@@ -45,6 +45,7 @@ from taxidriver.errors import (
 )
 from taxidriver.idempotency import json_fingerprint
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from taxidriver.metrics import add_episodes_ingested
 from taxidriver.registry.v1 import resources_pb2
 from taxidriver.vocabulary import algorithm_name_problem
 
@@ -364,6 +365,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             await conn.execute(
                 RECORD_EPISODES, (end, run_id, EVENTS_CHANNEL, json.dumps({"run_id": str(run_id), "kind": "episodes"}))
             )
+        add_episodes_ingested(count - skip)  # committed: the transaction above has ended
         return ingest_service_pb2.IngestEpisodesResponse(run_id=str(run_id), episodes_recorded=end, stored=count - skip)
 
     async def CompleteRun(

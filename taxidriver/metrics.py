@@ -6,8 +6,8 @@ latency histogram by method and status code, and one structured log line
 rather than two keeps the per-call cost down on the gateway's hot path.
 
 Services update their own gauges through the small functions below
-(`set_runs_by_status`, `add_episodes_ingested`, `set_pool_usage`,
-`set_workers_busy`) and never touch prometheus_client directly; `serve()`
+(`add_episodes_ingested`: the registry's ingest; `set_pool_usage`: the registry's
+health loop; `set_workers_busy`: the trainer's worker pool) and never touch prometheus_client directly; `serve()`
 exposes everything over HTTP when METRICS_PORT is set (0 or unset: off).
 """
 
@@ -19,7 +19,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -33,7 +33,6 @@ from taxidriver.logs import request_id_var
 log = logging.getLogger("taxidriver.calls")
 
 REQUEST_ID_KEY = "x-request-id"
-RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 # grpc's own services (health probes every few seconds, reflection) log at DEBUG.
 QUIET_PREFIX = "/grpc."
 
@@ -48,21 +47,11 @@ LATENCY = Histogram(
     ["grpc_service", "grpc_method", "grpc_type"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-RUNS = Gauge("taxidriver_runs", "Training runs by status, as last counted by the registry.", ["status"])
 EPISODES_INGESTED = Counter("taxidriver_episodes_ingested", "Episodes newly stored by the registry's ingest.")
 POOL_CONNECTIONS = Gauge(
     "taxidriver_db_pool_connections", "Database pool connections by state (size, in_use, waiting).", ["state"]
 )
 WORKERS = Gauge("taxidriver_trainer_workers", "Trainer worker processes by state (total, busy).", ["state"])
-
-
-def set_runs_by_status(counts: Mapping[str, int]) -> None:
-    """Registry: the number of runs in each status; statuses absent from `counts` are 0."""
-    for status in RUN_STATUSES:
-        RUNS.labels(status=status).set(counts.get(status, 0))
-    for status, count in counts.items():
-        if status not in RUN_STATUSES:
-            RUNS.labels(status=status).set(count)
 
 
 def add_episodes_ingested(count: int) -> None:

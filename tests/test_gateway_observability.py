@@ -138,20 +138,6 @@ def test_health_probes_are_not_logged_at_info(servers: Servers, caplog: pytest.L
     assert not [r for r in caplog.records if "Health" in getattr(r, "method", "")]
 
 
-def test_gauges_are_plain_functions() -> None:
-    metrics.set_runs_by_status({"running": 2, "completed": 5})
-    assert REGISTRY.get_sample_value("taxidriver_runs", {"status": "running"}) == 2
-    assert REGISTRY.get_sample_value("taxidriver_runs", {"status": "failed"}) == 0
-    before = REGISTRY.get_sample_value("taxidriver_episodes_ingested_total") or 0
-    metrics.add_episodes_ingested(250)
-    metrics.add_episodes_ingested(0)
-    assert REGISTRY.get_sample_value("taxidriver_episodes_ingested_total") == before + 250
-    metrics.set_pool_usage(size=10, in_use=3)
-    assert REGISTRY.get_sample_value("taxidriver_db_pool_connections", {"state": "in_use"}) == 3
-    metrics.set_workers_busy(busy=1, total=2)
-    assert REGISTRY.get_sample_value("taxidriver_trainer_workers", {"state": "total"}) == 2
-
-
 def test_metrics_endpoint_serves_the_text_format(servers: Servers) -> None:
     get_run(f"127.0.0.1:{servers.upstream.port}", "r-5")
     port = metrics.start_metrics_server(0, addr="127.0.0.1")

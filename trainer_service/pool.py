@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from taxidriver.metrics import set_workers_busy
 from trainer_service.worker import CONTROL_CANCEL, CONTROL_INTERRUPT, CONTROL_NONE, Job, worker_main
 
 log = logging.getLogger(__name__)
@@ -125,10 +126,12 @@ class WorkerPool:
         if kind == "ready":
             self._workers[key].ready = True
             self._free.set()
+            self._report_busy()
             return
         if kind == "idle":
             self._workers[key].run_id = None
             self._free.set()
+            self._report_busy()
             return
         self.on_message(message)
 
@@ -150,6 +153,9 @@ class WorkerPool:
                 worker.control.value = CONTROL_CANCEL if cancel else CONTROL_INTERRUPT
                 return True
         return False
+
+    def _report_busy(self) -> None:
+        set_workers_busy(busy=sum(1 for w in self._workers if w.run_id is not None), total=self.ready_workers)
 
     def running(self) -> list[str]:
         return [w.run_id for w in self._workers if w.run_id is not None]
@@ -179,6 +185,7 @@ class WorkerPool:
             worker.control.value = CONTROL_NONE
             worker.run_id = job.run_id
             worker.inbox.put(job)
+            self._report_busy()
 
     async def _watch(self) -> None:
         """Replaces dead workers; their run is reported lost."""
