@@ -27,7 +27,6 @@ from rich.table import Table
 
 from taxidriver.client import (
     MODES,
-    TERMINAL_STATUSES,
     ClientError,
     TaxiDriverClient,
     gateway_from_env,
@@ -35,6 +34,7 @@ from taxidriver.client import (
 )
 from taxidriver.registry.v1 import resources_pb2
 from taxidriver.tuner.v1 import tuner_service_pb2
+from taxidriver.vocabulary import STOPPED_STATUSES
 
 HYPERPARAMETERS = {
     "alpha": float,
@@ -224,7 +224,8 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
                 final_status = change.status
                 if change.status == resources_pb2.RUN_STATUS_RUNNING and running_at is None:
                     running_at = time.monotonic()
-                if change.status in TERMINAL_STATUSES:
+                # Stopped: terminal, or INTERRUPTED (nobody trains it now; resume it).
+                if change.status in STOPPED_STATUSES:
                     break
     except KeyboardInterrupt:
         progress.finish()
@@ -575,27 +576,14 @@ def cmd_runs_compare(client: TaxiDriverClient, args: argparse.Namespace, output:
     return 0
 
 
-# What a run used, not how well it did: never ranked, whatever the registry says.
-RESOURCE_METRICS = frozenset({"cpu_percent", "peak_rss_mb", "peak_rss", "memory_mb", "wall_time_s", "pid"})
-
-
 def _best(comparison: Any) -> str:
-    """The best run's short id; "tie" when several share the best value; "-" when no
-    best is defined (no direction, or a resource the run used rather than an outcome)."""
-    if not comparison.best_run_id or comparison.metric.rsplit(".", 1)[-1] in RESOURCE_METRICS:
-        return "-"
-    if comparison.metric.startswith("system_metrics.") and comparison.metric.rsplit(".", 1)[-1] not in (
-        "steps_per_second",
-        "episodes_per_second",
-    ):
-        return "-"
-    numbers = [v for v in (_value(v) for v in comparison.values) if _is_number(v)]
-    if not numbers:
-        return "-"
-    best = max(numbers) if comparison.higher_is_better else min(numbers)
-    if sum(1 for v in numbers if v == best) > 1:
+    """The registry's answer: the best run's short id; "tie" when several share the best
+    value; "-" when no best is defined (not an outcome, an unknown metric, no values)."""
+    if comparison.best_run_id:
+        return str(comparison.best_run_id[:8])
+    if comparison.tied_run_ids:
         return "tie"
-    return str(comparison.best_run_id[:8])
+    return "-"
 
 
 def _value(value: Any) -> Any:

@@ -23,22 +23,12 @@ from taxidriver.keepalive import channel_options
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.tuner.v1 import tuner_service_pb2, tuner_service_pb2_grpc
+from taxidriver.vocabulary import MODE_NUMBERS, status_word
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 CHUNK_BYTES = 256 * 1024
-MODES = {
-    "user": trainer_service_pb2.TRAINING_MODE_USER,
-    "optimized": trainer_service_pb2.TRAINING_MODE_OPTIMIZED,
-    "time_budget": trainer_service_pb2.TRAINING_MODE_TIME_BUDGET,
-}
-TERMINAL_STATUSES = frozenset(
-    {
-        resources_pb2.RUN_STATUS_COMPLETED,
-        resources_pb2.RUN_STATUS_FAILED,
-        resources_pb2.RUN_STATUS_CANCELLED,
-        resources_pb2.RUN_STATUS_INTERRUPTED,
-    }
-)
+# "optimized" -> TRAINING_MODE_OPTIMIZED, from the TrainingMode enum.
+MODES: dict[str, int] = MODE_NUMBERS
 T = TypeVar("T")
 
 
@@ -89,7 +79,7 @@ class BearerKey(
 
 def status_name(status: int) -> str:
     """RUN_STATUS_COMPLETED -> "completed", the word stored in training_runs.status."""
-    return resources_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
+    return status_word(status)
 
 
 @dataclass
@@ -210,7 +200,7 @@ class TaxiDriverClient:
         request = trainer_service_pb2.StartRunRequest(
             request_id=request_id,
             algorithm=algorithm,
-            mode=MODES[mode],
+            mode=MODES[mode],  # type: ignore[arg-type]
             hyperparameters=trainer_service_pb2.Hyperparameters(**dict(hyperparameters or {})),  # type: ignore[arg-type]
             test_episodes=test_episodes,
             env_id=env_id,

@@ -43,14 +43,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taxidriver.embedded_pg import EmbeddedPostgres
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from taxidriver.vocabulary import STOPPED_STATUSES, status_word
 
 ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = {
-    resources_pb2.RUN_STATUS_COMPLETED,
-    resources_pb2.RUN_STATUS_FAILED,
-    resources_pb2.RUN_STATUS_CANCELLED,
-    resources_pb2.RUN_STATUS_INTERRUPTED,
-}
+# Stopped: terminal or INTERRUPTED (taxidriver.vocabulary, from RunStatus).
+TERMINAL = STOPPED_STATUSES
 # A supervisor's bound: a service that dies this many times within the window is
 # not restarted again (something is wrong that a restart will not fix).
 MAX_RESTARTS = 5
@@ -386,10 +383,6 @@ def dev_api_key(database_url: str, key_file: Path) -> tuple[str, str]:
     if result.returncode != 0:
         raise StackFailed(f"`python -m registry_service.users ensure dev` failed:\n{result.stderr}{result.stdout}")
     return key_file.read_text().strip(), result.stdout.strip()
-
-
-def status_word(status: int) -> str:
-    return resources_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
 
 
 @dataclass

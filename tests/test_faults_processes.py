@@ -29,21 +29,17 @@ from psycopg import conninfo
 from taxidriver.embedded_pg import EmbeddedPostgres
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from taxidriver.registry.v1 import resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
 from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
+from taxidriver.vocabulary import STOPPED_STATUSES
 from tests.support import free_port, spawn, stored_episode_indices, wait_for_health
 
 pytestmark = pytest.mark.slow
 
 REGISTRY = "taxidriver.registry.v1.RegistryService"
 TRAINER = "taxidriver.trainer.v1.TrainerService"
-TERMINAL = {
-    resources_pb2.RUN_STATUS_COMPLETED,
-    resources_pb2.RUN_STATUS_FAILED,
-    resources_pb2.RUN_STATUS_CANCELLED,
-    resources_pb2.RUN_STATUS_INTERRUPTED,
-}
+# Stopped: terminal or INTERRUPTED (taxidriver.vocabulary, from RunStatus).
+TERMINAL = STOPPED_STATUSES
 EPISODES = 300_000
 CHECKPOINT_EVERY = 20_000
 LEASE_SECONDS = 3

@@ -7,7 +7,8 @@ import psycopg
 
 from gateway.app import start_gateway
 from gateway.settings import GatewaySettings
-from taxidriver.client import TERMINAL_STATUSES, TaxiDriverClient
+from taxidriver.client import TaxiDriverClient
+from taxidriver.vocabulary import STOPPED_STATUSES
 from tests.support import InProcessService, LoopThread, wait_for_health
 
 TRAINER = "taxidriver.trainer.v1.TrainerService"
@@ -45,7 +46,7 @@ def test_runs_are_spread_over_two_trainers(
             ]
             for run_id in run_ids:
                 for event in client.watch_run(run_id, status_only=True, timeout=120):
-                    if event.status_change.status in TERMINAL_STATUSES:
+                    if event.status_change.status in STOPPED_STATUSES:
                         break
         rows = db.execute(
             "SELECT trainer_id, count(*) FROM training_runs WHERE run_id = ANY(%s::uuid[]) GROUP BY trainer_id",

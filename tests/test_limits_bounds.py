@@ -26,14 +26,11 @@ from taxidriver.registry.v1 import resources_pb2
 from taxidriver.server import MAX_MESSAGE_BYTES
 from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
 from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
+from taxidriver.vocabulary import STOPPED_STATUSES
 from tests.support import InProcessService, LoopThread
 
-TERMINAL = {
-    resources_pb2.RUN_STATUS_COMPLETED,
-    resources_pb2.RUN_STATUS_FAILED,
-    resources_pb2.RUN_STATUS_CANCELLED,
-    resources_pb2.RUN_STATUS_INTERRUPTED,
-}
+# Stopped: terminal or INTERRUPTED (taxidriver.vocabulary, from RunStatus).
+TERMINAL = STOPPED_STATUSES
 
 
 def run_count(db: psycopg.Connection) -> int:

@@ -18,17 +18,14 @@ from google.protobuf import json_format
 
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from taxidriver.vocabulary import STOPPED_STATUSES
 from tests.support import InProcessService
 from trainer_service import evaluation
 from trainer_service.envs import make_env, transition_table
 from trainer_service.evaluation import evaluate_model, optimum, random_policy_optimality
 
-TERMINAL = {
-    resources_pb2.RUN_STATUS_COMPLETED,
-    resources_pb2.RUN_STATUS_FAILED,
-    resources_pb2.RUN_STATUS_CANCELLED,
-    resources_pb2.RUN_STATUS_INTERRUPTED,
-}
+# Stopped: terminal or INTERRUPTED (taxidriver.vocabulary, from RunStatus).
+TERMINAL = STOPPED_STATUSES
 
 
 @pytest.fixture()
