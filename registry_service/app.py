@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from registry_service import episodes
 from registry_service.auth import AuthServicer
-from registry_service.db import apply_migrations, open_pool
+from registry_service.db import EVENTS_CHANNEL, apply_migrations, open_pool
 from registry_service.ingest import IngestServicer
 from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
@@ -49,7 +49,7 @@ WITH expired AS (
       AND COALESCE(lease_expires_at, updated_at + make_interval(secs => %s)) < now()
     RETURNING run_id
 )
-SELECT pg_notify('taxidriver_run_events', json_build_object('run_id', run_id, 'kind', 'status')::text)
+SELECT pg_notify(%s, json_build_object('run_id', run_id, 'kind', 'status')::text)
 FROM expired
 """
 
@@ -145,7 +145,7 @@ class RegistryApp:
         Returns the instant of that check: a pause after it is the next sweep's gap.
         """
         async with conn.transaction():
-            await conn.execute(EXPIRE_LEASES, (self.settings.lease_seconds,))
+            await conn.execute(EXPIRE_LEASES, (self.settings.lease_seconds, EVENTS_CHANNEL))
             checked = time.monotonic()
             if checked - began > SWEEP_GAP_TOLERANCE_S:
                 raise psycopg.Rollback()

@@ -17,6 +17,10 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
+# The one LISTEN/NOTIFY channel of run events ({"run_id", "kind"} as JSON): writers notify
+# it inside their transaction (delivered only on commit); watch.EventHub listens to it.
+EVENTS_CHANNEL = "taxidriver_run_events"
+
 # Arbitrary but fixed: the advisory lock key that serialises migrations.
 MIGRATION_LOCK_KEY = 0x7A41D00D
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

@@ -33,6 +33,7 @@ from registry_service.convert import (
     struct_to_dict,
     user_struct,
 )
+from registry_service.db import EVENTS_CHANNEL
 from registry_service.settings import RegistrySettings
 from taxidriver.errors import (
     ServiceError,
@@ -51,7 +52,6 @@ from taxidriver.vocabulary import algorithm_name_problem
 
 log = logging.getLogger(__name__)
 
-EVENTS_CHANNEL = "taxidriver_run_events"
 MAX_BATCH_EPISODES = 100_000
 MAX_NAME_CHARS = 200
 # users.username (creator, resumed_by, cancelled_by columns: migration 0013).

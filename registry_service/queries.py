@@ -39,6 +39,7 @@ from registry_service.convert import (
     user_struct,
     value_to_proto,
 )
+from registry_service.db import EVENTS_CHANNEL
 from registry_service.filters import (
     Compiled,
     Ordering,
@@ -587,8 +588,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             # nothing more. Nothing can re-create the row: only RegisterRun inserts runs.
             await conn.execute("DELETE FROM training_runs WHERE run_id = %s", (run_id,))
             await conn.execute(
-                "SELECT pg_notify('taxidriver_run_events', %s)",
-                (json.dumps({"run_id": str(run_id), "kind": "deleted"}),),
+                "SELECT pg_notify(%s, %s)",
+                (EVENTS_CHANNEL, json.dumps({"run_id": str(run_id), "kind": "deleted"})),
             )
         return pb.DeleteRunResponse(
             run_id=str(run_id),

@@ -22,12 +22,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from registry_service import episodes
 from registry_service.convert import STATUS_FROM_DB, TERMINAL_STATUSES, curves_from_rows
+from registry_service.db import EVENTS_CHANNEL
 from taxidriver.errors import ServiceError, bad_field, not_found
 from taxidriver.registry.v1 import resources_pb2
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "taxidriver_run_events"
+CHANNEL = EVENTS_CHANNEL
 # Episodes per event when replaying, so one message stays far below the gRPC size limit.
 MAX_EPISODES_PER_EVENT = 10_000
 
