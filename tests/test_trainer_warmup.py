@@ -82,8 +82,8 @@ for name in ALGORITHMS:
         **{**PRESETS[name].hyperparameters.__dict__, "training_episodes": 300}), 20, 1, 100, 0.0)
     outbox = Outbox()
     execute(Job(run_id="r", spec=spec), outbox, Control())
-    kinds = [m[0] for m in outbox]
-    assert "done" in kinds, kinds
+    kinds = [type(m).__name__ for m in outbox]
+    assert "RunDone" in kinds, kinds
 after = snapshot()
 print(json.dumps({key: sorted(set(after[key]["signatures"]) - set(before[key]["signatures"])) for key in after}))
 """,

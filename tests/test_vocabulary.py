@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from registry_service.convert import METRIC_GROUPS
 from taxidriver import vocabulary
 from taxidriver.errors import NOT_FOUND_REASONS, status_details
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
@@ -221,3 +222,42 @@ def test_every_error_reason_raised_is_declared_in_the_protos() -> None:
     assert {"LEASE_LOST", "RUN_NOT_FOUND", "CHECKPOINT_NOT_FOUND", "INVALID_ARGUMENT"} <= set(found), found
     undeclared = {reason: where for reason, where in found.items() if reason not in vocabulary.REASONS}
     assert not undeclared, f"declare these in protos/taxidriver/reasons/v1/error_reason.proto: {undeclared}"
+
+
+# ---- metrics: every numeric metric a real run reports has a declared direction ---------------
+
+
+class _Outbox(list):
+    put = list.append
+
+
+class _Control:
+    value = 0
+
+
+@pytest.mark.parametrize("algorithm", ["brute_force", "q_learning"])
+def test_every_metric_a_run_reports_is_declared(algorithm: str) -> None:
+    """A short real run in this process (the worker's own code): brute_force reports the
+    uniform random policy's fields, a learner the greedy policy's."""
+    from dataclasses import replace
+
+    from trainer_service.messages import RunDone
+    from trainer_service.params import PRESETS, RunSpec
+    from trainer_service.worker import Job, execute
+
+    hyperparameters = replace(PRESETS[algorithm].hyperparameters, training_episodes=200)
+    spec = RunSpec(algorithm, "optimized", "Taxi-v3", hyperparameters, 20, 7, 100, 0.0)
+    outbox = _Outbox()
+    execute(Job(run_id="r", spec=spec), outbox, _Control())
+    done = [m for m in outbox if isinstance(m, RunDone)]
+    assert len(done) == 1, [type(m).__name__ for m in outbox]
+    result = done[0].result
+    reported = {"execution_time"}
+    for group in METRIC_GROUPS:
+        reported |= {f"{group}.{k}" for k, v in getattr(result, group).items() if isinstance(v, int | float)}
+    # The parent adds these two when it completes the run (runs.py).
+    reported |= {"system_metrics.stream_reconnects", "system_metrics.stream_spilled_batches"}
+    undeclared = sorted(m for m in reported if m not in vocabulary.METRICS)
+    assert not undeclared, f"give these a direction in taxidriver/vocabulary.py METRICS: {undeclared}"
+    for newer in ("brute_force_metrics.gap_closed_percent", "test_metrics.optimal_start_state_fraction"):
+        assert vocabulary.is_outcome(vocabulary.metric_direction(newer)), newer

@@ -22,11 +22,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from taxidriver.metrics import set_workers_busy
+from trainer_service.messages import RunMessage, WorkerIdle, WorkerMessage, WorkerReady
 from trainer_service.worker import CONTROL_CANCEL, CONTROL_INTERRUPT, CONTROL_NONE, Job, worker_main
 
 log = logging.getLogger(__name__)
 
-Message = tuple[str, Any, Any]
 
 # prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -79,7 +79,7 @@ class _Worker:
 @dataclass
 class WorkerPool:
     size: int
-    on_message: Callable[[Message], None]  # called on the event loop
+    on_message: Callable[[RunMessage], None]  # called on the event loop
     on_worker_lost: Callable[[str], None]  # run_id whose worker died
     _context: Any = field(default_factory=lambda: multiprocessing.get_context("spawn"))
     _workers: list[_Worker] = field(default_factory=list)
@@ -121,19 +121,17 @@ class WorkerPool:
                 return
             self._loop.call_soon_threadsafe(self._handle, message)
 
-    def _handle(self, message: Message) -> None:
-        kind, key, _ = message
-        if kind == "ready":
-            self._workers[key].ready = True
-            self._free.set()
-            self._report_busy()
-            return
-        if kind == "idle":
-            self._workers[key].run_id = None
-            self._free.set()
-            self._report_busy()
-            return
-        self.on_message(message)
+    def _handle(self, message: WorkerMessage) -> None:
+        match message:
+            case WorkerReady(worker=index):
+                self._workers[index].ready = True
+            case WorkerIdle(worker=index):
+                self._workers[index].run_id = None
+            case _:
+                self.on_message(message)
+                return
+        self._free.set()
+        self._report_busy()
 
     def submit(self, job: Job) -> None:
         self._queued[job.run_id] = job

@@ -31,8 +31,19 @@ from taxidriver.logs import run_id_var
 from taxidriver.registry.v1 import resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2
 from trainer_service.engine import EpisodeColumns, load_checkpoint
+from trainer_service.messages import (
+    CheckpointTaken,
+    EpisodesTrained,
+    RunCancelled,
+    RunDone,
+    RunFailed,
+    RunInterrupted,
+    RunMessage,
+    RunResult,
+    RunStarted,
+)
 from trainer_service.params import RunSpec, resolve
-from trainer_service.pool import Message, WorkerPool
+from trainer_service.pool import WorkerPool
 from trainer_service.registry_client import RegistryClient, RunLost, to_struct
 from trainer_service.streamer import EpisodeStreamer, StreamFailed
 from trainer_service.worker import Job
@@ -79,7 +90,7 @@ class ActiveRun:
     run_id: str
     spec: RunSpec
     streamer: EpisodeStreamer
-    messages: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
+    messages: asyncio.Queue[RunMessage] = field(default_factory=asyncio.Queue)
     episodes_done: int = 0
     status: resources_pb2.RunStatus = STATUS.RUN_STATUS_QUEUED
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -217,7 +228,7 @@ class RunManager:
             except (grpc.aio.AioRpcError, TimeoutError) as error:
                 log.warning("run %s: cancel by %s not recorded (%s)", run_id, cancelled_by, error)
         if self.pool.withdraw(run_id):
-            run.messages.put_nowait(("cancelled", run_id, {"episodes": run.episodes_done}))
+            run.messages.put_nowait(RunCancelled(run_id, run.episodes_done))
         else:
             self.pool.signal(run_id, cancel=True)
         with contextlib.suppress(TimeoutError):
@@ -333,71 +344,74 @@ class RunManager:
         run.heartbeat = asyncio.get_running_loop().create_task(self._heartbeats(run), name=f"heartbeat-{run_id}")
         self.pool.submit(Job(run_id=run_id, spec=spec, checkpoint=checkpoint))
 
-    def _on_message(self, message: Message) -> None:
-        run = self.active.get(message[1])
+    def _on_message(self, message: RunMessage) -> None:
+        run = self.active.get(message.run_id)
         if run is None:
-            if message[1] not in self._lost:
-                log.warning("message %s for unknown run %s", message[0], message[1])
+            if message.run_id not in self._lost:
+                log.warning("%s for unknown run %s", type(message).__name__, message.run_id)
             return
-        if message[0] == "episodes":
+        if isinstance(message, EpisodesTrained):
             # Straight to the streamer: ordering with the rest does not matter, latency does.
-            run.streamer.add(message[2])
-            run.episodes_done = message[2].first_episode + len(message[2])
+            run.streamer.add(message.columns)
+            run.episodes_done = message.columns.first_episode + len(message.columns)
             return
-        if message[0] == "checkpoint":
+        if isinstance(message, CheckpointTaken):
             run.checkpoints_queued += 1
-        elif message[0] == "done":
+        elif isinstance(message, RunDone):
             run.done_queued = True
         run.messages.put_nowait(message)
 
     def _on_worker_lost(self, run_id: str) -> None:
         run = self.active.get(run_id)
         if run is not None:
-            run.messages.put_nowait(("failed", run_id, {"error": "worker process died"}))
+            run.messages.put_nowait(RunFailed(run_id, "worker process died"))
 
     async def _drive(self, run: ActiveRun) -> None:
         run_id_var.set(run.run_id)
         completed = False
         try:
             while True:
-                kind, _, payload = await run.messages.get()
-                if kind == "started":
-                    run.status = STATUS.RUN_STATUS_RUNNING
-                    await self.client.update_status(
-                        run.run_id, STATUS.RUN_STATUS_RUNNING, lease_epoch=run.lease_epoch, trainer_id=self.trainer_id
-                    )
-                elif kind == "checkpoint":
-                    run.checkpoints_queued -= 1
-                    if run.checkpoints_queued > 0 or run.done_queued:
-                        # Superseded while queued: a run trains faster than 350 KB checkpoints
-                        # upload, and the upload of all of them held its completion back.
-                        run.checkpoints_skipped += 1
-                    else:
-                        await self._upload_checkpoint(run, payload)
-                elif kind == "done":
-                    await self._complete(run, payload)
-                    completed = True
-                    return
-                elif kind == "cancelled":
-                    await self._finish(run, STATUS.RUN_STATUS_CANCELLED, payload["episodes"], "cancelled")
-                    return
-                elif kind == "interrupted":
-                    await run.streamer.flush(wait_s=30.0)
-                    run.status = STATUS.RUN_STATUS_INTERRUPTED
-                    await self.client.update_status(
-                        run.run_id,
-                        run.status,
-                        lease_epoch=run.lease_epoch,
-                        trainer_id=self.trainer_id,
-                        stop_reason="interrupted",
-                    )
-                    return
-                elif kind == "failed":
-                    if completed:
-                        log.error("run %s: after completion: %s", run.run_id, payload["error"])
+                match await run.messages.get():
+                    case RunStarted():
+                        run.status = STATUS.RUN_STATUS_RUNNING
+                        await self.client.update_status(
+                            run.run_id,
+                            STATUS.RUN_STATUS_RUNNING,
+                            lease_epoch=run.lease_epoch,
+                            trainer_id=self.trainer_id,
+                        )
+                    case CheckpointTaken() as checkpoint:
+                        run.checkpoints_queued -= 1
+                        if run.checkpoints_queued > 0 or run.done_queued:
+                            # Superseded while queued: a run trains faster than 350 KB checkpoints
+                            # upload, and the upload of all of them held its completion back.
+                            run.checkpoints_skipped += 1
+                        else:
+                            await self._upload_checkpoint(run, checkpoint)
+                    case RunDone(result=result):
+                        await self._complete(run, result)
+                        completed = True
                         return
-                    await self._fail(run, payload["error"])
-                    return
+                    case RunCancelled(episodes=episodes):
+                        await self._finish(run, STATUS.RUN_STATUS_CANCELLED, episodes, "cancelled")
+                        return
+                    case RunInterrupted():
+                        await run.streamer.flush(wait_s=30.0)
+                        run.status = STATUS.RUN_STATUS_INTERRUPTED
+                        await self.client.update_status(
+                            run.run_id,
+                            run.status,
+                            lease_epoch=run.lease_epoch,
+                            trainer_id=self.trainer_id,
+                            stop_reason="interrupted",
+                        )
+                        return
+                    case RunFailed(error=error):
+                        if completed:
+                            log.error("run %s: after completion: %s", run.run_id, error)
+                            return
+                        await self._fail(run, error)
+                        return
         except Exception as exc:
             if run.lost or isinstance(exc, RunLost):
                 # Not ours any more: stop the worker; write nothing (a stale writer is refused anyway).
@@ -417,56 +431,56 @@ class RunManager:
             await run.streamer.close()
             self.active.pop(run.run_id, None)
 
-    async def _upload_checkpoint(self, run: ActiveRun, payload: dict[str, Any]) -> None:
-        episode = int(payload["episode"])
+    async def _upload_checkpoint(self, run: ActiveRun, checkpoint: CheckpointTaken) -> None:
+        episode = checkpoint.episode
         try:
             await self.client.upload_artifact(
                 run.run_id,
                 STATUS.ARTIFACT_KIND_CHECKPOINT,
                 f"episode-{episode:09d}",
-                payload["data"],
+                checkpoint.data,
                 content_type="application/x-npz",
                 lease_epoch=run.lease_epoch,
                 episode=episode,
-                metadata={"epsilon": payload["epsilon"], "format": 1},
+                metadata={"epsilon": checkpoint.epsilon, "format": 1},
             )
         except grpc.aio.AioRpcError as error:
             # A missed checkpoint only costs recomputation on resume; the run goes on.
             log.warning("run %s: checkpoint %d not stored: %s", run.run_id, episode, error.details())
 
-    async def _complete(self, run: ActiveRun, result: dict[str, Any]) -> None:
+    async def _complete(self, run: ActiveRun, result: RunResult) -> None:
         recorded = await run.streamer.flush()
-        if recorded != result["episodes"]:
-            raise RuntimeError(f"{recorded} episodes acknowledged, {result['episodes']} trained")
+        if recorded != result.episodes:
+            raise RuntimeError(f"{recorded} episodes acknowledged, {result.episodes} trained")
         await self.client.upload_artifact(
             run.run_id,
             STATUS.ARTIFACT_KIND_MODEL,
-            result["model_name"],  # q_table.npy, or policy.npy for the random agent
-            result["model"],
+            result.model_name,  # q_table.npy, or policy.npy for the random agent
+            result.model,
             content_type="application/x-npy",
             lease_epoch=run.lease_epoch,
-            episode=result["episodes"],
-            metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, **result["model_metadata"]},
+            episode=result.episodes,
+            metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, **result.model_metadata},
         )
-        await self._upload_plots(run, result["plots"])
+        await self._upload_plots(run, result.plots)
         request = ingest_service_pb2.CompleteRunRequest(
             run_id=run.run_id,
             status=STATUS.RUN_STATUS_COMPLETED,
-            episodes_total=result["episodes"],
-            training_metrics=to_struct(result["training_metrics"]),
-            test_metrics=to_struct(result["test_metrics"]),
+            episodes_total=result.episodes,
+            training_metrics=to_struct(result.training_metrics),
+            test_metrics=to_struct(result.test_metrics),
             system_metrics=to_struct(
                 {
-                    **result["system_metrics"],
+                    **result.system_metrics,
                     "stream_reconnects": run.streamer.reconnects,
                     "stream_spilled_batches": run.streamer.spilled_batches,
                 }
             ),
-            learning_stability=to_struct(result["learning_stability"]),
-            brute_force_metrics=to_struct(result["brute_force_metrics"]),
-            improvement_metrics=to_struct(result["improvement_metrics"]),
-            execution_time=result["execution_time"],
-            stop_reason=result["stop_reason"],
+            learning_stability=to_struct(result.learning_stability),
+            brute_force_metrics=to_struct(result.brute_force_metrics),
+            improvement_metrics=to_struct(result.improvement_metrics),
+            execution_time=result.execution_time,
+            stop_reason=result.stop_reason,
             lease_epoch=run.lease_epoch,
         )
         await self.client.complete_run(request)
@@ -537,7 +551,7 @@ class RunManager:
             if cancel:
                 log.info("run %s: cancel requested through the registry", run.run_id)
                 if self.pool.withdraw(run.run_id):
-                    run.messages.put_nowait(("cancelled", run.run_id, {"episodes": run.episodes_done}))
+                    run.messages.put_nowait(RunCancelled(run.run_id, run.episodes_done))
                 else:
                     self.pool.signal(run.run_id, cancel=True)
                 return
@@ -590,7 +604,7 @@ class RunManager:
             if self.pool.withdraw(job.run_id):
                 run = self.active.get(job.run_id)
                 if run is not None:
-                    run.messages.put_nowait(("interrupted", job.run_id, {"episodes": run.episodes_done}))
+                    run.messages.put_nowait(RunInterrupted(job.run_id, run.episodes_done))
         self.pool.interrupt_all()
         runs = list(self.active.values())
         if runs:

@@ -2,11 +2,11 @@
 
 `train` is the training loop (chunks of jitted episodes, checking the control word between
 chunks for cancel or shutdown); `_Progress` is the plumbing around it (batches to the parent,
-checkpoints); `_report` computes the metric groups. Messages posted to the parent's outbox:
-  ("ready", worker, None), ("started", run_id, {...}), ("episodes", run_id, EpisodeColumns),
-  ("checkpoint", run_id, {...}), ("done" | "cancelled" | "interrupted" | "failed", run_id, {...}),
-  ("idle", worker, None). The "done" payload carries the model AND the plots ({name: png} under
-  "plots"): the parent stores both before it completes the run.
+checkpoints); `_report` computes the metric groups. Messages posted to the parent's outbox are the
+dataclasses of trainer_service/messages.py: WorkerReady, then per run RunStarted,
+EpisodesTrained and CheckpointTaken, then one of RunDone, RunCancelled, RunInterrupted or
+RunFailed, then WorkerIdle. RunDone carries the model AND the plots: the parent stores both
+before it completes the run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
@@ -48,6 +48,18 @@ from trainer_service.evaluation import (
     random_policy_optimality,
 )
 from trainer_service.kernels import compiling_alone
+from trainer_service.messages import (
+    CheckpointTaken,
+    EpisodesTrained,
+    RunCancelled,
+    RunDone,
+    RunFailed,
+    RunInterrupted,
+    RunResult,
+    RunStarted,
+    WorkerIdle,
+    WorkerReady,
+)
 from trainer_service.metrics import (
     SystemSampler,
     brute_force_metrics,
@@ -119,7 +131,7 @@ def execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None:  
         _execute(job, outbox, control)
     except Exception as exc:
         log.exception("run %s failed", job.run_id)
-        outbox.put(("failed", job.run_id, {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}))
+        outbox.put(RunFailed(job.run_id, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
 def _execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None:  # type: ignore[type-var]
@@ -130,24 +142,24 @@ def _execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None: 
         state, history = load_checkpoint(job.checkpoint)
     else:
         state, history = TrainingState.fresh(table, spec.seed, spec.hyperparameters.epsilon), None
-    outbox.put(("started", job.run_id, {"episode": state.episode}))
+    outbox.put(RunStarted(job.run_id, state.episode))
     progress = _Progress(job.run_id, spec, outbox, sampler, state, history)
     stop_reason = train(spec, table, best, state, progress, control)
     progress.send_pending()
 
     if stop_reason == "interrupted":
-        outbox.put(("checkpoint", job.run_id, _checkpoint(state, progress.parts)))
-        outbox.put(("interrupted", job.run_id, {"episodes": state.episode}))
+        outbox.put(_checkpoint(job.run_id, state, progress.parts))
+        outbox.put(RunInterrupted(job.run_id, state.episode))
         return
     if stop_reason == "cancelled":
-        outbox.put(("cancelled", job.run_id, {"episodes": state.episode}))
+        outbox.put(RunCancelled(job.run_id, state.episode))
         return
     result, agent, random_agent = _report(spec, table, best, state, progress, stop_reason)
     from trainer_service.plots import render_plots
 
-    # Rendered before "done", not after: a run is completed only once its plots are stored too.
-    result["plots"] = render_plots(progress.history(), agent, random_agent)
-    outbox.put(("done", job.run_id, result))
+    # Rendered before RunDone, not after: a run is completed only once its plots are stored too.
+    plots = render_plots(progress.history(), agent, random_agent)
+    outbox.put(RunDone(job.run_id, replace(result, plots=plots)))
 
 
 def train(
@@ -224,11 +236,11 @@ class _Progress:
                 q_now = model_q(self.spec.algorithm, state)
                 self.q_changes.append((state.episode, float(np.abs(q_now - self.previous_q).mean())))
                 self.previous_q = q_now.copy()
-            self.outbox.put(("checkpoint", self.run_id, _checkpoint(state, self.parts)))
+            self.outbox.put(_checkpoint(self.run_id, state, self.parts))
 
     def send_pending(self) -> None:
         if self.pending:
-            self.outbox.put(("episodes", self.run_id, EpisodeColumns.concat(self.pending)))
+            self.outbox.put(EpisodesTrained(self.run_id, EpisodeColumns.concat(self.pending)))
             self.pending.clear()
         self.last_sent = time.perf_counter()
 
@@ -249,8 +261,8 @@ def _report(
     state: TrainingState,
     progress: _Progress,
     stop_reason: str,
-) -> tuple[dict[str, Any], EnvScore, EnvScore]:
-    """The "done" payload: every metric group and the model, all about the run's one policy."""
+) -> tuple[RunResult, EnvScore, EnvScore]:
+    """The RunDone payload: every metric group and the model, all about the run's one policy."""
     history = progress.history()
     # The baseline plays exactly the agent's test episodes: same seeds, same count.
     random_agent = _random_agent(spec.env_id, spec.test_episodes)
@@ -266,45 +278,41 @@ def _report(
     steps_total = int(history.steps[progress.resumed_from :].sum())
     system = progress.sampler.summary(progress.training_seconds, steps_total)
     system["resumed_from_episode"] = progress.resumed_from
-    result = {
-        "episodes": state.episode,
-        "stop_reason": stop_reason,
-        "training_metrics": {
+    result = RunResult(
+        episodes=state.episode,
+        stop_reason=stop_reason,
+        training_metrics={
             **training_summary(history),
             "stop_reason": stop_reason,
             "training_time_s": progress.training_seconds,
         },
-        "test_metrics": test_metrics(agent, optimality, best, TEST_SEEDS_VERSION, policy),
-        "system_metrics": system,
-        "learning_stability": learning_stability(
+        test_metrics=test_metrics(agent, optimality, best, TEST_SEEDS_VERSION, policy),
+        system_metrics=system,
+        learning_stability=learning_stability(
             q, table.acting_states, history, progress.convergence_episode, progress.q_changes
         ),
-        "brute_force_metrics": brute_force_metrics(agent, random_agent, best),
-        "improvement_metrics": improvement_metrics(history),
-        "model": q_table_bytes(model),
-        "model_name": model_name,
-        "model_metadata": {"policy": policy, "shape": list(model.shape)},
-        "execution_time": system["wall_time_s"],
-    }
+        brute_force_metrics=brute_force_metrics(agent, random_agent, best),
+        improvement_metrics=improvement_metrics(history),
+        model=q_table_bytes(model),
+        model_name=model_name,
+        model_metadata={"policy": policy, "shape": list(model.shape)},
+        execution_time=system["wall_time_s"],
+    )
     return result, agent, random_agent
 
 
-def _checkpoint(state: TrainingState, parts: list[EpisodeColumns]) -> dict[str, Any]:
-    return {
-        "episode": state.episode,
-        "epsilon": state.epsilon,
-        "data": checkpoint_bytes(state, EpisodeColumns.concat(parts)),
-    }
+def _checkpoint(run_id: str, state: TrainingState, parts: list[EpisodeColumns]) -> CheckpointTaken:
+    return CheckpointTaken(run_id, state.episode, state.epsilon, checkpoint_bytes(state, EpisodeColumns.concat(parts)))
 
 
 def worker_main(index: int, inbox: Queue[Any], outbox: Queue[Any], control: Synchronized[int]) -> None:  # type: ignore[type-var]
     """Entry point of a spawned worker process."""
     warm_up()
-    outbox.put(("ready", index, None))
+    outbox.put(WorkerReady(index))
     while True:
         job = inbox.get()
         if job is None:
             return
         # The parent resets the control word before queueing the job (a cancel may follow at once).
         execute(job, outbox, control)
-        outbox.put(("idle", index, None))
+        outbox.put(WorkerIdle(index))
