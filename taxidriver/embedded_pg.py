@@ -182,14 +182,6 @@ class EmbeddedPostgres:
             return
         self._run([str(BIN_DIR / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"])
 
-    def restart(self) -> None:
-        """Stop and start on the same port (for fault tests)."""
-        self.stop()
-        self.start()
-
-    def bin(self, name: str) -> str:
-        return str(BIN_DIR / name)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start or stop the embedded PostgreSQL server.")

@@ -12,7 +12,6 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -114,8 +113,3 @@ def db(database_url: str, registry: InProcessService) -> Iterator[psycopg.Connec
     """A direct connection to the registry's database, for assertions on stored rows."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
-
-
-@pytest.fixture()
-def tmp_data(tmp_path: Path) -> Path:
-    return tmp_path

@@ -28,9 +28,9 @@ from taxidriver import metrics
 from taxidriver.metrics import TelemetryInterceptor
 from taxidriver.registry.v1 import registry_service_pb2 as rpb
 from taxidriver.registry.v1 import registry_service_pb2_grpc
+from tests.fake_upstreams import REGISTRY as REGISTRY_SERVICE
+from tests.fake_upstreams import Observations, start_fake_registry
 from tests.support import InProcessService, LoopThread, free_port, wait_for_health
-from tests.test_gateway_upstreams import REGISTRY as REGISTRY_SERVICE
-from tests.test_gateway_upstreams import Observations, start_fake_registry
 
 SERVICE = "test.Outcomes"
 

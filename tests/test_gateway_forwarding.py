@@ -17,14 +17,14 @@ from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
-from tests.support import LoopThread, free_port, wait_for_health
-from tests.test_gateway_upstreams import (
+from tests.fake_upstreams import (
     REGISTRY,
     TRAINER,
     Observations,
     start_fake_registry,
     start_fake_trainer,
 )
+from tests.support import LoopThread, free_port, wait_for_health
 
 
 @dataclass

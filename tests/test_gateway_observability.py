@@ -19,9 +19,9 @@ from taxidriver import metrics
 from taxidriver.logs import JsonFormatter
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.server import RunningServer
+from tests.fake_upstreams import REGISTRY as REGISTRY_SERVICE
+from tests.fake_upstreams import Observations, start_fake_registry
 from tests.support import LoopThread, free_port, wait_for_health
-from tests.test_gateway_upstreams import REGISTRY as REGISTRY_SERVICE
-from tests.test_gateway_upstreams import Observations, start_fake_registry
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_upstreams import REGISTRY, TRAINER, Observations, start_fake_registry, start_fake_trainer
 from tests.support import LoopThread, free_port, spawn, stop_process, wait_for_health
-from tests.test_gateway_upstreams import REGISTRY, TRAINER, Observations, start_fake_registry, start_fake_trainer
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 

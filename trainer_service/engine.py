@@ -71,9 +71,6 @@ class TrainingState:
         shape = (table.n_states, table.n_actions)
         return cls(np.zeros(shape), np.zeros(shape), new_rng(seed), float(epsilon), 0)
 
-    def copy(self) -> TrainingState:
-        return TrainingState(self.q.copy(), self.q2.copy(), self.rng.copy(), self.epsilon, self.episode)
-
 
 @dataclass(frozen=True)
 class TrainingParams:

@@ -137,9 +137,6 @@ class WorkerPool:
         self._queued[job.run_id] = job
         self._jobs.put_nowait(job)
 
-    def is_queued(self, run_id: str) -> bool:
-        return run_id in self._queued
-
     def withdraw(self, run_id: str) -> bool:
         """Removes a run that no worker has taken yet."""
         return self._queued.pop(run_id, None) is not None
