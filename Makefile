@@ -57,6 +57,7 @@ $(STAMPS)/buf:
 DESCRIPTOR := build/taxidriver-public.binpb
 PUBLIC_PROTOS := taxidriver/trainer/v1/trainer_service.proto taxidriver/registry/v1/registry_service.proto \
 	taxidriver/tuner/v1/tuner_service.proto \
+	taxidriver/reasons/v1/error_reason.proto \
 	third_party/google/rpc/status.proto third_party/google/rpc/error_details.proto \
 	third_party/grpc/health/v1/health.proto
 

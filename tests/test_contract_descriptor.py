@@ -46,6 +46,9 @@ def test_descriptor_holds_the_public_api_with_every_import() -> None:
     violation = pool.FindMessageTypeByName("google.rpc.BadRequest.FieldViolation")
     assert "field" in violation.fields_by_name
     assert pool.FindServiceByName("grpc.health.v1.Health").methods_by_name["Check"]
+    # The shared vocabulary travels too: every ErrorInfo reason, and the status traits option.
+    assert "ERROR_REASON_LEASE_LOST" in pool.FindEnumTypeByName("taxidriver.reasons.v1.ErrorReason").values_by_name
+    assert pool.FindExtensionByName("taxidriver.options.v1.status_traits")
     # Internal contracts stay out of what clients are handed.
     assert not any(name.startswith(("taxidriver/ingest/", "taxidriver/auth/")) for name in names)
     # Comments travel with it (clients and tools show them).
