@@ -13,11 +13,14 @@ import shutil
 import uuid
 from collections.abc import Iterator
 
+import grpc
 import psycopg
 import pytest
 from psycopg import conninfo
 
 from taxidriver.embedded_pg import EmbeddedPostgres
+from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from tests.support import ROOT, InProcessService, LoopThread, wait_for_health
 
 
@@ -113,3 +116,17 @@ def db(database_url: str, registry: InProcessService) -> Iterator[psycopg.Connec
     """A direct connection to the registry's database, for assertions on stored rows."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture()
+def ingest(registry: InProcessService) -> Iterator[ingest_grpc.IngestServiceStub]:
+    """A client of the session registry's internal ingest API."""
+    with grpc.insecure_channel(registry.target) as channel:
+        yield ingest_grpc.IngestServiceStub(channel)
+
+
+@pytest.fixture()
+def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServiceStub]:
+    """A client of the session registry's public query API."""
+    with grpc.insecure_channel(registry.target) as channel:
+        yield registry_grpc.RegistryServiceStub(channel)

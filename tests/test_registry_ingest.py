@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import psycopg
@@ -16,19 +15,6 @@ from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from taxidriver.registry.v1 import registry_service_pb2 as registry_pb2
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from taxidriver.registry.v1 import resources_pb2
-from tests.support import InProcessService
-
-
-@pytest.fixture()
-def ingest(registry: InProcessService) -> Iterator[ingest_grpc.IngestServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield ingest_grpc.IngestServiceStub(channel)
-
-
-@pytest.fixture()
-def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_grpc.RegistryServiceStub(channel)
 
 
 def params(**values: float) -> struct_pb2.Struct:

@@ -28,18 +28,6 @@ from tests.support import InProcessService
 STATUS = resources_pb2
 
 
-@pytest.fixture()
-def ingest(registry: InProcessService) -> Iterator[ingest_grpc.IngestServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield ingest_grpc.IngestServiceStub(channel)
-
-
-@pytest.fixture()
-def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_grpc.RegistryServiceStub(channel)
-
-
 def register(ingest: ingest_grpc.IngestServiceStub, planned: int = 10) -> tuple[str, int]:
     run_id = str(uuid.uuid4())
     reply = ingest.RegisterRun(

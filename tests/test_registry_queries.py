@@ -18,19 +18,6 @@ from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from taxidriver.registry.v1 import resources_pb2
-from tests.support import InProcessService
-
-
-@pytest.fixture()
-def ingest(registry: InProcessService) -> Iterator[ingest_grpc.IngestServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield ingest_grpc.IngestServiceStub(channel)
-
-
-@pytest.fixture()
-def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_grpc.RegistryServiceStub(channel)
 
 
 @pytest.fixture()
@@ -56,8 +43,12 @@ def make_run(
     reward: float = 7.0,
     episodes: int = 4,
     complete: bool = True,
+    test_metrics: dict[str, Any] | None = None,
+    system_metrics: dict[str, Any] | None = None,
     **extra: Any,
 ) -> str:
+    """A run with `episodes` stored; completed with the seed's three test metrics (`success`,
+    `steps`, `reward`; none when success is None) plus `test_metrics` and `system_metrics`."""
     run_id = str(uuid.uuid4())
     ingest.RegisterRun(
         ingest_pb2.RegisterRunRequest(
@@ -93,7 +84,11 @@ def make_run(
         metrics = {} if success is None else {"success_rate": success, "avg_steps": steps, "avg_reward": reward}
         ingest.CompleteRun(
             ingest_pb2.CompleteRunRequest(
-                run_id=run_id, episodes_total=episodes, test_metrics=struct(**metrics), execution_time=steps / 10
+                run_id=run_id,
+                episodes_total=episodes,
+                test_metrics=struct(**metrics, **(test_metrics or {})),
+                system_metrics=struct(**(system_metrics or {})),
+                execution_time=steps / 10,
             )
         )
     return run_id

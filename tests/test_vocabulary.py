@@ -5,72 +5,24 @@ from __future__ import annotations
 
 import ast
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 
 from registry_service.convert import METRIC_GROUPS
 from taxidriver import vocabulary
 from taxidriver.errors import NOT_FOUND_REASONS, status_details
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
-from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from taxidriver.registry.v1 import registry_service_pb2 as pb
-from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from taxidriver.registry.v1 import resources_pb2
-from tests.support import ROOT, InProcessService
+from tests.support import ROOT
+from tests.test_registry_queries import make_run
 
 
-@pytest.fixture()
-def ingest(registry: InProcessService) -> Iterator[ingest_grpc.IngestServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield ingest_grpc.IngestServiceStub(channel)
-
-
-@pytest.fixture()
-def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_grpc.RegistryServiceStub(channel)
-
-
-def struct(**values: Any) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
-
-
-def completed_run(
-    ingest: ingest_grpc.IngestServiceStub,
-    *,
-    algorithm: str = "q_learning",
-    test_metrics: dict[str, Any] | None = None,
-    system_metrics: dict[str, Any] | None = None,
-    execution_time: float = 1.0,
-) -> str:
-    """A run registered and completed with no episodes: only its metrics matter here."""
-    run_id = str(uuid.uuid4())
-    ingest.RegisterRun(
-        ingest_pb2.RegisterRunRequest(
-            run_id=run_id,
-            algorithm=algorithm,
-            mode="user",
-            env_id="Taxi-v3",
-            params=struct(alpha=0.1),
-            episodes_planned=0,
-        )
-    )
-    ingest.CompleteRun(
-        ingest_pb2.CompleteRunRequest(
-            run_id=run_id,
-            episodes_total=0,
-            test_metrics=struct(**(test_metrics or {})),
-            system_metrics=struct(**(system_metrics or {})),
-            execution_time=execution_time,
-        )
-    )
-    return run_id
+def completed_run(ingest, *, algorithm: str = "q_learning", success: float | None = None, **metrics: Any) -> str:
+    """A completed run with only the metrics given (test_metrics=..., system_metrics=...)."""
+    return make_run(ingest, uuid.uuid4().hex, algorithm=algorithm, success=success, **metrics)
 
 
 # ---- algorithms: the trainer's registry is the only list ---------------------------------------

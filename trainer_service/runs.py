@@ -373,13 +373,7 @@ class RunManager:
             while True:
                 match await run.messages.get():
                     case RunStarted():
-                        run.status = STATUS.RUN_STATUS_RUNNING
-                        await self.client.update_status(
-                            run.run_id,
-                            STATUS.RUN_STATUS_RUNNING,
-                            lease_epoch=run.lease_epoch,
-                            trainer_id=self.trainer_id,
-                        )
+                        await self._set_status(run, STATUS.RUN_STATUS_RUNNING)
                     case CheckpointTaken() as checkpoint:
                         run.checkpoints_queued -= 1
                         if run.checkpoints_queued > 0 or run.done_queued:
@@ -397,14 +391,7 @@ class RunManager:
                         return
                     case RunInterrupted():
                         await run.streamer.flush(wait_s=30.0)
-                        run.status = STATUS.RUN_STATUS_INTERRUPTED
-                        await self.client.update_status(
-                            run.run_id,
-                            run.status,
-                            lease_epoch=run.lease_epoch,
-                            trainer_id=self.trainer_id,
-                            stop_reason="interrupted",
-                        )
+                        await self._set_status(run, STATUS.RUN_STATUS_INTERRUPTED, stop_reason="interrupted")
                         return
                     case RunFailed(error=error):
                         if completed:
@@ -525,13 +512,20 @@ class RunManager:
             log.warning("run %s: episodes not all stored before the failure: %s", run.run_id, unflushed)
         if run.lost:
             return
-        run.status = STATUS.RUN_STATUS_FAILED
+        await self._set_status(run, STATUS.RUN_STATUS_FAILED, error_message=error[:2000])
+
+    async def _set_status(
+        self, run: ActiveRun, status: STATUS.RunStatus, *, stop_reason: str = "", error_message: str = ""
+    ) -> None:
+        """Records the run's new status in the registry: a write under the run's lease."""
+        run.status = status
         await self.client.update_status(
             run.run_id,
-            STATUS.RUN_STATUS_FAILED,
+            status,
             lease_epoch=run.lease_epoch,
             trainer_id=self.trainer_id,
-            error_message=error[:2000],
+            stop_reason=stop_reason,
+            error_message=error_message,
         )
 
     async def _heartbeats(self, run: ActiveRun) -> None:
