@@ -84,7 +84,12 @@ def bad_field(field_name: str, description: str) -> ServiceError:
 
 # The reason of each kind of thing a caller may name and we may not have (declared in
 # protos/taxidriver/reasons/v1/error_reason.proto, like every reason).
-NOT_FOUND_REASONS = {"run": "RUN_NOT_FOUND", "model": "MODEL_NOT_FOUND", "artifact": "ARTIFACT_NOT_FOUND"}
+NOT_FOUND_REASONS = {
+    "run": "RUN_NOT_FOUND",
+    "model": "MODEL_NOT_FOUND",
+    "artifact": "ARTIFACT_NOT_FOUND",
+    "sweep": "SWEEP_NOT_FOUND",
+}
 
 
 def not_found(what: str, ident: str) -> ServiceError:

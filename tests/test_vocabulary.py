@@ -213,3 +213,32 @@ def test_every_metric_a_run_reports_is_declared(algorithm: str) -> None:
     assert not undeclared, f"give these a direction in taxidriver/vocabulary.py METRICS: {undeclared}"
     for newer in ("brute_force_metrics.gap_closed_percent", "test_metrics.optimal_start_state_fraction"):
         assert vocabulary.is_outcome(vocabulary.metric_direction(newer)), newer
+
+
+# ---- the trainer passes the registry's refusals on as they are -------------------------------
+
+
+def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
+@pytest.mark.parametrize("method", ["ResumeRun", "CancelRun"])
+def test_the_trainer_relays_the_registrys_not_found_with_its_metadata(trainer, method: str) -> None:
+    from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+
+    run_id = str(uuid.uuid4())
+    request = getattr(trainer_service_pb2, f"{method}Request")(run_id=run_id)
+    with grpc.insecure_channel(trainer.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        getattr(trainer_service_pb2_grpc.TrainerServiceStub(channel), method)(request)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value) == ("RUN_NOT_FOUND", {"run": run_id})
