@@ -985,9 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="start a run and follow it live")
-    train.add_argument(
-        "algorithm", help="brute_force, q_learning, sarsa, expected_sarsa, double_q_learning, monte_carlo"
-    )
+    train.add_argument("algorithm", help="an algorithm the trainer offers (`taxi-driver algorithms` lists them)")
     train.add_argument("--mode", choices=list(MODES), default="optimized")
     for name, kind in HYPERPARAMETERS.items():
         flag = "--episodes" if name == "training_episodes" else f"--{name.replace('_', '-')}"
