@@ -321,14 +321,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return rewrap(handler, wrap, request_deserializer=None)
 
 
-def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[FieldViolation], str]:
-    """Client side: the field violations and ErrorInfo reason carried by an error."""
+def _error_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[FieldViolation], str, dict[str, str]]:
+    """Client side: the field violations, ErrorInfo reason and ErrorInfo metadata of an error."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     violations: list[FieldViolation] = []
-    reason = ""
-    if status is None:
-        return violations, reason
-    for detail in status.details:
+    reason, metadata = "", {}
+    for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
@@ -338,26 +336,21 @@ def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[Fi
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            reason = info.reason
+            reason, metadata = info.reason, dict(info.metadata)
+    return violations, reason, metadata
+
+
+def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[list[FieldViolation], str]:
+    """Client side: the field violations and ErrorInfo reason carried by an error."""
+    violations, reason, _ = _error_details(error)
     return violations, reason
 
 
 def relayed(error: grpc.RpcError, message: str) -> ServiceError:
     """Another service's refusal passed on to our caller as it was: the same code, ErrorInfo
     reason and metadata, and field violations (they name the caller's own fields)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
     code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    relay = ServiceError(code=code, message=message, reason=code.name)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            relay.violations.extend(
-                FieldViolation(field=v.field, description=v.description) for v in bad_request.field_violations
-            )
-        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            relay.reason = info.reason or relay.reason
-            relay.metadata.update(info.metadata)
-    return relay
+    violations, reason, metadata = _error_details(error)
+    return ServiceError(
+        code=code, message=message, reason=reason or code.name, violations=violations, metadata=metadata
+    )
