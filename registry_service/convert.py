@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from taxidriver.errors import FieldViolation, Violations, invalid_argument
+from taxidriver.errors import parse_uuid as parse_uuid  # re-exported: registry modules import it from here
 from taxidriver.registry.v1 import resources_pb2
 from taxidriver.vocabulary import MODE_NUMBERS, STATUS_NUMBERS, STATUS_WORDS, TERMINAL_WORDS
 
