@@ -11,7 +11,7 @@ import pytest
 
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from tests.test_registry_queries import ingest, make_run, marker, queries, struct  # noqa: F401 - fixtures
+from tests.test_registry_queries import make_run, marker, struct  # noqa: F401 - fixtures (ingest, queries: conftest)
 
 
 def plan(database_url: str, sql: str, params: list[object]) -> str:
@@ -127,8 +127,8 @@ def test_total_size_is_the_planners_estimate_beyond_the_exact_count_limit(ingest
 
 
 def test_the_seeds_search_by_parameters_walks_its_index_and_keeps_containments_meaning(
-    ingest,  # noqa: F811
-    queries,  # noqa: F811
+    ingest,
+    queries,
     marker,  # noqa: F811
     database_url: str,
 ) -> None:
