@@ -17,6 +17,7 @@ from taxidriver.registry.v1 import resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
 from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
 from tests.support import InProcessService, LoopThread
+from trainer_service.messages import CheckpointTaken
 
 
 def checkpoint_names(registry: registry_grpc.RegistryServiceStub, run_id: str) -> list[str]:
@@ -52,8 +53,8 @@ def test_a_checkpoint_with_a_newer_one_queued_behind_it_is_not_uploaded(
         while run_id not in runs.active and time.monotonic() < deadline:
             time.sleep(0.01)
         data = b"not a real checkpoint: never loaded by this test"
-        older = ("checkpoint", run_id, {"episode": 7, "epsilon": 0.5, "data": data})
-        newer = ("checkpoint", run_id, {"episode": 8, "epsilon": 0.5, "data": data})
+        older = CheckpointTaken(run_id, episode=7, epsilon=0.5, data=data)
+        newer = CheckpointTaken(run_id, episode=8, epsilon=0.5, data=data)
 
         def queue_both() -> None:  # one callback on the trainer's loop: both queued before either is handled
             runs._on_message(older)
