@@ -21,7 +21,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from registry_service.convert import (
-    ALGORITHMS,
     check_text,
     dict_to_struct,
     parse_uuid,
@@ -32,6 +31,7 @@ from taxidriver.errors import Violations, bad_field, failed_precondition, not_fo
 from taxidriver.idempotency import json_fingerprint
 from taxidriver.ingest.v1 import sweep_store_pb2 as pb
 from taxidriver.ingest.v1 import sweep_store_pb2_grpc
+from taxidriver.vocabulary import algorithm_name_problem
 
 MAX_NAME_CHARS = 200
 MAX_TRIALS = 100_000
@@ -236,8 +236,8 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
                 sweep_id = uuid.UUID(request.sweep_id)
             except ValueError:
                 violations.add("sweep_id", "must be a UUID")
-        if request.algorithm not in ALGORITHMS:
-            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        if (problem := algorithm_name_problem(request.algorithm)) is not None:
+            violations.add("algorithm", problem)
         for name in ("request_id", "owner"):
             value = getattr(request, name)
             if len(value) > MAX_NAME_CHARS:
@@ -261,7 +261,9 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
                 await dict_cursor.execute(SELECT_SWEEP, (sweep_id,))
                 row = await dict_cursor.fetchone()
             if row is None:  # pragma: no cover - deleted between the two statements
-                raise failed_precondition("sweep was deleted while creating it; retry")
+                raise failed_precondition(
+                    "sweep was deleted while creating it; retry", reason="SWEEP_DELETED_WHILE_CREATING"
+                )
             # AIP-155: the same request_id is a retry only for the same caller and spec.
             if row["request_caller"] != request.owner or json_fingerprint(row["spec"]) != json_fingerprint(spec):
                 raise request_id_reused("sweep", str(row["sweep_id"]))
@@ -424,8 +426,8 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
         self, request: pb.ListRunObservationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRunObservationsResponse:
         violations = Violations()
-        if request.algorithm not in ALGORITHMS:
-            violations.add("algorithm", f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        if (problem := algorithm_name_problem(request.algorithm)) is not None:
+            violations.add("algorithm", problem)
         if not request.metric or len(request.metric) > 100:
             violations.add("metric", "is required, at most 100 characters")
         for name in ("best", "newest"):
