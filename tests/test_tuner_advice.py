@@ -197,5 +197,5 @@ def test_run_observations_are_the_best_then_the_newest(registry: InProcessServic
         request.minimize = True
         assert [o.value for o in store.ListRunObservations(request).observations][:2] == pytest.approx([0.1, 0.2])
         with pytest.raises(grpc.RpcError) as caught:
-            store.ListRunObservations(spb.ListRunObservationsRequest(algorithm="chess", best=-1))
+            store.ListRunObservations(spb.ListRunObservationsRequest(algorithm="Chess!", best=-1))
         assert {v.field for v in status_details(caught.value)[0]} == {"algorithm", "metric", "best"}
