@@ -33,11 +33,11 @@ docker-engine:
 docker-engine-stop:
 	deploy/scripts/engine.sh stop
 
-deploy/.wheelhouse/.complete: deploy/requirements.runtime.txt deploy/requirements.build.txt deploy/requirements.postgres.txt deploy/requirements.web.txt
+deploy/.wheelhouse/.complete: deploy/requirements.runtime.txt deploy/requirements.build.txt deploy/requirements.postgres.txt deploy/requirements.web.txt deploy/requirements.tuner.txt
 	@mkdir -p deploy/.wheelhouse
 	$(PY) -m pip wheel --quiet --quiet --disable-pip-version-check --wheel-dir deploy/.wheelhouse \
 		-r deploy/requirements.runtime.txt -r deploy/requirements.build.txt -r deploy/requirements.postgres.txt \
-		-r deploy/requirements.web.txt
+		-r deploy/requirements.web.txt -r deploy/requirements.tuner.txt
 	@touch $@
 
 wheelhouse: $(STAMPS)/venv deploy/.wheelhouse/.complete
