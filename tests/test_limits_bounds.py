@@ -203,7 +203,10 @@ def test_active_runs_per_caller_are_capped(capped: InProcessService, db: psycopg
         third = stub.StartRun(long_run(5), metadata=alice, timeout=30).run_id
         for run_id in (started[1], bob, third):
             stub.CancelRun(tpb.CancelRunRequest(run_id=run_id), timeout=30)
-    assert wait_status(db, [*started, bob, third], "cancelled") == ["cancelled"] * 4
+    # The cap is what this test is about: a run may finish its episodes before its cancel
+    # lands on a loaded machine (seen in CI), so each must be over, cancelled or completed.
+    rows = wait_status(db, [*started, bob, third], "cancelled")
+    assert len(rows) == 4 and set(rows) <= {"cancelled", "completed"}, rows
 
 
 def test_full_view_pages_are_bounded_by_size_and_continue_with_a_token(
