@@ -126,7 +126,7 @@ class _Schemas:
             return dict(_WELL_KNOWN[descriptor.full_name])
         name = descriptor.full_name
         if name not in self.components:
-            self.components[name] = {}  # placeholder: recursive messages
+            self.components[name] = {}  # in progress: a recursive field refers to it; filled below
             properties = {
                 field.json_name: self.described(self.field(field), field.full_name) for field in descriptor.fields
             }
