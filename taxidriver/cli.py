@@ -207,9 +207,45 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
     # A new trainer worker loads (or compiles) its kernels before its first run: say what we wait for.
     waiting = "; waiting for a free trainer worker" if started.status == resources_pb2.RUN_STATUS_QUEUED else ""
     print(f"run {run_id} {status_name(started.status)} (seed {started.seed}){waiting}", file=output.err)
-    progress = make_progress(
-        output.err, planned=started.hyperparameters.training_episodes, enabled=not args.no_progress
+    return _follow(
+        client,
+        run_id,
+        output,
+        planned=started.hyperparameters.training_episodes,
+        progress_shown=not args.no_progress,
+        asked=asked,
+        cancel_on_interrupt=True,
     )
+
+
+def cmd_runs_watch(client: TaxiDriverClient, args: argparse.Namespace, output: Output) -> int:
+    """Follow a run started elsewhere (another terminal, a sweep, a backend): Ctrl-C stops
+    watching and leaves the run alone."""
+    run = client.get_run(args.run_id)
+    print(f"run {run.run_id} {status_name(run.status)}", file=output.err)
+    return _follow(
+        client,
+        run.run_id,
+        output,
+        planned=run.episodes_planned,
+        progress_shown=not args.no_progress,
+        asked=time.monotonic(),
+        cancel_on_interrupt=False,
+    )
+
+
+def _follow(
+    client: TaxiDriverClient,
+    run_id: str,
+    output: Output,
+    *,
+    planned: int,
+    progress_shown: bool,
+    asked: float,
+    cancel_on_interrupt: bool,
+) -> int:
+    """Show a run's progress live until it stops, then the run; exit 1 unless it completed."""
+    progress = make_progress(output.err, planned=planned, enabled=progress_shown)
     final_status = resources_pb2.RUN_STATUS_UNSPECIFIED
     running_at: float | None = None
     try:
@@ -229,6 +265,12 @@ def cmd_train(client: TaxiDriverClient, args: argparse.Namespace, output: Output
                     break
     except KeyboardInterrupt:
         progress.finish()
+        if not cancel_on_interrupt:
+            print(
+                f"stopped watching run {run_id}; it goes on (taxi-driver runs cancel {run_id} stops it)",
+                file=output.err,
+            )
+            return 130
         print(f"cancelling run {run_id}", file=output.err)
         client.cancel_run(run_id)
         return 130
@@ -1049,6 +1091,10 @@ def build_parser() -> argparse.ArgumentParser:
     resume = runs.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     resume.add_argument("run_id")
     resume.set_defaults(handler=cmd_runs_resume)
+    watch = runs.add_parser("watch", help="follow a run live to its end (Ctrl-C stops watching, not the run)")
+    watch.add_argument("run_id")
+    watch.add_argument("--no-progress", action="store_true", help="no live progress line")
+    watch.set_defaults(handler=cmd_runs_watch)
 
     models = commands.add_parser("models", help="saved models").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
