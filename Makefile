@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor
+.PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor docs
 
 help:
 	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the services, web on http://127.0.0.1:8000, a first training"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one; BENCH_QUICK=1: tiny sizes, as in CI)"
 	@echo "make lint    - buf lint, ruff, mypy"
 	@echo "make protos  - regenerate Python code from protos/"
+	@echo "make docs    - docs/configuration.md from the declared settings"
 	@echo "make descriptor - $(DESCRIPTOR): FileDescriptorSet of the public API with its imports"
 	@echo "make backup / make restore FILE=... - pg_dump / pg_restore of the registry database"
 
@@ -43,6 +44,9 @@ test: $(STAMPS)/protos
 
 run: $(STAMPS)/protos
 	$(PY) -m taxidriver.devstack
+
+docs: $(STAMPS)/venv
+	$(PY) -m taxidriver.config_doc
 
 bench: $(STAMPS)/protos
 	$(PY) bench/run.py $(BENCH)

@@ -63,7 +63,7 @@ class BenchRegistry(registry_service_pb2_grpc.RegistryServiceServicer):
 
 
 async def serve_upstream(port_file: Path) -> None:
-    from taxidriver.server import ServiceBinding, create_server, serve
+    from taxidriver.server import ServiceBinding, create_server, stop_signal
 
     servicer = BenchRegistry()
     running = await create_server(
@@ -75,8 +75,10 @@ async def serve_upstream(port_file: Path) -> None:
             )
         ],
     )
+    stop = stop_signal()
     port_file.write_text(str(running.port))  # noqa: ASYNC240 - once, before serving
-    await serve(running, grace=0.5)
+    await stop.wait()
+    await running.server.stop(0.5)
 
 
 def free_port() -> int:

@@ -43,6 +43,8 @@ class GatewayApp:
     tuner: Upstream
     mirror: HealthMirror
     authenticator: KeyAuthenticator | None = None
+    # What stop() gives in-flight calls by default (GATEWAY_SHUTDOWN_GRACE).
+    shutdown_grace: float = 0.0
 
     @property
     def port(self) -> int:
@@ -51,7 +53,7 @@ class GatewayApp:
     async def stop(self, grace: float | None = None) -> None:
         """Drain in-flight calls (they still need the upstream channels), then close them."""
         await self.running.health.enter_graceful_shutdown()
-        await self.running.server.stop(grace)
+        await self.running.server.stop(self.shutdown_grace if grace is None else grace)
         await self.close()
 
     async def close(self) -> None:
@@ -144,5 +146,11 @@ async def start_gateway(
         settings.tuner_target,
     )
     return GatewayApp(
-        running=running, trainer=trainer, registry=registry, tuner=tuner, mirror=mirror, authenticator=authenticator
+        running=running,
+        trainer=trainer,
+        registry=registry,
+        tuner=tuner,
+        mirror=mirror,
+        authenticator=authenticator,
+        shutdown_grace=settings.shutdown_grace,
     )

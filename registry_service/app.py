@@ -153,6 +153,8 @@ class RegistryApp:
         return None
 
     async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, background tasks stopped, in-flight calls drained, pool closed."""
+        await self.running.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from taxidriver.embedded_pg import BIN_DIR, EmbeddedPostgres
 from taxidriver.logs import setup_logging
+from taxidriver.settings import DATABASE_URL, TAXI_DRIVER_DATA_DIR
 
 log = logging.getLogger("registry_service.backup")
 
@@ -31,10 +32,10 @@ def database_url() -> str:
     """The database of every operator command (backup, users, purge): DATABASE_URL, or
     the embedded server of a running `make run` (its data folder: TAXI_DRIVER_DATA_DIR,
     default .data)."""
-    url = os.environ.get("DATABASE_URL")
+    url = DATABASE_URL.read()
     if url:
         return url
-    data_dir = Path(os.environ.get("TAXI_DRIVER_DATA_DIR") or ".data")
+    data_dir = Path(TAXI_DRIVER_DATA_DIR.read())
     server = EmbeddedPostgres(data_dir=(data_dir / "postgres").resolve())
     port = server._running_port()
     if port is None:

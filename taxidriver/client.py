@@ -20,12 +20,12 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from taxidriver.errors import FieldViolation, status_details
 from taxidriver.keepalive import channel_options
+from taxidriver.settings import TAXI_DRIVER_API_KEY, TAXI_DRIVER_GATEWAY
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.tuner.v1 import tuner_service_pb2, tuner_service_pb2_grpc
 from taxidriver.vocabulary import MODE_NUMBERS, status_word
 
-DEFAULT_GATEWAY = "127.0.0.1:50051"
 CHUNK_BYTES = 256 * 1024
 # "optimized" -> TRAINING_MODE_OPTIMIZED, from the TrainingMode enum.
 MODES: dict[str, int] = MODE_NUMBERS
@@ -33,11 +33,11 @@ T = TypeVar("T")
 
 
 def gateway_from_env() -> str:
-    return os.environ.get("TAXI_DRIVER_GATEWAY") or DEFAULT_GATEWAY
+    return TAXI_DRIVER_GATEWAY.read()
 
 
 def api_key_from_env() -> str:
-    return os.environ.get("TAXI_DRIVER_API_KEY", "")
+    return TAXI_DRIVER_API_KEY.read()
 
 
 class _CallDetails(grpc.ClientCallDetails):

@@ -40,7 +40,17 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from taxidriver.config import SettingsError
 from taxidriver.embedded_pg import EmbeddedPostgres
+from taxidriver.settings import (
+    DATABASE_URL,
+    GATEWAY_PORT,
+    REGISTRY_PORT,
+    TAXI_DRIVER_DATA_DIR,
+    TRAINER_PORT,
+    TUNER_PORT,
+    WEB_PORT,
+)
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.vocabulary import STOPPED_STATUSES, status_word
@@ -574,13 +584,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--once", action="store_true", help="stop everything after the first training")
     parser.add_argument("--retrain", action="store_true", help="train again even if the first training is done")
-    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "50051")))
-    parser.add_argument("--trainer-port", type=int, default=int(os.environ.get("TRAINER_PORT", "50052")))
-    parser.add_argument("--registry-port", type=int, default=int(os.environ.get("REGISTRY_PORT", "50053")))
-    parser.add_argument("--tuner-port", type=int, default=int(os.environ.get("TUNER_PORT", "50054")))
-    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "8000")))
+    parser.add_argument("--gateway-port", type=int, default=GATEWAY_PORT.read())
+    parser.add_argument("--trainer-port", type=int, default=TRAINER_PORT.read())
+    parser.add_argument("--registry-port", type=int, default=REGISTRY_PORT.read())
+    parser.add_argument("--tuner-port", type=int, default=TUNER_PORT.read())
+    parser.add_argument("--web-port", type=int, default=WEB_PORT.read())
     parser.add_argument("--test-episodes", type=int, default=250)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TAXI_DRIVER_DATA_DIR", ROOT / ".data")))
+    parser.add_argument("--data-dir", type=Path, default=Path(TAXI_DRIVER_DATA_DIR.read()))
     args = parser.parse_args(argv)
 
     data_dir: Path = args.data_dir.resolve()
@@ -598,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     gateway = f"127.0.0.1:{args.gateway_port}"
     try:
-        database_url = os.environ.get("DATABASE_URL", "")
+        database_url = DATABASE_URL.read()
         if database_url:
             say("using DATABASE_URL")
         else:
@@ -650,4 +660,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SettingsError as bad:
+        print(f"[make run] {bad}", file=sys.stderr)
+        sys.exit(2)

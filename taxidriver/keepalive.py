@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from taxidriver.config import SettingsError, env_float
+from taxidriver.config import EnvSettings, env_field
+from taxidriver.settings import GRPC_KEEPALIVE_TIME_S, GRPC_KEEPALIVE_TIMEOUT_S
 
 # Generous but bounded: artifacts stream in chunks well below this.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -22,19 +23,11 @@ MAX_PING_STRIKES = 2
 
 
 @dataclass(frozen=True, kw_only=True)
-class Keepalive:
-    # Seconds between pings on an idle connection (GRPC_KEEPALIVE_TIME_S), by clients and servers.
-    time: float = 30.0
-    # Seconds a ping may go unanswered before the connection is declared dead (GRPC_KEEPALIVE_TIMEOUT_S).
-    timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.time <= 0 or self.timeout <= 0:
-            raise SettingsError("GRPC_KEEPALIVE_TIME_S and GRPC_KEEPALIVE_TIMEOUT_S must be positive")
-
-    @classmethod
-    def from_env(cls) -> Keepalive:
-        return cls(time=env_float("GRPC_KEEPALIVE_TIME_S", 30.0), timeout=env_float("GRPC_KEEPALIVE_TIMEOUT_S", 10.0))
+class Keepalive(EnvSettings):
+    # Seconds between pings on an idle connection, by clients and servers.
+    time: float = env_field(GRPC_KEEPALIVE_TIME_S)
+    # Seconds a ping may go unanswered before the connection is declared dead.
+    timeout: float = env_field(GRPC_KEEPALIVE_TIMEOUT_S)
 
     def client_options(self) -> list[tuple[str, int]]:
         """Channel options: ping every `time` seconds, even with no call in flight."""

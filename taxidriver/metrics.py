@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from taxidriver.config import env_int
+from taxidriver.settings import METRICS_PORT
 from taxidriver.errors import close_stream
 from taxidriver.handlers import KIND_LABELS, rewrap
 from taxidriver.logs import request_id_var
@@ -75,7 +75,7 @@ def set_workers_busy(*, busy: int, total: int) -> None:
 
 def metrics_port_from_env() -> int:
     """METRICS_PORT, 0 (off) when unset, so in-process test servers never clash on a port."""
-    return env_int("METRICS_PORT", 0)
+    return METRICS_PORT.read()
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> int:

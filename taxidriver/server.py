@@ -1,18 +1,21 @@
-"""Server start-up shared by every service: health, reflection, graceful drain.
+"""Server start-up shared by every service: health, reflection, graceful drain, one `main`.
 
-`create_server` binds (port 0 in tests) and returns `(server, port, health)`;
-`serve` runs it until SIGTERM/SIGINT, then flips health to NOT_SERVING and
-drains in-flight calls for `grace` seconds before exiting.
+`create_server` binds (port 0 in tests) and returns a RunningServer; each service's
+`start_<service>(settings)` builds its app on it, and the app's `stop()` drains it.
+`main` is every service's `python -m`: logging, settings, start, then `serve` waits for
+SIGTERM/SIGINT and calls the same `app.stop()` the tests call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -20,10 +23,13 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from taxidriver.config import EnvSettings, SettingsError, StartupError
 from taxidriver.errors import ErrorInterceptor
 from taxidriver.internal_auth import InternalTokenInterceptor
 from taxidriver.keepalive import MAX_MESSAGE_BYTES, Keepalive
+from taxidriver.logs import setup_logging
 from taxidriver.metrics import TelemetryInterceptor, metrics_port_from_env, start_metrics_server
+from taxidriver.settings import LOG_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +171,12 @@ async def create_server(
     ]
     reflection.enable_server_reflection(reflected, server, pool=ReflectedPool(reflected))
     # TLS when credentials are given (the gateway's public port); plaintext inside the cluster.
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: in use, or not an address of this host") from exc
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
+        raise StartupError(f"cannot listen on {address}")
     await server.start()
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=[b.name for b in services])
     await running.set_serving(serving)
@@ -177,28 +186,86 @@ async def create_server(
     return running
 
 
-async def serve(
-    running: RunningServer,
-    *,
-    grace: float,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Run until SIGTERM or SIGINT, then drain: health NOT_SERVING, hook, stop(grace).
+class App(Protocol):
+    """A started service: what `serve` stops (tests call the same `stop`)."""
 
-    With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.
-    """
-    metrics_port = metrics_port_from_env()
-    if metrics_port:
-        start_metrics_server(metrics_port)
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=EnvSettings)
+A = TypeVar("A", bound=App)
+# Exceptions a service's start-up may raise that mean "cannot start", with what to say first.
+StartupErrors = Mapping[tuple[type[BaseException], ...], str]
+
+
+class _CannotStart(Exception):
+    """Start-up failed; the message is the one line to log before exit 2."""
+
+
+def stop_signal() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (the handlers are the running loop's)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening on port %d", running.port)
+    return stop
+
+
+async def serve(
+    start: Callable[[S], Awaitable[A]], settings: S, *, startup_errors: StartupErrors | None = None
+) -> A | None:
+    """Start the app, run until SIGTERM or SIGINT, then `app.stop()` (the path tests use).
+
+    With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.
+    A failure while starting becomes _CannotStart, with one line that says why; a stop
+    signal during start-up (a registry still waiting for its database) abandons it.
+    """
+    stop = stop_signal()
+    try:
+        metrics_port = metrics_port_from_env()
+        if metrics_port:
+            start_metrics_server(metrics_port)
+        starting = asyncio.ensure_future(start(settings))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.info("stopped during start-up")
+            return None
+        app = starting.result()
+    except StartupError as exc:
+        raise _CannotStart(str(exc)) from exc
+    except OSError as exc:
+        raise _CannotStart(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}") from exc
+    except tuple(kind for kinds in (startup_errors or {}) for kind in kinds) as exc:
+        prefix = next(text for kinds, text in (startup_errors or {}).items() if isinstance(exc, kinds))
+        raise _CannotStart(f"{prefix}: {' '.join(str(exc).split())}") from exc
     await stop.wait()
-    log.info("shutting down: draining for up to %.1fs", grace)
-    await running.health.enter_graceful_shutdown()
-    if on_shutdown is not None:
-        await on_shutdown()
-    await running.server.stop(grace)
+    log.info("shutting down")
+    await app.stop()
     log.info("stopped")
+    return app
+
+
+def main(
+    service: str,
+    settings_type: type[S],
+    start: Callable[[S], Awaitable[App]],
+    *,
+    startup_errors: StartupErrors | None = None,
+) -> NoReturn:
+    """Every service's `python -m <service>`: JSON logs at LOG_LEVEL, settings from the
+    environment, `serve`; exit 0 after a requested stop, 2 with one log line when the
+    service cannot start (a bad setting, a port in use, its database unreachable)."""
+    setup_logging(service)
+    try:
+        logging.getLogger().setLevel(LOG_LEVEL.read())
+        settings = settings_type.from_env()
+        asyncio.run(serve(start, settings, startup_errors=startup_errors))
+    except (SettingsError, _CannotStart) as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(2)
+    sys.exit(0)

@@ -21,7 +21,7 @@ from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from trainer_service.registry_client import RegistryClient
 from trainer_service.runs import RunManager
 from trainer_service.servicer import TrainerServicer
-from trainer_service.settings import TrainerSettings
+from trainer_service.settings import NUMBA_CACHE_DIR, TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ async def start_trainer(settings: TrainerSettings) -> TrainerApp:
         " first start, then loaded from the cache in %s)",
         running.port,
         settings.workers,
-        os.environ.get("NUMBA_CACHE_DIR") or "__pycache__ beside the sources",
+        NUMBA_CACHE_DIR.read() or NUMBA_CACHE_DIR.shown_default,
     )
     app = TrainerApp(settings=settings, running=running, runs=runs, client=client)
     app.warming = asyncio.get_running_loop().create_task(_serve_when_warm(app), name="trainer-warm-up")

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
+from trainer_service.settings import NUMBA_CACHE_DIR
+
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,7 +59,7 @@ def compiling_alone() -> Iterator[None]:
     if not disk_cache:
         yield
         return
-    directory = Path(os.environ.get("NUMBA_CACHE_DIR") or tempfile.gettempdir())
+    directory = Path(NUMBA_CACHE_DIR.read() or tempfile.gettempdir())
     try:
         directory.mkdir(parents=True, exist_ok=True)
         handle = (directory / "taxidriver-kernels.lock").open("a")

@@ -1,66 +1,115 @@
-"""Trainer settings, read once from the environment."""
+"""Trainer settings, read once from the environment (declarations: docs/configuration.md)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from taxidriver.config import SettingsError, env_float, env_int, env_str
+from taxidriver.config import INTEGER, NUMBER, TEXT, EnvSettings, Setting, env_field
+from taxidriver.settings import INTERNAL_TOKEN, LOG_LEVEL, REGISTRY_TARGET
 
+TRAINER = ("trainer",)
 
-def _default_workers() -> int:
-    return os.cpu_count() or 1
+TRAINER_ADDRESS = Setting(
+    name="TRAINER_ADDRESS",
+    kind=TEXT,
+    default="127.0.0.1:50052",
+    description="Where the trainer listens (host:port; port 0 picks a free one).",
+    read_by=TRAINER,
+)
+TRAINER_WORKERS = Setting(
+    name="TRAINER_WORKERS",
+    kind=INTEGER,
+    default_factory=lambda: os.cpu_count() or 1,
+    shown_default="the CPU count",
+    unit="processes",
+    minimum=1,
+    description="Worker processes, i.e. runs trained at once.",
+    read_by=TRAINER,
+)
+TRAINER_HEARTBEAT_S = Setting(
+    name="TRAINER_HEARTBEAT_S",
+    kind=NUMBER,
+    default=2.0,
+    unit="seconds",
+    minimum=0,
+    exclusive_minimum=True,
+    description="Pause between two heartbeats of an active run (they renew its lease in the registry).",
+    read_by=TRAINER,
+)
+TRAINER_MAX_BUFFERED_EPISODES = Setting(
+    name="TRAINER_MAX_BUFFERED_EPISODES",
+    kind=INTEGER,
+    default=200_000,
+    unit="episodes",
+    minimum=0,
+    description="Episodes kept in memory while the registry is unreachable, then spilled to disk.",
+    read_by=TRAINER,
+)
+TRAINER_SPILL_DIR = Setting(
+    name="TRAINER_SPILL_DIR",
+    kind=TEXT,
+    default="",
+    shown_default="the temporary folder",
+    description="Where episodes beyond TRAINER_MAX_BUFFERED_EPISODES are spilled.",
+    read_by=TRAINER,
+)
+TRAINER_GRACE_S = Setting(
+    name="TRAINER_GRACE_S",
+    kind=NUMBER,
+    default=20.0,
+    unit="seconds",
+    minimum=0,
+    description="How long SIGTERM waits for running runs to checkpoint (they become INTERRUPTED) and calls to end.",
+    read_by=TRAINER,
+)
+TRAINER_MAX_ACTIVE_RUNS_PER_CALLER = Setting(
+    name="TRAINER_MAX_ACTIVE_RUNS_PER_CALLER",
+    kind=INTEGER,
+    default=8,
+    unit="runs",
+    minimum=1,
+    description="Queued plus running runs one caller may have at once (the x-caller metadata value, else the peer).",
+    read_by=TRAINER,
+)
+TRAINER_REGISTRY_RETRY_S = Setting(
+    name="TRAINER_REGISTRY_RETRY_S",
+    kind=NUMBER,
+    default=60.0,
+    unit="seconds",
+    minimum=0,
+    exclusive_minimum=True,
+    description=(
+        "How long a call that writes no run this trainer holds (registering, reading a run) retries an"
+        " unreachable registry before the caller gets UNAVAILABLE."
+    ),
+    read_by=TRAINER,
+)
+NUMBA_CACHE_DIR = Setting(
+    name="NUMBA_CACHE_DIR",
+    kind=TEXT,
+    default="",
+    shown_default="__pycache__ beside the sources",
+    description=(
+        "numba's own cache of compiled kernels (read by numba in every worker); the trainer logs it and"
+        " keeps its cache lock there (else in the temporary folder)."
+    ),
+    read_by=TRAINER,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerSettings:
-    # Where the trainer listens (TRAINER_ADDRESS).
-    address: str = "127.0.0.1:50052"
-    # The registry's ingest API (REGISTRY_TARGET).
-    registry_target: str = "127.0.0.1:50053"
-    # Worker processes, i.e. runs trained at once (TRAINER_WORKERS).
-    workers: int = field(default_factory=_default_workers)
-    # Seconds between heartbeats of an active run (TRAINER_HEARTBEAT_S).
-    heartbeat_interval: float = 2.0
-    # Episodes kept in memory while the registry is unreachable, then spilled to disk
-    # (TRAINER_MAX_BUFFERED_EPISODES); spill files go to TRAINER_SPILL_DIR (default: temp dir).
-    max_buffered_episodes: int = 200_000
-    spill_dir: str = ""
-    # Seconds SIGTERM waits for running runs to checkpoint (TRAINER_GRACE_S).
-    grace: float = 20.0
-    # Queued + running runs one caller may have at once (TRAINER_MAX_ACTIVE_RUNS_PER_CALLER);
-    # the caller is the `x-caller` metadata value, else the peer's host.
-    max_active_runs_per_caller: int = 8
-    # How long a call that does not write a run we hold (registering, reading a run) retries an
-    # unreachable registry before the caller gets UNAVAILABLE (TRAINER_REGISTRY_RETRY_S).
-    registry_retry: float = 60.0
-    log_level: str = "INFO"
-    # Shared secret of the internal ports (INTERNAL_TOKEN): required on this server's calls and
-    # sent to the registry when set; empty: no check (loopback-only default address).
-    internal_token: str = ""
+class TrainerSettings(EnvSettings):
+    """Everything the trainer process needs; each field's meaning is its Setting's."""
 
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise SettingsError(f"TRAINER_WORKERS must be at least 1, got {self.workers}")
-        if self.heartbeat_interval <= 0:
-            raise SettingsError("TRAINER_HEARTBEAT_S must be positive")
-        if self.max_active_runs_per_caller < 1:
-            raise SettingsError("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER must be at least 1")
-        if self.registry_retry <= 0:
-            raise SettingsError("TRAINER_REGISTRY_RETRY_S must be positive")
-
-    @classmethod
-    def from_env(cls) -> TrainerSettings:
-        return cls(
-            address=env_str("TRAINER_ADDRESS", "127.0.0.1:50052"),
-            registry_target=env_str("REGISTRY_TARGET", "127.0.0.1:50053"),
-            workers=env_int("TRAINER_WORKERS", _default_workers()),
-            heartbeat_interval=env_float("TRAINER_HEARTBEAT_S", 2.0),
-            max_buffered_episodes=env_int("TRAINER_MAX_BUFFERED_EPISODES", 200_000),
-            spill_dir=env_str("TRAINER_SPILL_DIR", ""),
-            grace=env_float("TRAINER_GRACE_S", 20.0),
-            max_active_runs_per_caller=env_int("TRAINER_MAX_ACTIVE_RUNS_PER_CALLER", 8),
-            registry_retry=env_float("TRAINER_REGISTRY_RETRY_S", 60.0),
-            log_level=env_str("LOG_LEVEL", "INFO"),
-            internal_token=env_str("INTERNAL_TOKEN", ""),
-        )
+    address: str = env_field(TRAINER_ADDRESS)
+    registry_target: str = env_field(REGISTRY_TARGET)
+    workers: int = env_field(TRAINER_WORKERS)
+    heartbeat_interval: float = env_field(TRAINER_HEARTBEAT_S)
+    max_buffered_episodes: int = env_field(TRAINER_MAX_BUFFERED_EPISODES)
+    spill_dir: str = env_field(TRAINER_SPILL_DIR)
+    grace: float = env_field(TRAINER_GRACE_S)
+    max_active_runs_per_caller: int = env_field(TRAINER_MAX_ACTIVE_RUNS_PER_CALLER)
+    registry_retry: float = env_field(TRAINER_REGISTRY_RETRY_S)
+    log_level: str = env_field(LOG_LEVEL)
+    internal_token: str = env_field(INTERNAL_TOKEN, repr=False)

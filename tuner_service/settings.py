@@ -1,69 +1,85 @@
-"""Tuner settings, read once from the environment."""
+"""Tuner settings, read once from the environment (declarations: docs/configuration.md)."""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from taxidriver.config import SettingsError, env_float, env_str
+from taxidriver.config import NUMBER, TEXT, EnvSettings, Setting, env_field
+from taxidriver.settings import INTERNAL_TOKEN, LOG_LEVEL, REGISTRY_TARGET, TRAINER_TARGETS, TUNER_PORT
 
+TUNER = ("tuner",)
 
-def _targets(raw: str) -> tuple[str, ...]:
-    targets = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not targets:
-        raise SettingsError("TRAINER_TARGETS must list at least one trainer address")
-    return targets
-
-
-def _default_tuner_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+TUNER_ADDRESS = Setting(
+    name="TUNER_ADDRESS",
+    kind=TEXT,
+    default_factory=lambda: f"127.0.0.1:{TUNER_PORT.read()}",
+    shown_default="127.0.0.1:TUNER_PORT",
+    description="Where the tuner listens (host:port; port 0 picks a free one).",
+    read_by=TUNER,
+)
+TUNER_ID = Setting(
+    name="TUNER_ID",
+    kind=TEXT,
+    default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    shown_default="host-pid-random",
+    description="This tuner's name in sweep leases.",
+    read_by=TUNER,
+)
+TUNER_LEASE_S = Setting(
+    name="TUNER_LEASE_S",
+    kind=NUMBER,
+    default=15.0,
+    unit="seconds",
+    minimum=0,
+    exclusive_minimum=True,
+    description="How long a sweep's lease lasts without renewal; renewed every third of it.",
+    read_by=TUNER,
+)
+TUNER_ADOPT_S = Setting(
+    name="TUNER_ADOPT_S",
+    kind=NUMBER,
+    default=5.0,
+    unit="seconds",
+    minimum=0,
+    exclusive_minimum=True,
+    description="Pause between two looks for sweeps nobody drives.",
+    read_by=TUNER,
+)
+TUNER_POLL_S = Setting(
+    name="TUNER_POLL_S",
+    kind=NUMBER,
+    default=0.5,
+    unit="seconds",
+    minimum=0,
+    exclusive_minimum=True,
+    description="Pause between two polls of a trial's runs.",
+    read_by=TUNER,
+)
+TUNER_SHUTDOWN_GRACE = Setting(
+    name="TUNER_SHUTDOWN_GRACE",
+    kind=NUMBER,
+    default=5.0,
+    unit="seconds",
+    minimum=0,
+    description="How long in-flight calls may take to finish after SIGTERM (sweeps are left to their leases).",
+    read_by=TUNER,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
-class TunerSettings:
-    # Where the tuner listens (TUNER_ADDRESS; TUNER_PORT sets the port of the default address).
-    address: str = "127.0.0.1:50054"
-    # Trainer addresses, balanced like the gateway does (TRAINER_TARGETS): each a "host:port"
-    # or a gRPC target such as "dns:///trainer-headless:50052" whose addresses are balanced too.
-    trainer_targets: tuple[str, ...] = ("127.0.0.1:50052",)
-    # The registry (REGISTRY_TARGET): sweeps are stored there, runs are read from there.
-    registry_target: str = "127.0.0.1:50053"
-    # This tuner's name in sweep leases (TUNER_ID; default host-pid-random).
-    tuner_id: str = field(default_factory=_default_tuner_id)
-    # Seconds a sweep's lease lasts without renewal (TUNER_LEASE_S); renewed every third of it.
-    lease_seconds: float = 15.0
-    # Seconds between looks for sweeps nobody drives (TUNER_ADOPT_S).
-    adopt_interval: float = 5.0
-    # Seconds between polls of a trial's runs (TUNER_POLL_S).
-    poll_interval: float = 0.5
-    # Seconds SIGTERM waits for in-flight calls (TUNER_SHUTDOWN_GRACE).
-    shutdown_grace: float = 5.0
-    log_level: str = "INFO"
-    # Shared secret of the internal ports (INTERNAL_TOKEN), sent to the registry and trainers.
-    internal_token: str = ""
+class TunerSettings(EnvSettings):
+    """Everything the tuner process needs; each field's meaning is its Setting's."""
 
-    def __post_init__(self) -> None:
-        if not self.trainer_targets:
-            raise SettingsError("trainer_targets must list at least one trainer address")
-        if self.lease_seconds <= 0:
-            raise SettingsError("TUNER_LEASE_S must be positive")
-        if self.adopt_interval <= 0 or self.poll_interval <= 0:
-            raise SettingsError("TUNER_ADOPT_S and TUNER_POLL_S must be positive")
-
-    @classmethod
-    def from_env(cls) -> TunerSettings:
-        port = env_str("TUNER_PORT", "50054")
-        return cls(
-            address=env_str("TUNER_ADDRESS", f"127.0.0.1:{port}"),
-            trainer_targets=_targets(os.environ.get("TRAINER_TARGETS") or "127.0.0.1:50052"),
-            registry_target=env_str("REGISTRY_TARGET", "127.0.0.1:50053"),
-            tuner_id=env_str("TUNER_ID", "") or _default_tuner_id(),
-            lease_seconds=env_float("TUNER_LEASE_S", 15.0),
-            adopt_interval=env_float("TUNER_ADOPT_S", 5.0),
-            poll_interval=env_float("TUNER_POLL_S", 0.5),
-            shutdown_grace=env_float("TUNER_SHUTDOWN_GRACE", 5.0),
-            log_level=env_str("LOG_LEVEL", "INFO"),
-            internal_token=env_str("INTERNAL_TOKEN", ""),
-        )
+    address: str = env_field(TUNER_ADDRESS)
+    trainer_targets: tuple[str, ...] = env_field(TRAINER_TARGETS)
+    registry_target: str = env_field(REGISTRY_TARGET)
+    tuner_id: str = env_field(TUNER_ID)
+    lease_seconds: float = env_field(TUNER_LEASE_S)
+    adopt_interval: float = env_field(TUNER_ADOPT_S)
+    poll_interval: float = env_field(TUNER_POLL_S)
+    shutdown_grace: float = env_field(TUNER_SHUTDOWN_GRACE)
+    log_level: str = env_field(LOG_LEVEL)
+    internal_token: str = env_field(INTERNAL_TOKEN, repr=False)

@@ -2,44 +2,72 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import signal
+import logging
+import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import uvicorn
 
-from taxidriver.logs import setup_logging
+from taxidriver.config import StartupError
+from taxidriver.server import main
 from web.app import create_app
 from web.settings import WebSettings
 
+log = logging.getLogger("web")
+
+# How often start-up looks whether uvicorn has started (it exposes a flag, not an event).
+STARTED_POLL_S = 0.02
+
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown (exit status -15); like the
-    other services, a requested stop met in full exits 0 here."""
+    """Signals belong to taxidriver.server.main, which calls WebApp.stop like every service's
+    stop; uvicorn's own handlers would also re-raise SIGTERM after the drain (exit -15)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        yield
 
 
-def main() -> None:
-    settings = WebSettings.from_env()
-    setup_logging("web", settings.log_level)
+@dataclass
+class WebApp:
+    server: _Server
+    serving: asyncio.Task[None]
+    port: int
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (at most 10 s), close the gateway channel."""
+        self.server.should_exit = True
+        await self.serving
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use is a start-up error like the others'."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+async def start_web(settings: WebSettings) -> WebApp:
+    sock = _listen(settings.host, settings.port)
     config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
+        create_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=10, lifespan="on"
     )
-    _Server(config).run()
+    server = _Server(config)
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="web")
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise StartupError("the web app did not start (see the log above)")
+        await asyncio.sleep(STARTED_POLL_S)
+    port = int(sock.getsockname()[1])
+    log.info("web on http://%s:%d", settings.host, port)
+    return WebApp(server=server, serving=serving, port=port)
 
 
 if __name__ == "__main__":
-    main()
+    main("web", WebSettings, start_web)
