@@ -9,7 +9,6 @@ status code, message and the field violations of a rich error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,8 +19,8 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from taxidriver.errors import FieldViolation, status_details
 from taxidriver.keepalive import channel_options
-from taxidriver.settings import TAXI_DRIVER_API_KEY, TAXI_DRIVER_GATEWAY
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
+from taxidriver.settings import TAXI_DRIVER_API_KEY, TAXI_DRIVER_GATEWAY
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.tuner.v1 import tuner_service_pb2, tuner_service_pb2_grpc
 from taxidriver.vocabulary import MODE_NUMBERS, status_word

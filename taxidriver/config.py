@@ -195,4 +195,3 @@ class EnvSettings:
     @classmethod
     def from_env(cls: type[_S]) -> _S:
         return cls(**cls.env_values())
-

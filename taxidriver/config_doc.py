@@ -41,9 +41,7 @@ the names are kept as deployments set them, and the unit is given here.
 def settings_modules(root: Path = ROOT) -> list[str]:
     """`<package>.settings` for every top-level package of the repository that has one."""
     return sorted(
-        f"{path.parent.name}.settings"
-        for path in root.glob("*/settings.py")
-        if (path.parent / "__init__.py").exists()
+        f"{path.parent.name}.settings" for path in root.glob("*/settings.py") if (path.parent / "__init__.py").exists()
     )
 
 
@@ -85,11 +83,11 @@ def _bounds(setting: Setting[Any]) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return text.replace("|", "\\|").replace("<", "&lt;")
 
 
 def render(settings: list[Setting[Any]]) -> str:
-    lines = [INTRO]
+    lines = [INTRO.rstrip("\n")]
     for section in SECTIONS:
         chosen = [s for s in settings if _section(s) == section]
         if not chosen:

@@ -42,6 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from taxidriver.config import SettingsError
 from taxidriver.embedded_pg import EmbeddedPostgres
+from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.settings import (
     DATABASE_URL,
     GATEWAY_PORT,
@@ -51,7 +52,6 @@ from taxidriver.settings import (
     TUNER_PORT,
     WEB_PORT,
 )
-from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.vocabulary import STOPPED_STATUSES, status_word
 

@@ -25,10 +25,10 @@ from typing import Any
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from taxidriver.settings import METRICS_PORT
 from taxidriver.errors import close_stream
 from taxidriver.handlers import KIND_LABELS, rewrap
 from taxidriver.logs import request_id_var
+from taxidriver.settings import METRICS_PORT
 
 log = logging.getLogger("taxidriver.calls")
 

@@ -9,7 +9,6 @@ SIGTERM/SIGINT and calls the same `app.stop()` the tests call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -213,33 +212,25 @@ def stop_signal() -> asyncio.Event:
 
 async def serve(
     start: Callable[[S], Awaitable[A]], settings: S, *, startup_errors: StartupErrors | None = None
-) -> A | None:
+) -> A:
     """Start the app, run until SIGTERM or SIGINT, then `app.stop()` (the path tests use).
 
     With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.
-    A failure while starting becomes _CannotStart, with one line that says why; a stop
-    signal during start-up (a registry still waiting for its database) abandons it.
+    A failure while starting becomes _CannotStart, with one line that says why. A signal
+    during start-up is met once the start has finished (or failed: a registry waits at most
+    REGISTRY_CONNECT_TIMEOUT for its database), so every stop is the app's own `stop()`.
     """
     stop = stop_signal()
     try:
         metrics_port = metrics_port_from_env()
         if metrics_port:
-            start_metrics_server(metrics_port)
-        starting = asyncio.ensure_future(start(settings))
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            log.info("stopped during start-up")
-            return None
-        app = starting.result()
-    except StartupError as exc:
+            try:
+                start_metrics_server(metrics_port)
+            except OSError as exc:
+                raise StartupError(f"cannot serve /metrics on METRICS_PORT {metrics_port}: {exc.strerror}") from exc
+        app = await start(settings)
+    except (StartupError, OSError) as exc:
         raise _CannotStart(str(exc)) from exc
-    except OSError as exc:
-        raise _CannotStart(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}") from exc
     except tuple(kind for kinds in (startup_errors or {}) for kind in kinds) as exc:
         prefix = next(text for kinds, text in (startup_errors or {}).items() if isinstance(exc, kinds))
         raise _CannotStart(f"{prefix}: {' '.join(str(exc).split())}") from exc

@@ -38,7 +38,7 @@ METRICS_PORT = Setting(
     minimum=0,
     maximum=65535,
     description="Port of the Prometheus /metrics HTTP endpoint; 0: not served.",
-    read_by=GRPC_SERVICES,
+    read_by=SERVICES,
 )
 GRPC_KEEPALIVE_TIME_S = Setting(
     name="GRPC_KEEPALIVE_TIME_S",

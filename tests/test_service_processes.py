@@ -98,9 +98,7 @@ def scratch_url(database_url: str) -> Iterator[str]:
         ("web", "WEB_CALL_TIMEOUT", "1m", "WEB_CALL_TIMEOUT must be a number of seconds, got '1m'"),
     ],
 )
-def test_a_bad_setting_stops_start_up_with_one_line_and_exit_2(
-    module: str, variable: str, raw: str, says: str
-) -> None:
+def test_a_bad_setting_stops_start_up_with_one_line_and_exit_2(module: str, variable: str, raw: str, says: str) -> None:
     env = _env(module, free_port(), database_url="postgresql://unused@127.0.0.1:1/unused", **{variable: raw})
     assert_refused(run_to_exit(module, env), "cannot start:", says)
 
@@ -151,9 +149,7 @@ def running(module: str, env: dict[str, str], port: int, log_path: Path) -> Iter
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_sigterm_stops_each_service_through_its_stop_with_exit_0(
-    module: str, scratch_url: str, tmp_path: Path
-) -> None:
+def test_sigterm_stops_each_service_through_its_stop_with_exit_0(module: str, scratch_url: str, tmp_path: Path) -> None:
     port = free_port()
     log_path = tmp_path / f"{module}.log"
     with running(module, _env(module, port, database_url=scratch_url), port, log_path) as process:

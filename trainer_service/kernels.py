@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
