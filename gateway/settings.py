@@ -4,43 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from taxidriver.config import BOOLEAN, NUMBER, TEXT, EnvSettings, Setting, SettingsError, env_field
+from taxidriver.config import BOOLEAN, EnvSettings, Setting, SettingsError, env_field, seconds, text
 from taxidriver.settings import INTERNAL_TOKEN, LOG_LEVEL, REGISTRY_TARGET, TRAINER_TARGETS
 
 GATEWAY = ("gateway",)
 
-GATEWAY_ADDRESS = Setting(
-    name="GATEWAY_ADDRESS",
-    kind=TEXT,
-    default="127.0.0.1:50051",
-    description="The gateway's public listen address (host:port; port 0 picks a free one).",
-    read_by=GATEWAY,
+GATEWAY_ADDRESS = text(
+    "GATEWAY_ADDRESS",
+    "127.0.0.1:50051",
+    "The gateway's public listen address (host:port; port 0 picks a free one).",
+    GATEWAY,
 )
-TUNER_TARGET = Setting(
-    name="TUNER_TARGET",
-    kind=TEXT,
-    default="127.0.0.1:50054",
-    description="The tuner's address: sweeps and recommendations.",
-    read_by=GATEWAY,
+TUNER_TARGET = text("TUNER_TARGET", "127.0.0.1:50054", "The tuner's address: sweeps and recommendations.", GATEWAY)
+GATEWAY_SHUTDOWN_GRACE = seconds(
+    "GATEWAY_SHUTDOWN_GRACE", 10.0, "How long in-flight calls may take to finish after SIGTERM.", GATEWAY, zero=True
 )
-GATEWAY_SHUTDOWN_GRACE = Setting(
-    name="GATEWAY_SHUTDOWN_GRACE",
-    kind=NUMBER,
-    default=10.0,
-    unit="seconds",
-    minimum=0,
-    description="How long in-flight calls may take to finish after SIGTERM.",
-    read_by=GATEWAY,
-)
-GATEWAY_HEALTH_RETRY_MAX = Setting(
-    name="GATEWAY_HEALTH_RETRY_MAX",
-    kind=NUMBER,
-    default=5.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="Longest pause between two attempts to watch an unreachable upstream's health.",
-    read_by=GATEWAY,
+GATEWAY_HEALTH_RETRY_MAX = seconds(
+    "GATEWAY_HEALTH_RETRY_MAX",
+    5.0,
+    "Longest pause between two attempts to watch an unreachable upstream's health.",
+    GATEWAY,
 )
 GATEWAY_AUTH_REQUIRED = Setting(
     name="GATEWAY_AUTH_REQUIRED",
@@ -52,31 +35,22 @@ GATEWAY_AUTH_REQUIRED = Setting(
     ),
     read_by=GATEWAY,
 )
-GATEWAY_AUTH_CACHE_SECONDS = Setting(
-    name="GATEWAY_AUTH_CACHE_SECONDS",
-    kind=NUMBER,
-    default=30.0,
-    unit="seconds",
-    minimum=0,
-    description=(
-        "How long an API key's answer (user and role, or refusal) is cached; emptied at once when the"
-        " registry reports a key change (AuthService.WatchKeyChanges), unused while that stream is down."
-    ),
-    read_by=GATEWAY,
+GATEWAY_AUTH_CACHE_SECONDS = seconds(
+    "GATEWAY_AUTH_CACHE_SECONDS",
+    30.0,
+    "How long an API key's answer (user and role, or refusal) is cached; emptied at once when the"
+    " registry reports a key change (AuthService.WatchKeyChanges), unused while that stream is down.",
+    GATEWAY,
+    zero=True,
 )
-GATEWAY_TLS_CERT_FILE = Setting(
-    name="GATEWAY_TLS_CERT_FILE",
-    kind=TEXT,
-    default="",
-    description="PEM certificate chain of the public port; with GATEWAY_TLS_KEY_FILE the port speaks TLS.",
-    read_by=GATEWAY,
+GATEWAY_TLS_CERT_FILE = text(
+    "GATEWAY_TLS_CERT_FILE",
+    "",
+    "PEM certificate chain of the public port; with GATEWAY_TLS_KEY_FILE the port speaks TLS.",
+    GATEWAY,
 )
-GATEWAY_TLS_KEY_FILE = Setting(
-    name="GATEWAY_TLS_KEY_FILE",
-    kind=TEXT,
-    default="",
-    description="PEM private key of the public port (set together with GATEWAY_TLS_CERT_FILE).",
-    read_by=GATEWAY,
+GATEWAY_TLS_KEY_FILE = text(
+    "GATEWAY_TLS_KEY_FILE", "", "PEM private key of the public port (set together with GATEWAY_TLS_CERT_FILE).", GATEWAY
 )
 
 

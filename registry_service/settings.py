@@ -4,108 +4,71 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from taxidriver.config import INTEGER, NUMBER, TEXT, EnvSettings, Setting, SettingsError, env_field
+from taxidriver.config import (
+    EnvSettings,
+    SettingsError,
+    env_field,
+    integer,
+    seconds,
+    text,
+)
 from taxidriver.settings import DATABASE_URL, INTERNAL_TOKEN, LOG_LEVEL
 
 REGISTRY = ("registry",)
 
-REGISTRY_ADDRESS = Setting(
-    name="REGISTRY_ADDRESS",
-    kind=TEXT,
-    default="127.0.0.1:50053",
-    description="Where the registry listens for gRPC (host:port; port 0 picks a free one).",
-    read_by=REGISTRY,
+REGISTRY_ADDRESS = text(
+    "REGISTRY_ADDRESS",
+    "127.0.0.1:50053",
+    "Where the registry listens for gRPC (host:port; port 0 picks a free one).",
+    REGISTRY,
 )
-REGISTRY_POOL_MIN = Setting(
-    name="REGISTRY_POOL_MIN",
-    kind=INTEGER,
-    default=2,
-    unit="connections",
-    minimum=0,
-    description="Connections the PostgreSQL pool keeps open.",
-    read_by=REGISTRY,
+REGISTRY_POOL_MIN = integer(
+    "REGISTRY_POOL_MIN", 2, "Connections the PostgreSQL pool keeps open.", REGISTRY, unit="connections", minimum=0
 )
-REGISTRY_POOL_MAX = Setting(
-    name="REGISTRY_POOL_MAX",
-    kind=INTEGER,
-    default=10,
-    unit="connections",
-    minimum=1,
-    description="Most connections the PostgreSQL pool opens.",
-    read_by=REGISTRY,
+REGISTRY_POOL_MAX = integer(
+    "REGISTRY_POOL_MAX", 10, "Most connections the PostgreSQL pool opens.", REGISTRY, unit="connections", minimum=1
 )
-REGISTRY_CONNECT_TIMEOUT = Setting(
-    name="REGISTRY_CONNECT_TIMEOUT",
-    kind=NUMBER,
-    default=30.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="How long start-up waits for PostgreSQL before giving up (exit 2).",
-    read_by=REGISTRY,
+REGISTRY_CONNECT_TIMEOUT = seconds(
+    "REGISTRY_CONNECT_TIMEOUT", 30.0, "How long start-up waits for PostgreSQL before giving up (exit 2).", REGISTRY
 )
-REGISTRY_HEALTH_INTERVAL = Setting(
-    name="REGISTRY_HEALTH_INTERVAL",
-    kind=NUMBER,
-    default=1.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="Period of the cheap SELECT 1 health probe and of the lease sweep.",
-    read_by=REGISTRY,
+REGISTRY_HEALTH_INTERVAL = seconds(
+    "REGISTRY_HEALTH_INTERVAL", 1.0, "Period of the cheap SELECT 1 health probe and of the lease sweep.", REGISTRY
 )
-REGISTRY_LEASE_SECONDS = Setting(
-    name="REGISTRY_LEASE_SECONDS",
-    kind=NUMBER,
-    default=30.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="A trainer's lease on a live run; without a heartbeat for this long the run becomes INTERRUPTED.",
-    read_by=REGISTRY,
+REGISTRY_LEASE_SECONDS = seconds(
+    "REGISTRY_LEASE_SECONDS",
+    30.0,
+    "A trainer's lease on a live run; without a heartbeat for this long the run becomes INTERRUPTED.",
+    REGISTRY,
 )
-REGISTRY_MAX_ARTIFACT_BYTES = Setting(
-    name="REGISTRY_MAX_ARTIFACT_BYTES",
-    kind=INTEGER,
-    default=64 * 1024 * 1024,
+REGISTRY_MAX_ARTIFACT_BYTES = integer(
+    "REGISTRY_MAX_ARTIFACT_BYTES",
+    64 * 1024 * 1024,
+    "Largest artifact or imported model accepted.",
+    REGISTRY,
     unit="bytes",
     minimum=1,
-    description="Largest artifact or imported model accepted.",
-    read_by=REGISTRY,
 )
-REGISTRY_SHUTDOWN_GRACE = Setting(
-    name="REGISTRY_SHUTDOWN_GRACE",
-    kind=NUMBER,
-    default=10.0,
-    unit="seconds",
-    minimum=0,
-    description="How long in-flight calls may take to finish after SIGTERM.",
-    read_by=REGISTRY,
+REGISTRY_SHUTDOWN_GRACE = seconds(
+    "REGISTRY_SHUTDOWN_GRACE", 10.0, "How long in-flight calls may take to finish after SIGTERM.", REGISTRY, zero=True
 )
-REGISTRY_MAX_PAGE_BYTES = Setting(
-    name="REGISTRY_MAX_PAGE_BYTES",
-    kind=INTEGER,
-    default=8 * 1024 * 1024,
+REGISTRY_MAX_PAGE_BYTES = integer(
+    "REGISTRY_MAX_PAGE_BYTES",
+    8 * 1024 * 1024,
+    "Largest listing page with curves (ListRuns view FULL); a page holds at least one run and stops"
+    " before this, with a next_page_token.",
+    REGISTRY,
     unit="bytes",
     minimum=1024,
-    description=(
-        "Largest listing page with curves (ListRuns view FULL); a page holds at least one run and stops"
-        " before this, with a next_page_token."
-    ),
-    read_by=REGISTRY,
 )
-REGISTRY_EXACT_COUNT_LIMIT = Setting(
-    name="REGISTRY_EXACT_COUNT_LIMIT",
-    kind=INTEGER,
-    default=10_000,
+REGISTRY_EXACT_COUNT_LIMIT = integer(
+    "REGISTRY_EXACT_COUNT_LIMIT",
+    10_000,
+    "ListRuns' total_size for a filter that spans pages is an exact count while training_runs holds"
+    " at most this many rows, and PostgreSQL's estimate beyond (AIP-158; counting every match of a"
+    " broad filter costs tens of ms at 100k runs).",
+    REGISTRY,
     unit="runs",
     minimum=0,
-    description=(
-        "ListRuns' total_size for a filter that spans pages is an exact count while training_runs holds"
-        " at most this many rows, and PostgreSQL's estimate beyond (AIP-158; counting every match of a"
-        " broad filter costs tens of ms at 100k runs)."
-    ),
-    read_by=REGISTRY,
 )
 
 

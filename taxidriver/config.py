@@ -162,6 +162,34 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def text(name: str, default: str, description: str, read_by: tuple[str, ...], **options: Any) -> Setting[str]:
+    return Setting(name=name, kind=TEXT, default=default, description=description, read_by=read_by, **options)
+
+
+def integer(name: str, default: int, description: str, read_by: tuple[str, ...], **options: Any) -> Setting[int]:
+    return Setting(name=name, kind=INTEGER, default=default, description=description, read_by=read_by, **options)
+
+
+def seconds(
+    name: str, default: float, description: str, read_by: tuple[str, ...], *, zero: bool = False
+) -> Setting[float]:
+    """A duration: every one is in seconds, and positive (or zero, where that means "at once")."""
+    return Setting(
+        name=name,
+        kind=NUMBER,
+        default=default,
+        unit="seconds",
+        minimum=0,
+        exclusive_minimum=not zero,
+        description=description,
+        read_by=read_by,
+    )
+
+
+def port(name: str, default: int, description: str, read_by: tuple[str, ...], *, minimum: int = 0) -> Setting[int]:
+    return integer(name, default, description, read_by, minimum=minimum, maximum=65535)
+
+
 def env_field(setting: Setting[T], *, repr: bool = True) -> Any:
     """A settings dataclass field read from `setting` by `from_env`, with the same default."""
     metadata = {_SETTING: setting}

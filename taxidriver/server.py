@@ -210,9 +210,7 @@ def stop_signal() -> asyncio.Event:
     return stop
 
 
-async def serve(
-    start: Callable[[S], Awaitable[A]], settings: S, *, startup_errors: StartupErrors | None = None
-) -> A:
+async def serve(start: Callable[[S], Awaitable[A]], settings: S, *, startup_errors: StartupErrors | None = None) -> A:
     """Start the app, run until SIGTERM or SIGINT, then `app.stop()` (the path tests use).
 
     With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.

@@ -6,7 +6,7 @@ the mechanism and docs/configuration.md (generated) for the whole list.
 
 from __future__ import annotations
 
-from taxidriver.config import ADDRESSES, INTEGER, LEVEL, NUMBER, TEXT, Setting
+from taxidriver.config import ADDRESSES, LEVEL, Setting, port, seconds, text
 
 GRPC_SERVICES = ("gateway", "trainer", "registry", "tuner")
 SERVICES = (*GRPC_SERVICES, "web")
@@ -19,56 +19,34 @@ LOG_LEVEL = Setting(
     description="Lowest level of the JSON log lines written to stderr (any case).",
     read_by=SERVICES,
 )
-INTERNAL_TOKEN = Setting(
-    name="INTERNAL_TOKEN",
-    kind=TEXT,
-    default="",
+INTERNAL_TOKEN = text(
+    "INTERNAL_TOKEN",
+    "",
+    "Shared secret of the internal ports: the registry, trainers and tuner refuse calls without it"
+    " (x-internal-token) when set, and the gateway, trainers and tuner send it. Empty: no check, and"
+    " the loopback-only default addresses are the protection. Never asked of the gateway's own clients.",
+    GRPC_SERVICES,
     secret=True,
-    description=(
-        "Shared secret of the internal ports: the registry, trainers and tuner refuse calls without it"
-        " (x-internal-token) when set, and the gateway, trainers and tuner send it. Empty: no check, and"
-        " the loopback-only default addresses are the protection. Never asked of the gateway's own clients."
-    ),
-    read_by=GRPC_SERVICES,
 )
-METRICS_PORT = Setting(
-    name="METRICS_PORT",
-    kind=INTEGER,
-    default=0,
-    minimum=0,
-    maximum=65535,
-    description="Port of the Prometheus /metrics HTTP endpoint; 0: not served.",
-    read_by=SERVICES,
+METRICS_PORT = port("METRICS_PORT", 0, "Port of the Prometheus /metrics HTTP endpoint; 0: not served.", SERVICES)
+GRPC_KEEPALIVE_TIME_S = seconds(
+    "GRPC_KEEPALIVE_TIME_S",
+    30.0,
+    "Pause between HTTP/2 pings on an idle connection, by clients and servers; servers accept pings"
+    " twice as often (taxidriver/keepalive.py).",
+    (*SERVICES, "CLI"),
 )
-GRPC_KEEPALIVE_TIME_S = Setting(
-    name="GRPC_KEEPALIVE_TIME_S",
-    kind=NUMBER,
-    default=30.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description=(
-        "Pause between HTTP/2 pings on an idle connection, by clients and servers; servers accept pings"
-        " twice as often (taxidriver/keepalive.py)."
-    ),
-    read_by=(*SERVICES, "CLI"),
+GRPC_KEEPALIVE_TIMEOUT_S = seconds(
+    "GRPC_KEEPALIVE_TIMEOUT_S",
+    10.0,
+    "How long a ping may go unanswered before the connection is declared dead.",
+    (*SERVICES, "CLI"),
 )
-GRPC_KEEPALIVE_TIMEOUT_S = Setting(
-    name="GRPC_KEEPALIVE_TIMEOUT_S",
-    kind=NUMBER,
-    default=10.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="How long a ping may go unanswered before the connection is declared dead.",
-    read_by=(*SERVICES, "CLI"),
-)
-REGISTRY_TARGET = Setting(
-    name="REGISTRY_TARGET",
-    kind=TEXT,
-    default="127.0.0.1:50053",
-    description="The registry's gRPC address (host:port or a gRPC target).",
-    read_by=("gateway", "trainer", "tuner"),
+REGISTRY_TARGET = text(
+    "REGISTRY_TARGET",
+    "127.0.0.1:50053",
+    "The registry's gRPC address (host:port or a gRPC target).",
+    ("gateway", "trainer", "tuner"),
 )
 TRAINER_TARGETS = Setting(
     name="TRAINER_TARGETS",
@@ -81,84 +59,47 @@ TRAINER_TARGETS = Setting(
     ),
     read_by=("gateway", "tuner"),
 )
-DATABASE_URL = Setting(
-    name="DATABASE_URL",
-    kind=TEXT,
-    default="",
+DATABASE_URL = text(
+    "DATABASE_URL",
+    "",
+    "PostgreSQL connection string. Required by the registry; the operator commands (users, purge,"
+    " backup, migrate) and `make run` use the embedded PostgreSQL of `make run` when it is unset.",
+    ("registry", "operator commands", "make run"),
     secret=True,
-    description=(
-        "PostgreSQL connection string. Required by the registry; the operator commands (users, purge,"
-        " backup, migrate) and `make run` use the embedded PostgreSQL of `make run` when it is unset."
-    ),
-    read_by=("registry", "operator commands", "make run"),
 )
-TAXI_DRIVER_DATA_DIR = Setting(
-    name="TAXI_DRIVER_DATA_DIR",
-    kind=TEXT,
-    default=".data",
-    description=(
-        "The data folder of `make run` (embedded PostgreSQL, the dev key, the first run), relative to the"
-        " working directory; the operator commands find the embedded PostgreSQL there."
-    ),
-    read_by=("make run", "operator commands"),
+TAXI_DRIVER_DATA_DIR = text(
+    "TAXI_DRIVER_DATA_DIR",
+    ".data",
+    "The data folder of `make run` (embedded PostgreSQL, the dev key, the first run), relative to the"
+    " working directory; the operator commands find the embedded PostgreSQL there.",
+    ("make run", "operator commands"),
 )
-TUNER_PORT = Setting(
-    name="TUNER_PORT",
-    kind=INTEGER,
-    default=50054,
-    minimum=0,
-    maximum=65535,
-    description="Port of the tuner; the tuner's default address is 127.0.0.1:TUNER_PORT (TUNER_ADDRESS wins).",
-    read_by=("tuner", "make run"),
+TUNER_PORT = port(
+    "TUNER_PORT",
+    50054,
+    "Port of the tuner; the tuner's default address is 127.0.0.1:TUNER_PORT (TUNER_ADDRESS wins).",
+    ("tuner", "make run"),
 )
-WEB_PORT = Setting(
-    name="WEB_PORT",
-    kind=INTEGER,
-    default=8000,
-    minimum=0,
-    maximum=65535,
-    description="Port of the HTTP face (0 picks a free one).",
-    read_by=("web", "make run"),
+WEB_PORT = port("WEB_PORT", 8000, "Port of the HTTP face (0 picks a free one).", ("web", "make run"))
+GATEWAY_PORT = port(
+    "GATEWAY_PORT", 50051, "Port `make run` gives the gateway (--gateway-port wins).", ("make run",), minimum=1
 )
-GATEWAY_PORT = Setting(
-    name="GATEWAY_PORT",
-    kind=INTEGER,
-    default=50051,
-    minimum=1,
-    maximum=65535,
-    description="Port `make run` gives the gateway (--gateway-port wins).",
-    read_by=("make run",),
+TRAINER_PORT = port(
+    "TRAINER_PORT", 50052, "Port `make run` gives the trainer (--trainer-port wins).", ("make run",), minimum=1
 )
-TRAINER_PORT = Setting(
-    name="TRAINER_PORT",
-    kind=INTEGER,
-    default=50052,
-    minimum=1,
-    maximum=65535,
-    description="Port `make run` gives the trainer (--trainer-port wins).",
-    read_by=("make run",),
+REGISTRY_PORT = port(
+    "REGISTRY_PORT", 50053, "Port `make run` gives the registry (--registry-port wins).", ("make run",), minimum=1
 )
-REGISTRY_PORT = Setting(
-    name="REGISTRY_PORT",
-    kind=INTEGER,
-    default=50053,
-    minimum=1,
-    maximum=65535,
-    description="Port `make run` gives the registry (--registry-port wins).",
-    read_by=("make run",),
+TAXI_DRIVER_GATEWAY = text(
+    "TAXI_DRIVER_GATEWAY",
+    "127.0.0.1:50051",
+    "The gateway the `taxi-driver` CLI and the Python client call (--gateway wins).",
+    ("CLI",),
 )
-TAXI_DRIVER_GATEWAY = Setting(
-    name="TAXI_DRIVER_GATEWAY",
-    kind=TEXT,
-    default="127.0.0.1:50051",
-    description="The gateway the `taxi-driver` CLI and the Python client call (--gateway wins).",
-    read_by=("CLI",),
-)
-TAXI_DRIVER_API_KEY = Setting(
-    name="TAXI_DRIVER_API_KEY",
-    kind=TEXT,
-    default="",
+TAXI_DRIVER_API_KEY = text(
+    "TAXI_DRIVER_API_KEY",
+    "",
+    "API key the `taxi-driver` CLI and the Python client send (authorization: Bearer).",
+    ("CLI",),
     secret=True,
-    description="API key the `taxi-driver` CLI and the Python client send (authorization: Bearer).",
-    read_by=("CLI",),
 )

@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from taxidriver.config import INTEGER, NUMBER, TEXT, EnvSettings, Setting, env_field
+from taxidriver.config import INTEGER, EnvSettings, Setting, env_field, integer, seconds, text
 from taxidriver.settings import INTERNAL_TOKEN, LOG_LEVEL, REGISTRY_TARGET
 
 TRAINER = ("trainer",)
 
-TRAINER_ADDRESS = Setting(
-    name="TRAINER_ADDRESS",
-    kind=TEXT,
-    default="127.0.0.1:50052",
-    description="Where the trainer listens (host:port; port 0 picks a free one).",
-    read_by=TRAINER,
+TRAINER_ADDRESS = text(
+    "TRAINER_ADDRESS", "127.0.0.1:50052", "Where the trainer listens (host:port; port 0 picks a free one).", TRAINER
 )
 TRAINER_WORKERS = Setting(
     name="TRAINER_WORKERS",
@@ -27,74 +23,56 @@ TRAINER_WORKERS = Setting(
     description="Worker processes, i.e. runs trained at once.",
     read_by=TRAINER,
 )
-TRAINER_HEARTBEAT_S = Setting(
-    name="TRAINER_HEARTBEAT_S",
-    kind=NUMBER,
-    default=2.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="Pause between two heartbeats of an active run (they renew its lease in the registry).",
-    read_by=TRAINER,
+TRAINER_HEARTBEAT_S = seconds(
+    "TRAINER_HEARTBEAT_S",
+    2.0,
+    "Pause between two heartbeats of an active run (they renew its lease in the registry).",
+    TRAINER,
 )
-TRAINER_MAX_BUFFERED_EPISODES = Setting(
-    name="TRAINER_MAX_BUFFERED_EPISODES",
-    kind=INTEGER,
-    default=200_000,
+TRAINER_MAX_BUFFERED_EPISODES = integer(
+    "TRAINER_MAX_BUFFERED_EPISODES",
+    200_000,
+    "Episodes kept in memory while the registry is unreachable, then spilled to disk.",
+    TRAINER,
     unit="episodes",
     minimum=0,
-    description="Episodes kept in memory while the registry is unreachable, then spilled to disk.",
-    read_by=TRAINER,
 )
-TRAINER_SPILL_DIR = Setting(
-    name="TRAINER_SPILL_DIR",
-    kind=TEXT,
-    default="",
+TRAINER_SPILL_DIR = text(
+    "TRAINER_SPILL_DIR",
+    "",
+    "Where episodes beyond TRAINER_MAX_BUFFERED_EPISODES are spilled.",
+    TRAINER,
     shown_default="the temporary folder",
-    description="Where episodes beyond TRAINER_MAX_BUFFERED_EPISODES are spilled.",
-    read_by=TRAINER,
 )
-TRAINER_GRACE_S = Setting(
-    name="TRAINER_GRACE_S",
-    kind=NUMBER,
-    default=20.0,
-    unit="seconds",
-    minimum=0,
-    description="How long SIGTERM waits for running runs to checkpoint (they become INTERRUPTED) and calls to end.",
-    read_by=TRAINER,
+TRAINER_GRACE_S = seconds(
+    "TRAINER_GRACE_S",
+    20.0,
+    "How long SIGTERM waits for running runs to checkpoint (they become INTERRUPTED) and calls to end.",
+    TRAINER,
+    zero=True,
 )
-TRAINER_MAX_ACTIVE_RUNS_PER_CALLER = Setting(
-    name="TRAINER_MAX_ACTIVE_RUNS_PER_CALLER",
-    kind=INTEGER,
-    default=8,
+TRAINER_MAX_ACTIVE_RUNS_PER_CALLER = integer(
+    "TRAINER_MAX_ACTIVE_RUNS_PER_CALLER",
+    8,
+    "Queued plus running runs one caller may have at once (the x-caller metadata value, else the peer).",
+    TRAINER,
     unit="runs",
     minimum=1,
-    description="Queued plus running runs one caller may have at once (the x-caller metadata value, else the peer).",
-    read_by=TRAINER,
 )
-TRAINER_REGISTRY_RETRY_S = Setting(
-    name="TRAINER_REGISTRY_RETRY_S",
-    kind=NUMBER,
-    default=60.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description=(
-        "How long a call that writes no run this trainer holds (registering, reading a run) retries an"
-        " unreachable registry before the caller gets UNAVAILABLE."
-    ),
-    read_by=TRAINER,
+TRAINER_REGISTRY_RETRY_S = seconds(
+    "TRAINER_REGISTRY_RETRY_S",
+    60.0,
+    "How long a call that writes no run this trainer holds (registering, reading a run) retries an"
+    " unreachable registry before the caller gets UNAVAILABLE.",
+    TRAINER,
 )
-NUMBA_CACHE_DIR = Setting(
-    name="NUMBA_CACHE_DIR",
-    kind=TEXT,
-    default="",
+NUMBA_CACHE_DIR = text(
+    "NUMBA_CACHE_DIR",
+    "",
+    "numba's own cache of compiled kernels (read by numba in every worker); the trainer logs it and"
+    " keeps its cache lock there (else in the temporary folder).",
+    TRAINER,
     shown_default="__pycache__ beside the sources",
-    description=(
-        "numba's own cache of compiled kernels (read by numba in every worker); the trainer logs it and"
-        " keeps its cache lock there (else in the temporary folder)."
-    ),
-    read_by=TRAINER,
 )
 
 

@@ -7,7 +7,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from taxidriver.config import NUMBER, TEXT, EnvSettings, Setting, env_field
+from taxidriver.config import TEXT, EnvSettings, Setting, env_field, seconds
 from taxidriver.settings import INTERNAL_TOKEN, LOG_LEVEL, REGISTRY_TARGET, TRAINER_TARGETS, TUNER_PORT
 
 TUNER = ("tuner",)
@@ -28,44 +28,17 @@ TUNER_ID = Setting(
     description="This tuner's name in sweep leases.",
     read_by=TUNER,
 )
-TUNER_LEASE_S = Setting(
-    name="TUNER_LEASE_S",
-    kind=NUMBER,
-    default=15.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="How long a sweep's lease lasts without renewal; renewed every third of it.",
-    read_by=TUNER,
+TUNER_LEASE_S = seconds(
+    "TUNER_LEASE_S", 15.0, "How long a sweep's lease lasts without renewal; renewed every third of it.", TUNER
 )
-TUNER_ADOPT_S = Setting(
-    name="TUNER_ADOPT_S",
-    kind=NUMBER,
-    default=5.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="Pause between two looks for sweeps nobody drives.",
-    read_by=TUNER,
-)
-TUNER_POLL_S = Setting(
-    name="TUNER_POLL_S",
-    kind=NUMBER,
-    default=0.5,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="Pause between two polls of a trial's runs.",
-    read_by=TUNER,
-)
-TUNER_SHUTDOWN_GRACE = Setting(
-    name="TUNER_SHUTDOWN_GRACE",
-    kind=NUMBER,
-    default=5.0,
-    unit="seconds",
-    minimum=0,
-    description="How long in-flight calls may take to finish after SIGTERM (sweeps are left to their leases).",
-    read_by=TUNER,
+TUNER_ADOPT_S = seconds("TUNER_ADOPT_S", 5.0, "Pause between two looks for sweeps nobody drives.", TUNER)
+TUNER_POLL_S = seconds("TUNER_POLL_S", 0.5, "Pause between two polls of a trial's runs.", TUNER)
+TUNER_SHUTDOWN_GRACE = seconds(
+    "TUNER_SHUTDOWN_GRACE",
+    5.0,
+    "How long in-flight calls may take to finish after SIGTERM (sweeps are left to their leases).",
+    TUNER,
+    zero=True,
 )
 
 

@@ -5,35 +5,19 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from taxidriver.config import BOOLEAN, NUMBER, TEXT, EnvSettings, Setting, SettingsError, env_field
+from taxidriver.config import BOOLEAN, TEXT, EnvSettings, Setting, SettingsError, env_field, seconds, text
 from taxidriver.settings import LOG_LEVEL, WEB_PORT
 
 WEB = ("web",)
 
-WEB_HOST = Setting(
-    name="WEB_HOST",
-    kind=TEXT,
-    default="127.0.0.1",
-    description="The HTTP face's listen host (its port: WEB_PORT).",
-    read_by=WEB,
+WEB_HOST = text("WEB_HOST", "127.0.0.1", "The HTTP face's listen host (its port: WEB_PORT).", WEB)
+GATEWAY_TARGET = text(
+    "GATEWAY_TARGET",
+    "127.0.0.1:50051",
+    "The gateway's public gRPC address: the only thing the HTTP face talks to.",
+    WEB,
 )
-GATEWAY_TARGET = Setting(
-    name="GATEWAY_TARGET",
-    kind=TEXT,
-    default="127.0.0.1:50051",
-    description="The gateway's public gRPC address: the only thing the HTTP face talks to.",
-    read_by=WEB,
-)
-WEB_CALL_TIMEOUT = Setting(
-    name="WEB_CALL_TIMEOUT",
-    kind=NUMBER,
-    default=60.0,
-    unit="seconds",
-    minimum=0,
-    exclusive_minimum=True,
-    description="Deadline of one unary call through the gateway.",
-    read_by=WEB,
-)
+WEB_CALL_TIMEOUT = seconds("WEB_CALL_TIMEOUT", 60.0, "Deadline of one unary call through the gateway.", WEB)
 WEB_SESSION_SECRET = Setting(
     name="WEB_SESSION_SECRET",
     kind=TEXT,
@@ -56,12 +40,8 @@ WEB_COOKIE_SECURE = Setting(
     ),
     read_by=WEB,
 )
-WEB_GATEWAY_CA_FILE = Setting(
-    name="WEB_GATEWAY_CA_FILE",
-    kind=TEXT,
-    default="",
-    description="CA certificate (PEM) of the gateway's TLS; empty for a plaintext gateway.",
-    read_by=WEB,
+WEB_GATEWAY_CA_FILE = text(
+    "WEB_GATEWAY_CA_FILE", "", "CA certificate (PEM) of the gateway's TLS; empty for a plaintext gateway.", WEB
 )
 
 
