@@ -1,15 +1,25 @@
 """What the gateway's hop costs: unary latency and streaming throughput, direct vs through it.
 
-Three processes, as in production: a stand-in RegistryService upstream (this
-script with --upstream), `python -m gateway` in front of it, and the client
-here. Direct and gateway calls are interleaved in rounds so machine noise hits
-both alike.
+Processes, as in production: a stand-in RegistryService upstream (this script
+with --upstream), `python -m gateway` in front of it, and the client here. Two
+reference hops run next to the gateway, written only for this measurement: the
+floor, an empty pass-through proxy on grpc's asyncio API (what one more gRPC hop
+costs in Python, with no authentication, metadata, telemetry or health), and the
+same on grpc's thread-pool API. Calls to every target are interleaved in rounds
+so machine noise hits all alike.
 
 Prints:
   bench: gateway_unary_p50_direct_ms, gateway_unary_p50_via_gateway_ms
-  bench: gateway_unary_p50_overhead_ms, gateway_unary_p99_overhead_ms   (target: p50 <= 0.5 ms)
+  bench: gateway_unary_p50_overhead_ms, gateway_unary_p99_overhead_ms   (target: p50 <= 0.3 ms)
   bench: gateway_stream_direct_msgs_per_s, gateway_stream_via_gateway_msgs_per_s
   bench: gateway_stream_throughput_ratio                                 (target: >= 0.9)
+  bench: gateway_auth_unary_p50_overhead_ms, gateway_auth_stream_throughput_ratio (API keys required)
+  bench: gateway_floor_unary_p50_overhead_ms, gateway_floor_stream_throughput_ratio
+  bench: gateway_floor_sync_unary_p50_overhead_ms, gateway_floor_sync_stream_throughput_ratio
+
+BENCH_GATEWAY_VARIANTS="name:KEY=VALUE,KEY=VALUE;..." adds a gateway per variant,
+started with those settings, and prints the same figures for it
+(gateway_<name>_unary_p50_overhead_ms, ...): before/after figures from one run.
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +42,19 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from bench.quick import size  # noqa: E402
+from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2  # noqa: E402
 
 UNARY_ROUNDS = int(os.environ.get("BENCH_GATEWAY_ROUNDS", str(size(10, 1))))
 UNARY_PER_ROUND = size(200, 20)
-STREAM_MESSAGES = size(20_000, 500)
+STREAM_MESSAGES = int(os.environ.get("BENCH_GATEWAY_STREAM_MESSAGES", str(size(20_000, 500))))
 STREAM_CHUNK = 1024
-STREAM_REPEATS = size(3, 1)
+STREAM_REPEATS = int(os.environ.get("BENCH_GATEWAY_STREAM_REPEATS", str(size(3, 1))))
+VARIANTS = os.environ.get("BENCH_GATEWAY_VARIANTS", "")
+
+SERVICE = "taxidriver.registry.v1.RegistryService"
+GET_RUN = f"/{SERVICE}/GetRun"
+EXPORT_MODEL = f"/{SERVICE}/ExportModel"
 
 
 class BenchRegistry(registry_service_pb2_grpc.RegistryServiceServicer):
@@ -62,23 +79,96 @@ class BenchRegistry(registry_service_pb2_grpc.RegistryServiceServicer):
             yield chunk
 
 
+class BenchAuth(auth_service_pb2_grpc.AuthServiceServicer):
+    """Every key is an admin's; keys never change (the gateway caches answers, as in production)."""
+
+    async def Authenticate(
+        self, request: auth_service_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.AuthenticateResponse:
+        return auth_service_pb2.AuthenticateResponse(user_id="1", username="bench", role=auth_service_pb2.ROLE_ADMIN)
+
+    async def WatchKeyChanges(
+        self, request: auth_service_pb2.WatchKeyChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[auth_service_pb2.WatchKeyChangesResponse]:
+        yield auth_service_pb2.WatchKeyChangesResponse()  # live: the gateway may cache
+        await asyncio.Event().wait()
+
+
 async def serve_upstream(port_file: Path) -> None:
     from taxidriver.server import ServiceBinding, create_server, stop_signal
 
-    servicer = BenchRegistry()
+    servicer, auth = BenchRegistry(), BenchAuth()
     running = await create_server(
         address="127.0.0.1:0",
         services=[
             ServiceBinding(
-                name="taxidriver.registry.v1.RegistryService",
+                name=SERVICE,
                 register=lambda s: registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s),
-            )
+            ),
+            ServiceBinding(
+                name="taxidriver.auth.v1.AuthService",
+                register=lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, s),
+            ),
         ],
     )
     stop = stop_signal()
     port_file.write_text(str(running.port))  # noqa: ASYNC240 - once, before serving
     await stop.wait()
     await running.server.stop(0.5)
+
+
+async def serve_floor(port_file: Path, upstream: str) -> None:
+    """The floor: bytes in, bytes out, on grpc's asyncio API, and nothing else."""
+    channel = grpc.aio.insecure_channel(upstream)
+    get_run = channel.unary_unary(GET_RUN)
+    export_model = channel.unary_stream(EXPORT_MODEL)
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        response: bytes = await get_run(request)
+        return response
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        call = export_model(request)
+        while (response := await call.read()) is not grpc.aio.EOF:
+            await context.write(response)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_handlers(unary, stream),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))  # noqa: ASYNC240 - once, before serving
+    await server.wait_for_termination()
+
+
+def serve_floor_sync(port_file: Path, upstream: str) -> None:
+    """The same on grpc's thread-pool API (a blocking channel, a thread per call)."""
+    channel = grpc.insecure_channel(upstream)
+    get_run = channel.unary_unary(GET_RUN)
+    export_model = channel.unary_stream(EXPORT_MODEL)
+
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        response: bytes = get_run(request)
+        return response
+
+    def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from export_model(request)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((_handlers(unary, stream),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port_file.write_text(str(port))
+    server.wait_for_termination()
+
+
+def _handlers(unary: object, stream: object) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "GetRun": grpc.unary_unary_rpc_method_handler(unary),
+            "ExportModel": grpc.unary_stream_rpc_method_handler(stream),
+        },
+    )
 
 
 def free_port() -> int:
@@ -94,7 +184,7 @@ def wait_ready(target: str) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                stub.GetRun(registry_service_pb2.GetRunRequest(run_id="x"), timeout=5)
+                stub.GetRun(registry_service_pb2.GetRunRequest(run_id="x"), timeout=5, metadata=KEY)
                 return
             except grpc.RpcError:
                 if time.monotonic() > deadline:
@@ -102,12 +192,16 @@ def wait_ready(target: str) -> None:
                 time.sleep(0.1)
 
 
+# Sent to every target alike (only the gateway with keys required checks it).
+KEY = (("authorization", "Bearer bench-key"),)
+
+
 def unary_latencies(stub: registry_service_pb2_grpc.RegistryServiceStub, count: int) -> list[float]:
     request = registry_service_pb2.GetRunRequest(run_id="00000000-0000-0000-0000-000000000000")
     samples = []
     for _ in range(count):
         started = time.perf_counter()
-        stub.GetRun(request, timeout=10)
+        stub.GetRun(request, timeout=10, metadata=KEY)
         samples.append(time.perf_counter() - started)
     return samples
 
@@ -115,7 +209,8 @@ def unary_latencies(stub: registry_service_pb2_grpc.RegistryServiceStub, count: 
 def stream_rate(stub: registry_service_pb2_grpc.RegistryServiceStub) -> float:
     started = time.perf_counter()
     received = 0
-    for _ in stub.ExportModel(registry_service_pb2.ExportModelRequest(model_id=str(STREAM_MESSAGES)), timeout=120):
+    request = registry_service_pb2.ExportModelRequest(model_id=str(STREAM_MESSAGES))
+    for _ in stub.ExportModel(request, timeout=120, metadata=KEY):
         received += 1
     elapsed = time.perf_counter() - started
     assert received == STREAM_MESSAGES
@@ -127,76 +222,117 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def parse_variants(text: str) -> dict[str, dict[str, str]]:
+    """BENCH_GATEWAY_VARIANTS ("name:K=V,K=V;name2:...") as {name: {K: V}}."""
+    variants: dict[str, dict[str, str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, settings = part.partition(":")
+        pairs = (item.partition("=") for item in settings.split(",") if item.strip())
+        variants[name.strip()] = {key.strip(): value.strip() for key, _, value in pairs}
+    return variants
+
+
 def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+    processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as scratch:
-        port_file = Path(scratch) / "port"
-        upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(port_file)], env=env)
-        gateway: subprocess.Popen[bytes] | None = None
-        try:
+
+        def start_helper(mode: str, *args: str) -> str:
+            port_file = Path(scratch) / mode
+            process = subprocess.Popen([sys.executable, __file__, mode, str(port_file), *args], env=env)
+            processes.append(process)
             deadline = time.monotonic() + 60
             while not port_file.exists() or not port_file.read_text():
-                if time.monotonic() > deadline or upstream.poll() is not None:
-                    raise RuntimeError("upstream did not start")
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{mode} did not start")
                 time.sleep(0.05)
-            direct_target = f"127.0.0.1:{port_file.read_text()}"
-            gateway_target = f"127.0.0.1:{free_port()}"
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway"],
-                cwd=ROOT,
-                env={
-                    **env,
-                    "GATEWAY_ADDRESS": gateway_target,
-                    # The stand-in upstream has no AuthService: this measures forwarding alone
-                    # (with keys, a cached lookup is added per call, not a registry round trip).
-                    "GATEWAY_AUTH_REQUIRED": "false",
-                    "REGISTRY_TARGET": direct_target,
-                    "TRAINER_TARGETS": direct_target,
-                },
-            )
-            wait_ready(direct_target)
-            wait_ready(gateway_target)
-            measure(direct_target, gateway_target)
+            return f"127.0.0.1:{port_file.read_text()}"
+
+        def start_gateway(extra: dict[str, str]) -> str:
+            target = f"127.0.0.1:{free_port()}"
+            gateway_env = {
+                **env,
+                "GATEWAY_ADDRESS": target,
+                # Forwarding alone; the "auth" gateway adds the key check.
+                "GATEWAY_AUTH_REQUIRED": "false",
+                "REGISTRY_TARGET": direct,
+                "TRAINER_TARGETS": direct,
+                **extra,
+            }
+            processes.append(subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=gateway_env))
+            return target
+
+        try:
+            direct = start_helper("--upstream")
+            targets = {
+                "direct": direct,
+                "gateway": start_gateway({}),
+                # As deployed: API keys required (the stand-in AuthService answers; cached per key).
+                "auth": start_gateway({"GATEWAY_AUTH_REQUIRED": "true"}),
+            }
+            for name, extra in parse_variants(VARIANTS).items():
+                targets[name] = start_gateway(extra)
+            targets["floor"] = start_helper("--floor", direct)
+            targets["floor_sync"] = start_helper("--floor-sync", direct)
+            for target in targets.values():
+                wait_ready(target)
+            measure(targets)
         finally:
-            for process in (gateway, upstream):
-                if process is not None:
-                    process.terminate()
-                    process.wait(20)
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(20)
     return 0
 
 
-def measure(direct_target: str, gateway_target: str) -> None:
-    with grpc.insecure_channel(direct_target) as direct_channel, grpc.insecure_channel(gateway_target) as gw_channel:
-        direct = registry_service_pb2_grpc.RegistryServiceStub(direct_channel)
-        via_gateway = registry_service_pb2_grpc.RegistryServiceStub(gw_channel)
-        unary_latencies(direct, 300)
-        unary_latencies(via_gateway, 300)
-        direct_samples: list[float] = []
-        gateway_samples: list[float] = []
-        for _ in range(UNARY_ROUNDS):
-            direct_samples += unary_latencies(direct, UNARY_PER_ROUND)
-            gateway_samples += unary_latencies(via_gateway, UNARY_PER_ROUND)
-        p50_direct, p50_gateway = percentile(direct_samples, 0.5), percentile(gateway_samples, 0.5)
-        p99_direct, p99_gateway = percentile(direct_samples, 0.99), percentile(gateway_samples, 0.99)
-        print(f"bench: gateway_unary_p50_direct_ms = {p50_direct * 1000:.3f} ms")
-        print(f"bench: gateway_unary_p50_via_gateway_ms = {p50_gateway * 1000:.3f} ms")
-        print(f"bench: gateway_unary_p50_overhead_ms = {(p50_gateway - p50_direct) * 1000:.3f} ms")
-        print(f"bench: gateway_unary_p99_overhead_ms = {(p99_gateway - p99_direct) * 1000:.3f} ms")
+def prefix(name: str) -> str:
+    return "gateway" if name == "gateway" else f"gateway_{name}"
 
-        stream_rate(direct)
-        stream_rate(via_gateway)
-        direct_rates, gateway_rates = [], []
+
+def measure(targets: dict[str, str]) -> None:
+    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    try:
+        stubs = {name: registry_service_pb2_grpc.RegistryServiceStub(channel) for name, channel in channels.items()}
+        unary: dict[str, list[float]] = {name: [] for name in stubs}
+        for stub in stubs.values():
+            unary_latencies(stub, 300)
+        for _ in range(UNARY_ROUNDS):
+            for name, stub in stubs.items():
+                unary[name] += unary_latencies(stub, UNARY_PER_ROUND)
+        p50_direct, p99_direct = percentile(unary["direct"], 0.5), percentile(unary["direct"], 0.99)
+        print(f"bench: gateway_unary_p50_direct_ms = {p50_direct * 1000:.3f} ms")
+        for name in [n for n in stubs if n != "direct"]:
+            p50, p99 = percentile(unary[name], 0.5), percentile(unary[name], 0.99)
+            if name == "gateway":
+                print(f"bench: gateway_unary_p50_via_gateway_ms = {p50 * 1000:.3f} ms")
+            print(f"bench: {prefix(name)}_unary_p50_overhead_ms = {(p50 - p50_direct) * 1000:.3f} ms")
+            print(f"bench: {prefix(name)}_unary_p99_overhead_ms = {(p99 - p99_direct) * 1000:.3f} ms")
+
+        rates: dict[str, list[float]] = {name: [] for name in stubs}
+        for stub in stubs.values():
+            stream_rate(stub)
         for _ in range(STREAM_REPEATS):
-            direct_rates.append(stream_rate(direct))
-            gateway_rates.append(stream_rate(via_gateway))
-        direct_rate, gateway_rate = statistics.median(direct_rates), statistics.median(gateway_rates)
+            for name, stub in stubs.items():
+                rates[name].append(stream_rate(stub))
+        direct_rate = statistics.median(rates["direct"])
         print(f"bench: gateway_stream_direct_msgs_per_s = {direct_rate:.0f} msg/s")
-        print(f"bench: gateway_stream_via_gateway_msgs_per_s = {gateway_rate:.0f} msg/s")
-        print(f"bench: gateway_stream_throughput_ratio = {gateway_rate / direct_rate:.3f} ratio")
+        for name in [n for n in stubs if n != "direct"]:
+            rate = statistics.median(rates[name])
+            if name == "gateway":
+                print(f"bench: gateway_stream_via_gateway_msgs_per_s = {rate:.0f} msg/s")
+            print(f"bench: {prefix(name)}_stream_throughput_ratio = {rate / direct_rate:.3f} ratio")
+    finally:
+        for channel in channels.values():
+            channel.close()
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--upstream":
         asyncio.run(serve_upstream(Path(sys.argv[2])))
+        sys.exit(0)
+    if len(sys.argv) == 4 and sys.argv[1] == "--floor":
+        asyncio.run(serve_floor(Path(sys.argv[2]), sys.argv[3]))
+        sys.exit(0)
+    if len(sys.argv) == 4 and sys.argv[1] == "--floor-sync":
+        serve_floor_sync(Path(sys.argv[2]), sys.argv[3])
         sys.exit(0)
     sys.exit(main())
