@@ -16,6 +16,8 @@ Prints:
   bench: gateway_auth_unary_p50_overhead_ms, gateway_auth_stream_throughput_ratio (API keys required)
   bench: gateway_floor_unary_p50_overhead_ms, gateway_floor_stream_throughput_ratio
   bench: gateway_floor_sync_unary_p50_overhead_ms, gateway_floor_sync_stream_throughput_ratio
+  and for every hop its own CPU time: <hop>_unary_cpu_us_per_call, <hop>_stream_cpu_us_per_msg
+  (what the hop costs, which the machine's load inflates far less than it does latency)
 
 BENCH_GATEWAY_VARIANTS="name:KEY=VALUE,KEY=VALUE;..." adds a gateway per variant,
 started with those settings, and prints the same figures for it
@@ -34,6 +36,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +174,12 @@ def _handlers(unary: object, stream: object) -> grpc.GenericRpcHandler:
     )
 
 
+@dataclass(frozen=True)
+class Hop:
+    target: str
+    pid: int  # the process serving `target`
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -237,7 +246,7 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as scratch:
 
-        def start_helper(mode: str, *args: str) -> str:
+        def start_helper(mode: str, *args: str) -> Hop:
             port_file = Path(scratch) / mode
             process = subprocess.Popen([sys.executable, __file__, mode, str(port_file), *args], env=env)
             processes.append(process)
@@ -246,21 +255,21 @@ def main() -> int:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"{mode} did not start")
                 time.sleep(0.05)
-            return f"127.0.0.1:{port_file.read_text()}"
+            return Hop(target=f"127.0.0.1:{port_file.read_text()}", pid=process.pid)
 
-        def start_gateway(extra: dict[str, str]) -> str:
+        def start_gateway(extra: dict[str, str]) -> Hop:
             target = f"127.0.0.1:{free_port()}"
             gateway_env = {
                 **env,
                 "GATEWAY_ADDRESS": target,
                 # Forwarding alone; the "auth" gateway adds the key check.
                 "GATEWAY_AUTH_REQUIRED": "false",
-                "REGISTRY_TARGET": direct,
-                "TRAINER_TARGETS": direct,
+                "REGISTRY_TARGET": direct.target,
+                "TRAINER_TARGETS": direct.target,
                 **extra,
             }
             processes.append(subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=gateway_env))
-            return target
+            return Hop(target=target, pid=processes[-1].pid)
 
         try:
             direct = start_helper("--upstream")
@@ -272,10 +281,10 @@ def main() -> int:
             }
             for name, extra in parse_variants(VARIANTS).items():
                 targets[name] = start_gateway(extra)
-            targets["floor"] = start_helper("--floor", direct)
-            targets["floor_sync"] = start_helper("--floor-sync", direct)
-            for target in targets.values():
-                wait_ready(target)
+            targets["floor"] = start_helper("--floor", direct.target)
+            targets["floor_sync"] = start_helper("--floor-sync", direct.target)
+            for hop in targets.values():
+                wait_ready(hop.target)
             measure(targets)
         finally:
             for process in reversed(processes):
@@ -288,38 +297,54 @@ def prefix(name: str) -> str:
     return "gateway" if name == "gateway" else f"gateway_{name}"
 
 
-def measure(targets: dict[str, str]) -> None:
-    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux): a hop's cost, which machine load
+    inflates far less than it does latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(targets: dict[str, Hop]) -> None:
+    channels = {name: grpc.insecure_channel(hop.target) for name, hop in targets.items()}
+    # The upstream also serves every hop's calls: only the hops' own CPU is attributable.
+    hops = [name for name in targets if name != "direct"]
     try:
         stubs = {name: registry_service_pb2_grpc.RegistryServiceStub(channel) for name, channel in channels.items()}
         unary: dict[str, list[float]] = {name: [] for name in stubs}
         for stub in stubs.values():
             unary_latencies(stub, 300)
+        cpu_before = {name: cpu_seconds(targets[name].pid) for name in hops}
         for _ in range(UNARY_ROUNDS):
             for name, stub in stubs.items():
                 unary[name] += unary_latencies(stub, UNARY_PER_ROUND)
+        unary_cpu = {name: cpu_seconds(targets[name].pid) - cpu_before[name] for name in hops}
         p50_direct, p99_direct = percentile(unary["direct"], 0.5), percentile(unary["direct"], 0.99)
         print(f"bench: gateway_unary_p50_direct_ms = {p50_direct * 1000:.3f} ms")
-        for name in [n for n in stubs if n != "direct"]:
+        for name in hops:
             p50, p99 = percentile(unary[name], 0.5), percentile(unary[name], 0.99)
             if name == "gateway":
                 print(f"bench: gateway_unary_p50_via_gateway_ms = {p50 * 1000:.3f} ms")
             print(f"bench: {prefix(name)}_unary_p50_overhead_ms = {(p50 - p50_direct) * 1000:.3f} ms")
             print(f"bench: {prefix(name)}_unary_p99_overhead_ms = {(p99 - p99_direct) * 1000:.3f} ms")
+            print(f"bench: {prefix(name)}_unary_cpu_us_per_call = {unary_cpu[name] / len(unary[name]) * 1e6:.0f} us")
 
         rates: dict[str, list[float]] = {name: [] for name in stubs}
         for stub in stubs.values():
             stream_rate(stub)
+        cpu_before = {name: cpu_seconds(targets[name].pid) for name in hops}
         for _ in range(STREAM_REPEATS):
             for name, stub in stubs.items():
                 rates[name].append(stream_rate(stub))
+        stream_cpu = {name: cpu_seconds(targets[name].pid) - cpu_before[name] for name in hops}
+        messages = STREAM_REPEATS * STREAM_MESSAGES
         direct_rate = statistics.median(rates["direct"])
         print(f"bench: gateway_stream_direct_msgs_per_s = {direct_rate:.0f} msg/s")
-        for name in [n for n in stubs if n != "direct"]:
+        for name in hops:
             rate = statistics.median(rates[name])
             if name == "gateway":
                 print(f"bench: gateway_stream_via_gateway_msgs_per_s = {rate:.0f} msg/s")
             print(f"bench: {prefix(name)}_stream_throughput_ratio = {rate / direct_rate:.3f} ratio")
+            print(f"bench: {prefix(name)}_stream_cpu_us_per_msg = {stream_cpu[name] / messages * 1e6:.1f} us")
     finally:
         for channel in channels.values():
             channel.close()
