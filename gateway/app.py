@@ -12,7 +12,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
 from gateway.auth import AuthInterceptor, KeyAuthenticator
-from gateway.forwarding import Upstream, refusing_handler, register_forwarding
+from gateway.forwarding import Upstream, forwarding_handler, refusing_handler
 from gateway.settings import GatewaySettings
 from gateway.upstream_health import HealthMirror
 from taxidriver.access import least_roles
@@ -112,15 +112,14 @@ async def start_gateway(
     def add(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], None]:
         return lambda server: server.add_generic_rpc_handlers((handler,))
 
-    def forward(service: ServiceDescriptor, upstream: Upstream) -> ServiceBinding:
-        return ServiceBinding(name=service.full_name, register=lambda s: register_forwarding(s, service, upstream))
-
     running = await create_server(
         address=settings.address,
         services=[
-            forward(TRAINER_SERVICE, trainer),
-            forward(REGISTRY_SERVICE, registry),
-            forward(TUNER_SERVICE, tuner),
+            ServiceBinding(name=TRAINER_SERVICE.full_name, register=add(forwarding_handler(TRAINER_SERVICE, trainer))),
+            ServiceBinding(
+                name=REGISTRY_SERVICE.full_name, register=add(forwarding_handler(REGISTRY_SERVICE, registry))
+            ),
+            ServiceBinding(name=TUNER_SERVICE.full_name, register=add(forwarding_handler(TUNER_SERVICE, tuner))),
             ServiceBinding(
                 name=INGEST_SERVICE.full_name,
                 register=add(refusing_handler(INGEST_SERVICE, INGEST_REFUSAL)),

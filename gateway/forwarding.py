@@ -150,9 +150,8 @@ class Upstream:
                 "stream_unary": channel.stream_unary,
                 "stream_stream": channel.stream_stream,
             }[kind]
-            # No serializers: requests and responses stay bytes. Registered with the channel
-            # once, as generated stubs do: no per-call method lookup in grpc's core.
-            found = factory(path, _registered_method=True)
+            # No serializers: requests and responses stay bytes.
+            found = factory(path)
             self._callables[key] = found
         return found
 
@@ -318,23 +317,15 @@ _FORWARDERS = {
 }
 
 
-def forwarding_handlers(service: ServiceDescriptor, upstream: Upstream) -> dict[str, grpc.RpcMethodHandler]:
-    """Every method of `service` by name, each of its own call kind, forwarded to `upstream`."""
-    return {
+def forwarding_handler(service: ServiceDescriptor, upstream: Upstream) -> grpc.GenericRpcHandler:
+    """Every method of `service`, each of its own call kind, forwarded to `upstream`."""
+    handlers = {
         method.name: _FORWARDERS[_kind(method.client_streaming, method.server_streaming)](
             upstream, f"/{service.full_name}/{method.name}"
         )
         for method in service.methods
     }
-
-
-def register_forwarding(server: grpc.aio.Server, service: ServiceDescriptor, upstream: Upstream) -> None:
-    """Serves `service` by forwarding to `upstream`, registered as generated code registers a servicer:
-    registered methods are matched by grpc's core as a call arrives (no per-call lookup),
-    the generic handler answers anything else."""
-    handlers = forwarding_handlers(service, upstream)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def refusing_handler(service: ServiceDescriptor, reason: str) -> grpc.GenericRpcHandler:
