@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.forwarding import Upstream, cancel_quietly
+from taxidriver.retry import Backoff, Delays
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ class HealthMirror:
 
     async def _watch(self, upstream: Upstream, index: int) -> None:
         stub = health_pb2_grpc.HealthStub(upstream.channels[index])
-        delay = 0.1
+        delays = Delays(Backoff(first=min(0.1, self.retry_max), cap=self.retry_max))
         while True:
             try:
                 call = stub.Watch(health_pb2.HealthCheckRequest(service=upstream.service))
                 async for reply in call:
                     await self._mark(upstream, index, reply.status == SERVING)
-                    delay = 0.1
+                    delays.reset()
                 # The upstream ended the watch (it is shutting down).
                 await self._mark(upstream, index, False)
             except grpc.aio.AioRpcError as error:
@@ -68,8 +69,7 @@ class HealthMirror:
                         error.details(),
                     )
                 await self._mark(upstream, index, False)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.retry_max)
+            await delays.wait()
 
     async def _mark(self, upstream: Upstream, index: int, serving: bool) -> None:
         upstream.healthy[index] = serving

@@ -1,7 +1,7 @@
 """The trainer's thin client for the registry's internal ingest API.
 
-Unary calls retry on UNAVAILABLE / DEADLINE_EXCEEDED with capped backoff: a registry that
-restarts must not fail a run that trained fine. Writes for a run this trainer holds retry for
+Calls retry on UNAVAILABLE / DEADLINE_EXCEEDED (taxidriver.retry: jittered, capped backoff): a
+registry that restarts must not fail a run that trained fine. Writes for a run this trainer holds retry for
 as long as it holds the run (a registry outage of any length must not strand the run); other
 calls give up after `retry_for`. Every other error is the caller's, except that a refusal
 meaning "this trainer no longer holds the run" is raised as RunLost for held-run writes.
@@ -9,9 +9,8 @@ meaning "this trainer no longer holds the run" is raised as RunLost for held-run
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,14 +22,14 @@ from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
 from taxidriver.reasons.v1.error_reason_pb2 import ErrorReason
 from taxidriver.registry.v1 import resources_pb2
+from taxidriver.retry import Backoff, RetryPolicy
 from taxidriver.vocabulary import error_reason, reason
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # Backoff between retries of an unreachable registry (seconds).
-FIRST_DELAY, MAX_DELAY = 0.05, 2.0
+BACKOFF = Backoff(first=0.05, cap=2.0)
 # Registry refusals that mean the run is no longer this trainer's to write: another trainer
 # took it (LEASE_LOST), it was deleted (NOT_FOUND) or it already ended (RUN_FINISHED, e.g.
 # cancelled while this trainer was cut off).
@@ -82,26 +81,23 @@ class RegistryClient:
         self.stub = ingest_service_pb2_grpc.IngestServiceStub(self.channel)
         self.call_timeout = call_timeout
         self.retry_for = retry_for
+        # Other calls give up after `retry_for` seconds; writes for a run we hold never do.
+        self.retry = RetryPolicy(backoff=BACKOFF, budget=retry_for)
+        self.retry_held = dataclasses.replace(self.retry, budget=None)
 
     async def close(self) -> None:
         await self.channel.close()
 
     async def _retry(self, call: Callable[[], Awaitable[T]], what: str, *, held_run: str = "") -> T:
         """Retries an unreachable registry; `held_run`: a write for a run we hold (no time limit)."""
-        loop = asyncio.get_running_loop()
-        deadline = math.inf if held_run else loop.time() + self.retry_for
-        delay = FIRST_DELAY
-        while True:
-            try:
-                return await call()
-            except grpc.aio.AioRpcError as error:
-                if held_run and (reason := lost_reason(error)):
-                    raise RunLost(held_run, reason, error.details() or "") from error
-                if error.code() not in RETRYABLE or loop.time() + delay > deadline:
-                    raise
-                log.warning("%s: registry %s (%s); retrying in %.2fs", what, error.code().name, error.details(), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_DELAY)
+        if not held_run:
+            return await self.retry.call(call, f"{what}: registry")
+
+        def refused(error: grpc.aio.AioRpcError) -> None:
+            if reason := lost_reason(error):
+                raise RunLost(held_run, reason, error.details() or "") from error
+
+        return await self.retry_held.call(call, f"{what}: registry", refused=refused)
 
     async def register_run(
         self, request: ingest_service_pb2.RegisterRunRequest

@@ -22,8 +22,9 @@ import numpy as np
 from grpc._cython import cygrpc
 
 from taxidriver.ingest.v1 import ingest_service_pb2
+from taxidriver.retry import STREAM_BROKEN, Delays
 from trainer_service.engine import EpisodeColumns
-from trainer_service.registry_client import RegistryClient, lost_reason
+from trainer_service.registry_client import BACKOFF, RegistryClient, lost_reason
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class EpisodeStreamer:
             self._progress.notify_all()
 
     async def _run(self) -> None:
-        delay = 0.05
+        delays = Delays(BACKOFF)
         call: grpc.aio.StreamStreamCall | None = None
         while True:
             request = self._next_request()
@@ -235,7 +236,7 @@ class EpisodeStreamer:
                 if ack is grpc.aio.EOF:
                     raise ConnectionError("ingest stream closed by the registry")
                 await self._acknowledge(ack.episodes_recorded)
-                delay = 0.05
+                delays.reset()
             except (
                 grpc.aio.AioRpcError,
                 grpc.aio.UsageError,
@@ -250,13 +251,7 @@ class EpisodeStreamer:
                 if call is not None:
                     call.cancel()
                 call = None
-                if code is not None and code not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED,
-                    grpc.StatusCode.INTERNAL,
-                    grpc.StatusCode.UNKNOWN,
-                ):
+                if code is not None and code not in STREAM_BROKEN:
                     log.error("run %s: registry refused episodes: %s %s", self.run_id, code.name, str(error))
                     await self._fail(error)
                     reason = lost_reason(error) if isinstance(error, grpc.aio.AioRpcError) else ""
@@ -264,6 +259,7 @@ class EpisodeStreamer:
                         self.on_lost(reason)
                     return
                 self.reconnects += 1
+                delay = delays.next()
                 log.warning(
                     "run %s: ingest stream lost (%s); replaying from episode %d in %.2fs",
                     self.run_id,
@@ -272,7 +268,6 @@ class EpisodeStreamer:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
         if call is not None:
             # Everything is acknowledged: half-close and let the registry end the stream.
             try:

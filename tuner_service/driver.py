@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from taxidriver import seedstats as stats
 from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import sweep_store_pb2, sweep_store_pb2_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
+from taxidriver.retry import BUSY, Backoff, RetryPolicy
 from taxidriver.trainer.v1 import trainer_service_pb2
 from taxidriver.tuner.v1 import tuner_service_pb2 as pb
 from tuner_service import space
@@ -50,11 +52,11 @@ SWEEP_STATE_FROM_DB = {
     "cancelled": pb.SWEEP_STATE_CANCELLED,
     "failed": pb.SWEEP_STATE_FAILED,
 }
-# Trainer answers worth another try (elsewhere, or a little later): no trainer reachable,
-# a trainer's per-caller queue full, a run still held by a trainer that is stopping it.
-RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
+# Answers worth another try (elsewhere, or a little later), for as long as we hold the sweep:
+# no trainer or registry reachable, a trainer's per-caller queue full.
+RETRY = RetryPolicy(backoff=Backoff(first=0.2, cap=2.0), retryable=BUSY)
+# A full trainer is an ordinary answer under load, not worth a warning.
+TRAINER_RETRY = dataclasses.replace(RETRY, log_level=logging.INFO)
 CALL_TIMEOUT_S = 30.0
 
 
@@ -201,16 +203,7 @@ class SweepDriver:
 
     async def _retrying(self, attempt: Callable[[], Any]) -> Any:
         """Retries a registry call while the registry is unreachable (and we still hold the sweep)."""
-        delay = 0.2
-        while True:
-            try:
-                return await attempt()
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE:
-                    raise
-                log.warning("sweep %s: registry call failed (%s), retrying", self.sweep_id, error.code().name)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        return await RETRY.call(attempt, f"sweep {self.sweep_id}: registry call")
 
     async def _renew_forever(self) -> None:
         interval = self.services.lease_seconds / 3
@@ -390,21 +383,14 @@ class SweepDriver:
 
     async def _trainer_call(self, method: str, request: Any) -> Any:
         """One trainer call, retried on another trainer (or later) while none can take it."""
-        delay = 0.2
-        while True:
+
+        async def attempt() -> Any:
             if self.lost.is_set():
                 raise LeaseLost()
             stub = self.services.trainers.pick()
-            try:
-                return await getattr(stub, method)(
-                    request, timeout=CALL_TIMEOUT_S, metadata=(("x-caller", self.caller),)
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE:
-                    raise
-                log.info("sweep %s: %s refused (%s), retrying", self.sweep_id, method, error.code().name)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            return await getattr(stub, method)(request, timeout=CALL_TIMEOUT_S, metadata=(("x-caller", self.caller),))
+
+        return await TRAINER_RETRY.call(attempt, f"sweep {self.sweep_id}: {method}")
 
     @property
     def caller(self) -> str:
@@ -472,7 +458,7 @@ class SweepDriver:
             try:
                 reply = await self.services.registry.GetRun(request, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE:
+                if error.code() not in BUSY:
                     raise
                 await asyncio.sleep(self.services.poll_interval)
                 continue
