@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.auth import current_principal
 from taxidriver.access import CALLER_KEYS
+from taxidriver.handlers import make_handler, method_kind, responds_with_stream
 from taxidriver.internal_auth import INTERNAL_TOKEN_KEY
 from taxidriver.keepalive import channel_options
 from taxidriver.logs import request_id_var
@@ -143,25 +144,15 @@ class Upstream:
         key = (index, kind, path)
         found = self._callables.get(key)
         if found is None:
-            channel = self.channels[index]
-            factory = {
-                "unary_unary": channel.unary_unary,
-                "unary_stream": channel.unary_stream,
-                "stream_unary": channel.stream_unary,
-                "stream_stream": channel.stream_stream,
-            }[kind]
-            # No serializers: requests and responses stay bytes.
-            found = factory(path)
+            # A kind's name is also the channel's method for it. No serializers: requests and
+            # responses stay bytes.
+            found = getattr(self.channels[index], kind)(path)
             self._callables[key] = found
         return found
 
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
-
-
-def _kind(client_streaming: bool, server_streaming: bool) -> str:
-    return f"{'stream' if client_streaming else 'unary'}_{'stream' if server_streaming else 'unary'}"
 
 
 async def _relay_error(
@@ -196,10 +187,12 @@ async def _relay_trailing(context: grpc.aio.ServicerContext, call: Any) -> None:
         context.set_trailing_metadata(trailing)
 
 
-def _forward_unary_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
-    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+def _forward_to_one_response(upstream: Upstream, path: str, kind: str) -> grpc.RpcMethodHandler:
+    """Unary and client-streaming methods: the request (or the request stream) up, one answer back."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> bytes:
         index = upstream.pick()
-        call = upstream.multicallable(index, "unary_unary", path)(
+        call = upstream.multicallable(index, kind, path)(
             request,
             timeout=context.time_remaining(),
             metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
@@ -216,30 +209,7 @@ def _forward_unary_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandler
         await _relay_trailing(context, call)
         return response
 
-    return grpc.unary_unary_rpc_method_handler(handle)
-
-
-def _forward_stream_unary(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
-    async def handle(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
-        index = upstream.pick()
-        call = upstream.multicallable(index, "stream_unary", path)(
-            request_iterator,
-            timeout=context.time_remaining(),
-            metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
-        )
-        try:
-            response: bytes = await call
-        except grpc.aio.AioRpcError as error:
-            await _relay_error(context, error, upstream, index)
-            raise
-        finally:
-            if not call.done():
-                call.cancel()
-        await _relay_initial(context, call)
-        await _relay_trailing(context, call)
-        return response
-
-    return grpc.stream_unary_rpc_method_handler(handle)
+    return make_handler(kind, handle)
 
 
 READ_AHEAD = 64
@@ -283,46 +253,30 @@ async def _pipe_responses(call: Any, context: grpc.aio.ServicerContext, upstream
     await _relay_trailing(context, call)
 
 
-def _forward_unary_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
-    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> None:
+def _forward_to_response_stream(upstream: Upstream, path: str, kind: str) -> grpc.RpcMethodHandler:
+    """Server-streaming and bidi methods: the responses piped back as they come."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         index = upstream.pick()
-        call = upstream.multicallable(index, "unary_stream", path)(
+        call = upstream.multicallable(index, kind, path)(
             request,
             timeout=context.time_remaining(),
             metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
         )
         await _pipe_responses(call, context, upstream, index)
 
-    return grpc.unary_stream_rpc_method_handler(handle)
+    return make_handler(kind, handle)
 
 
-def _forward_stream_stream(upstream: Upstream, path: str) -> grpc.RpcMethodHandler:
-    async def handle(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        index = upstream.pick()
-        call = upstream.multicallable(index, "stream_stream", path)(
-            request_iterator,
-            timeout=context.time_remaining(),
-            metadata=request_metadata(context.invocation_metadata()) + upstream.extra_metadata,
-        )
-        await _pipe_responses(call, context, upstream, index)
-
-    return grpc.stream_stream_rpc_method_handler(handle)
-
-
-_FORWARDERS = {
-    "unary_unary": _forward_unary_unary,
-    "unary_stream": _forward_unary_stream,
-    "stream_unary": _forward_stream_unary,
-    "stream_stream": _forward_stream_stream,
-}
+def _forwarder(upstream: Upstream, path: str, kind: str) -> grpc.RpcMethodHandler:
+    forward = _forward_to_response_stream if responds_with_stream(kind) else _forward_to_one_response
+    return forward(upstream, path, kind)
 
 
 def forwarding_handler(service: ServiceDescriptor, upstream: Upstream) -> grpc.GenericRpcHandler:
     """Every method of `service`, each of its own call kind, forwarded to `upstream`."""
     handlers = {
-        method.name: _FORWARDERS[_kind(method.client_streaming, method.server_streaming)](
-            upstream, f"/{service.full_name}/{method.name}"
-        )
+        method.name: _forwarder(upstream, f"/{service.full_name}/{method.name}", method_kind(method))
         for method in service.methods
     }
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -331,21 +285,11 @@ def forwarding_handler(service: ServiceDescriptor, upstream: Upstream) -> grpc.G
 def refusing_handler(service: ServiceDescriptor, reason: str) -> grpc.GenericRpcHandler:
     """Every method of `service` answered UNIMPLEMENTED with `reason`: internal APIs stay internal."""
 
-    async def refuse_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        # A coroutine serves every kind: it ends the call before any response.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
-        raise AssertionError("unreachable")
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
-        yield b""  # pragma: no cover - abort raised
-
-    makers = {
-        "unary_unary": lambda: grpc.unary_unary_rpc_method_handler(refuse_unary),
-        "stream_unary": lambda: grpc.stream_unary_rpc_method_handler(refuse_unary),
-        "unary_stream": lambda: grpc.unary_stream_rpc_method_handler(refuse_stream),
-        "stream_stream": lambda: grpc.stream_stream_rpc_method_handler(refuse_stream),
-    }
-    handlers = {m.name: makers[_kind(m.client_streaming, m.server_streaming)]() for m in service.methods}
+    handlers = {method.name: make_handler(method_kind(method), refuse) for method in service.methods}
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 

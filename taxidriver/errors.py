@@ -173,6 +173,15 @@ async def abort_call(context: grpc.aio.ServicerContext, error: ServiceError) -> 
     await context.abort(status.code, status.details, (*kept, *status.trailing_metadata))
 
 
+def refusing(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
+    """`handler`'s method, whatever its call kind, answering `error` at once (its behavior never runs)."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await abort_call(context, error)
+
+    return rewrap(handler, lambda kind, behavior: refuse)
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     await abort_call(context, error)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 
-from taxidriver.errors import ServiceError
-from taxidriver.handlers import rewrap
+from taxidriver.errors import ServiceError, refusing
+from taxidriver.handlers import client_interceptors as rewriting_interceptors
 
 INTERNAL_TOKEN_KEY = "x-internal-token"
 # grpc's own services (health probes, reflection) never need the token.
@@ -62,51 +62,19 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusing(handler: grpc.RpcMethodHandler, message: str, *, reason: str) -> grpc.RpcMethodHandler:
-    error = ServiceError(code=grpc.StatusCode.UNAUTHENTICATED, message=message, reason=reason)
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort_with_status(error.to_status())
-
-    return rewrap(handler, lambda kind, behavior: refuse)
+    return refusing(handler, ServiceError(code=grpc.StatusCode.UNAUTHENTICATED, message=message, reason=reason))
 
 
-class _WithToken:
-    """Adds the internal token to a call's metadata (one subclass per call kind: grpc.aio
-    files a channel interceptor under the first kind it implements only)."""
+def client_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """aio channel interceptors that send `token` on every call kind; none without a token."""
+    if not token:
+        return []
 
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def with_token(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
-        metadata.add(INTERNAL_TOKEN_KEY, self._token)
+        metadata.add(INTERNAL_TOKEN_KEY, token)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
-
-class _UnaryUnary(_WithToken, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _UnaryStream(_WithToken, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _StreamUnary(_WithToken, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
-class _StreamStream(_WithToken, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
-def client_interceptors(token: str) -> list[Any]:
-    """aio channel interceptors that send `token` on every call kind; none without a token."""
-    if not token:
-        return []
-    return [kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+    return rewriting_interceptors(with_token)
