@@ -24,13 +24,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from cachetools import TLRUCache
 
 from taxidriver.access import Caller, role_name
 from taxidriver.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from taxidriver.errors import ServiceError, abort_call
+from taxidriver.errors import ServiceError, refusing
 from taxidriver.handlers import rewrap
 from taxidriver.internal_auth import client_interceptors
 from taxidriver.keepalive import channel_options
+from taxidriver.retry import Backoff, Delays
 from taxidriver.server import GRPC_INFRA_PREFIX
 
 # The caller a key belongs to; forwarded upstream as x-caller, x-caller-name, x-caller-role.
@@ -53,7 +55,8 @@ class KeyAuthenticator:
     The cache is trusted only while the registry's WatchKeyChanges stream is live:
     every change it reports (a key revoked, a user disabled or given another role)
     empties the cache at once, and while the stream is down nothing is served from
-    the cache. So a revocation never waits for the ttl.
+    the cache. So a revocation never waits for the ttl. Each answer expires on its own
+    (a refusal after at most 5 s); a full cache drops its least recently used answer.
     """
 
     def __init__(
@@ -66,7 +69,10 @@ class KeyAuthenticator:
         self.registry_target = registry_target
         self.ttl = ttl
         self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, Principal | ServiceError]] = {}
+        # Key digest -> answer; each answer carries its own expiry (cachetools' time-aware LRU).
+        self._cache: TLRUCache[str, Principal | ServiceError] = TLRUCache(
+            maxsize=max_entries, ttu=self._expiry, timer=time.monotonic
+        )
         # Bumped whenever cached answers may be stale: an answer fetched across a bump is not cached.
         self._generation = 0
         # Set while the key-change stream is live (the cache may be used).
@@ -83,7 +89,7 @@ class KeyAuthenticator:
         self._cache.clear()
 
     async def _watch_key_changes(self) -> None:
-        pause = 0.2
+        delays = Delays(Backoff(first=0.2, cap=2.0))
         while True:
             try:
                 async for change in self.stub.WatchKeyChanges(auth_service_pb2.WatchKeyChangesRequest()):
@@ -91,7 +97,7 @@ class KeyAuthenticator:
                     self._forget()
                     if not self.watching.is_set():
                         self.watching.set()
-                        pause = 0.2
+                        delays.reset()
                     elif change.user_id:
                         log.info("keys of user %s changed; cached key answers dropped", change.user_id)
                 log.warning("key-change stream from %s ended; not caching keys", self.registry_target)
@@ -100,8 +106,7 @@ class KeyAuthenticator:
                     log.warning("key-change stream lost (%s); not caching keys until it is back", error.code().name)
             self.watching.clear()
             self._forget()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
+            await delays.wait()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -110,19 +115,18 @@ class KeyAuthenticator:
         if scheme.lower() != "bearer" or not key.strip():
             raise _unauthenticated("authorization metadata must be 'Bearer <key>'", "API_KEY_MALFORMED")
         digest = hashlib.sha256(key.strip().encode()).hexdigest()
-        now = time.monotonic()
         generation = self._generation
         cached = self._cache.get(digest) if self.watching.is_set() else None
-        if cached is not None and cached[0] > now:
-            if isinstance(cached[1], ServiceError):
-                raise cached[1]
-            return cached[1]
+        if isinstance(cached, ServiceError):
+            raise cached
+        if cached is not None:
+            return cached
         try:
             reply = await self.stub.Authenticate(auth_service_pb2.AuthenticateRequest(key_sha256=digest), timeout=5)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 refusal = _unauthenticated("unknown, revoked or disabled API key", "API_KEY_INVALID")
-                self._remember(digest, refusal, now + min(self.ttl, 5.0), generation)
+                self._remember(digest, refusal, generation)
                 raise refusal from error
             raise ServiceError(
                 code=grpc.StatusCode.UNAVAILABLE,
@@ -130,15 +134,17 @@ class KeyAuthenticator:
                 reason="AUTH_BACKEND_UNAVAILABLE",
             ) from error
         principal = Principal(user_id=reply.user_id, username=reply.username, role=reply.role)
-        self._remember(digest, principal, now + self.ttl, generation)
+        self._remember(digest, principal, generation)
         return principal
 
-    def _remember(self, digest: str, answer: Principal | ServiceError, expires: float, generation: int) -> None:
-        if generation != self._generation or not self.watching.is_set():
+    def _expiry(self, digest: str, answer: Principal | ServiceError, now: float) -> float:
+        """When a cached answer expires: a refusal soon (the key may be created meanwhile)."""
+        return now + (min(self.ttl, 5.0) if isinstance(answer, ServiceError) else self.ttl)
+
+    def _remember(self, digest: str, answer: Principal | ServiceError, generation: int) -> None:
+        if generation != self._generation or not self.watching.is_set() or self.max_entries <= 0:
             return  # keys changed (or the watch was down) while the registry answered
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[digest] = (expires, answer)
+        self._cache[digest] = answer
 
     async def close(self) -> None:
         if self._watch_task is not None:
@@ -146,13 +152,6 @@ class KeyAuthenticator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
         await self.channel.close()
-
-
-def _refusing(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await abort_call(context, error)
-
-    return rewrap(handler, lambda kind, behavior: refuse)
 
 
 def _as(principal: Principal, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -190,7 +189,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         required = self.roles.get(handler_call_details.method)
         if required is None:
             # Internal services (refused anyway) and anything else outside the table: deny by default.
-            return _refusing(
+            return refusing(
                 handler,
                 ServiceError(
                     code=grpc.StatusCode.UNIMPLEMENTED,
@@ -203,10 +202,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = await self.authenticator.authenticate(authorization if isinstance(authorization, str) else None)
         except ServiceError as error:
-            return _refusing(handler, error)
+            return refusing(handler, error)
         if principal.role < required:
             method = handler_call_details.method.rsplit("/", 1)[-1]
-            return _refusing(
+            return refusing(
                 handler,
                 ServiceError(
                     code=grpc.StatusCode.PERMISSION_DENIED,

@@ -265,3 +265,31 @@ def test_with_the_internal_token_keys_are_watched_and_a_direct_caller_claim_is_r
     finally:
         gateway.stop()
         own_registry.stop()
+
+
+def test_a_full_key_cache_drops_only_its_least_recently_used_answer(
+    loop_thread: LoopThread, registry: InProcessService, database_url: str
+) -> None:
+    """A full cache makes room for one key by dropping one (was: it dropped every cached key)."""
+    from gateway.auth import KeyAuthenticator
+
+    async def start() -> KeyAuthenticator:
+        authenticator = KeyAuthenticator(registry.target, ttl=3600.0, max_entries=2)
+        authenticator.start()
+        return authenticator
+
+    authenticator = loop_thread.run(start())
+    try:
+        deadline = time.monotonic() + 15
+        while not authenticator.watching.is_set():
+            assert time.monotonic() < deadline, "never subscribed to key changes"
+            time.sleep(0.05)
+        keys = [new_user(database_url, "reader")[1] for _ in range(3)]
+        digests = [hashlib.sha256(key.encode()).hexdigest() for key in keys]
+        for key in keys[:2]:
+            loop_thread.run(authenticator.authenticate(f"Bearer {key}"))
+        loop_thread.run(authenticator.authenticate(f"Bearer {keys[0]}"))  # the first key is used again
+        loop_thread.run(authenticator.authenticate(f"Bearer {keys[2]}"))
+        assert [digest in authenticator._cache for digest in digests] == [True, False, True]
+    finally:
+        loop_thread.run(authenticator.close())
