@@ -86,7 +86,7 @@ def test_delays_wait_with_the_injected_sleep() -> None:
 
 def test_a_call_is_retried_until_it_succeeds_without_a_budget() -> None:
     fake = FakeTime()
-    policy = RetryPolicy(backoff=Backoff(first=0.05, cap=2.0), sleep=fake.sleep, clock=fake.clock)
+    policy = RetryPolicy(backoff=Backoff(first=0.05, cap=2.0), rng=lambda: 1.0, sleep=fake.sleep, clock=fake.clock)
     call = Flaky(60)
     assert asyncio.run(policy.call(call, "test")) == "ok"
     assert call.calls == 61
