@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2
 
 from gateway.auth import AuthInterceptor, KeyAuthenticator
 from gateway.forwarding import Upstream, forwarding_handler, refusing_handler
+from gateway.required import RequiredFieldsInterceptor
 from gateway.settings import GatewaySettings
 from gateway.upstream_health import HealthMirror
 from taxidriver.access import least_roles
@@ -107,6 +108,8 @@ async def start_gateway(
         )
         authenticator.start()
         interceptors.append(AuthInterceptor(authenticator, roles))
+    # After authentication: an unknown caller learns nothing about a request's shape.
+    interceptors.append(RequiredFieldsInterceptor(public_services))
     credentials = tls_credentials(settings)
 
     def add(handler: grpc.GenericRpcHandler) -> Callable[[grpc.aio.Server], None]:

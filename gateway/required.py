@@ -1,0 +1,163 @@
+"""REQUIRED fields (google.api.field_behavior, AIP-203) checked at the gateway, from the protos.
+
+Each public request field declares its behaviour next to its definition; this module
+reads the REQUIRED ones from the descriptors and refuses a request that leaves one
+unset (INVALID_ARGUMENT, a BadRequest field violation per missing field, named by
+its path: `spec.n_trials`, `spec.search_space[1].name`) before it is forwarded. A
+method whose request declares nothing REQUIRED is forwarded untouched, unparsed.
+
+"Unset" is proto3's zero value: an empty string or list, 0, an unspecified enum,
+an absent message (or, for a field with presence, not set at all). Nested messages
+are checked where they are present: a REQUIRED field inside an absent OPTIONAL
+message is not missing. In a client stream only the first message is checked (the
+header of an upload); the service checks what follows as it reads it.
+
+A request that does not parse is forwarded as it is: the service answers it
+(MALFORMED_REQUEST), as before the gateway looked at requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from google.api import field_behavior_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from taxidriver.access import method_path
+from taxidriver.errors import FieldViolation, abort_call, invalid_argument
+from taxidriver.handlers import rewrap
+
+MISSING = "is required"
+
+
+def is_required(field: FieldDescriptor) -> bool:
+    behaviors: Any = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    return field_behavior_pb2.REQUIRED in behaviors
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+class RequiredFields:
+    """Which fields of which messages are REQUIRED, worked out once per message type."""
+
+    def __init__(self) -> None:
+        # Message full name -> whether it or a message below it declares a REQUIRED field.
+        self._declares: dict[str, bool] = {}
+
+    def declares(self, message: Descriptor) -> bool:
+        known = self._declares.get(message.full_name)
+        if known is not None:
+            return known
+        self._declares[message.full_name] = False  # a recursive type (Struct) counts as nothing below
+        found = any(
+            is_required(field)
+            or (field.message_type is not None and not _is_map(field) and self.declares(field.message_type))
+            for field in message.fields
+        )
+        self._declares[message.full_name] = found
+        return found
+
+    def missing(self, message: Message, prefix: str = "") -> list[FieldViolation]:
+        """A violation for every REQUIRED field left unset in `message`, with its path."""
+        found: list[FieldViolation] = []
+        for field in message.DESCRIPTOR.fields:
+            value = getattr(message, field.name)
+            if is_required(field) and not _is_set(message, field, value):
+                found.append(FieldViolation(field=f"{prefix}{field.name}", description=MISSING))
+            if field.message_type is None or _is_map(field) or not self.declares(field.message_type):
+                continue
+            if field.is_repeated:
+                for index, item in enumerate(value):
+                    found.extend(self.missing(item, f"{prefix}{field.name}[{index}]."))
+            elif message.HasField(field.name):
+                found.extend(self.missing(value, f"{prefix}{field.name}."))
+        return found
+
+
+def _is_set(message: Message, field: FieldDescriptor, value: Any) -> bool:
+    if field.is_repeated:
+        return len(value) > 0
+    if field.has_presence:
+        return message.HasField(field.name)
+    return bool(value != field.default_value)
+
+
+def required_requests(services: Iterable[ServiceDescriptor], fields: RequiredFields) -> dict[str, type[Message]]:
+    """Full method path -> request class, for the methods whose request declares a REQUIRED field."""
+    return {
+        method_path(method): message_factory.GetMessageClass(method.input_type)
+        for service in services
+        for method in service.methods
+        if fields.declares(method.input_type)
+    }
+
+
+class RequiredFieldsInterceptor(grpc.aio.ServerInterceptor):
+    """INVALID_ARGUMENT naming each REQUIRED field a public request leaves unset."""
+
+    def __init__(self, services: Iterable[ServiceDescriptor]) -> None:
+        self.fields = RequiredFields()
+        self.requests = required_requests(services, self.fields)
+
+    def violations(self, request_class: type[Message], raw: bytes) -> list[FieldViolation]:
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError:
+            return []  # the service refuses it, naming what it could not parse
+        return self.fields.missing(request)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        request_class = self.requests.get(handler_call_details.method)
+        if handler is None or request_class is None:
+            return handler
+
+        def wrap(kind: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            if kind.startswith("stream_"):
+                return self._checking_first(request_class, behavior)
+            return self._checking(request_class, behavior)
+
+        return rewrap(handler, wrap)
+
+    def _checking(
+        self, request_class: type[Message], behavior: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def check(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+            violations = self.violations(request_class, request)
+            if violations:
+                await abort_call(context, invalid_argument(violations))
+            return await behavior(request, context)
+
+        return check
+
+    def _checking_first(
+        self, request_class: type[Message], behavior: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def check(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            stream = aiter(requests)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                return await behavior(stream, context)  # an empty stream: the service says what it lacks
+            violations = self.violations(request_class, first)
+            if violations:
+                await abort_call(context, invalid_argument(violations))
+            return await behavior(_prepend(first, stream), context)
+
+        return check
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for item in rest:
+        yield item
