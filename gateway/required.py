@@ -66,7 +66,8 @@ class RequiredFields:
     def missing(self, message: Message, prefix: str = "") -> list[FieldViolation]:
         """A violation for every REQUIRED field left unset in `message`, with its path."""
         found: list[FieldViolation] = []
-        for field in message.DESCRIPTOR.fields:
+        descriptor: Any = message.DESCRIPTOR
+        for field in descriptor.fields:
             value = getattr(message, field.name)
             if is_required(field) and not _is_set(message, field, value):
                 found.append(FieldViolation(field=f"{prefix}{field.name}", description=MISSING))

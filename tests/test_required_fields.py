@@ -42,19 +42,20 @@ def skeleton(message: Descriptor, prefix: str = "") -> tuple[Message, list[str]]
     instance = message_factory.GetMessageClass(message)()
     missing: list[str] = []
     for fd in message.fields:
-        if not _nested(fd):
+        nested = fd.message_type
+        if nested is None or not _nested(fd):
             if is_required(fd):
                 missing.append(f"{prefix}{fd.name}")
             continue
         if fd.is_repeated:
-            child, below = skeleton(fd.message_type, f"{prefix}{fd.name}[0].")
+            child, below = skeleton(nested, f"{prefix}{fd.name}[0].")
             getattr(instance, fd.name).append(child)
         elif fd.containing_oneof is not None and instance.WhichOneof(fd.containing_oneof.name):
             if is_required(fd):
                 missing.append(f"{prefix}{fd.name}")
             continue  # one member of a oneof at a time: the first
         else:
-            child, below = skeleton(fd.message_type, f"{prefix}{fd.name}.")
+            child, below = skeleton(nested, f"{prefix}{fd.name}.")
             getattr(instance, fd.name).CopyFrom(child)
         missing.extend(below)
     return instance, missing
@@ -235,12 +236,14 @@ def test_only_the_top_level_is_reported_when_a_required_message_is_absent(
     recorder, gateway = recorder_gateway
     start_sweep = next(m for m in PUBLIC_METHODS if m.name == "StartSweep")
     request = message_factory.GetMessageClass(start_sweep.input_type)(request_id="r-1")
+    before = len(recorder.seen)
     with grpc.insecure_channel(gateway.target) as channel:
         with pytest.raises(grpc.RpcError) as refused:
             call(channel, start_sweep, request)
     violations, _ = status_details(refused.value)
     assert [v.field for v in violations] == ["spec"]
     assert refused.value.details() == "invalid request: spec: is required"
+    assert recorder.seen[before:] == []
 
 
 def test_a_request_that_does_not_parse_is_left_to_the_service(
