@@ -7,7 +7,8 @@ that answers anything; a method added to the protos is checked without touching 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,14 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 
 from gateway.app import PUBLIC_SERVICES
-from gateway.required import MISSING, is_required
+from gateway.required import MISSING, RequiredFields, is_required
+from registry_service.convert import dict_to_struct
 from taxidriver.access import method_path
 from taxidriver.errors import status_details
+from taxidriver.registry.v1 import registry_service_pb2 as registry_pb
 from taxidriver.server import RunningServer, ServiceBinding, create_server
+from taxidriver.trainer.v1 import trainer_service_pb2 as trainer_pb
+from taxidriver.tuner.v1 import tuner_service_pb2 as tuner_pb
 from tests.support import InProcessService, LoopThread
 
 PUBLIC_METHODS = [method for service in PUBLIC_SERVICES for method in service.methods]
@@ -178,15 +183,14 @@ def recorder_gateway(loop_thread: LoopThread) -> Iterator[tuple[Recorder, InProc
     loop_thread.run(upstream.server.stop(0))
 
 
-def call(channel: grpc.Channel, method: MethodDescriptor, request: Message) -> None:
-    """One call of `method` with `request` (the only message of a client stream), raw bytes both ways."""
+def call(channel: grpc.Channel, method: MethodDescriptor, request: Message, *rest: Message) -> list[bytes]:
+    """One call of `method` with `request` (the first message of a client stream, then `rest`), raw bytes."""
     kind = f"{'stream' if method.client_streaming else 'unary'}_{'stream' if method.server_streaming else 'unary'}"
     stub = getattr(channel, kind)(method_path(method))
     payload = request.SerializeToString()
-    argument: Any = iter([payload]) if method.client_streaming else payload
-    reply = stub(argument, timeout=10)
-    if method.server_streaming:
-        list(reply)
+    argument: Any = iter([payload, *(m.SerializeToString() for m in rest)]) if method.client_streaming else payload
+    reply = stub(argument, timeout=30)
+    return list(reply) if method.server_streaming else [reply]
 
 
 def test_the_table_covers_the_methods_we_know_need_fields() -> None:
@@ -256,3 +260,138 @@ def test_a_request_that_does_not_parse_is_left_to_the_service(
     with grpc.insecure_channel(gateway.target) as channel:
         channel.unary_unary(method_path(get_run))(garbage, timeout=10)
     assert recorder.seen[before:] == [(method_path(get_run), garbage)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The REQUIRED set is what the services already refuse: called directly (no gateway), each
+# example is accepted (whatever it answers, never INVALID_ARGUMENT) and the same request with
+# any one REQUIRED field cleared is refused INVALID_ARGUMENT naming that field. Each example
+# sets its REQUIRED fields only, so every other field may be left at its zero value.
+
+RUN = str(uuid.uuid4())
+OTHER = str(uuid.uuid4())
+# Filled in as the examples run (in this order): a run StartRun made, a sweep StartSweep made.
+MADE: dict[str, str] = {}
+
+# A client stream's example is its messages; its first one is checked (the header of an upload).
+EXAMPLES: dict[str, Callable[[], Message | list[Message]]] = {
+    "TrainerService.StartRun": lambda: trainer_pb.StartRunRequest(
+        algorithm="q_learning", mode=trainer_pb.TRAINING_MODE_OPTIMIZED
+    ),
+    "TrainerService.CancelRun": lambda: trainer_pb.CancelRunRequest(run_id=MADE["run"]),
+    "TrainerService.ResumeRun": lambda: trainer_pb.ResumeRunRequest(run_id=RUN),
+    "RegistryService.GetRun": lambda: registry_pb.GetRunRequest(run_id=MADE["run"]),
+    "RegistryService.SearchRunsByParams": lambda: registry_pb.SearchRunsByParamsRequest(
+        params=dict_to_struct({"alpha": 0.1})
+    ),
+    "RegistryService.CompareRuns": lambda: registry_pb.CompareRunsRequest(run_ids=[RUN, OTHER]),
+    "RegistryService.CreateAnnotation": lambda: registry_pb.CreateAnnotationRequest(
+        run_id=MADE["run"], annotation="required-fields example"
+    ),
+    "RegistryService.ListAnnotations": lambda: registry_pb.ListAnnotationsRequest(run_id=MADE["run"]),
+    "RegistryService.DeleteRun": lambda: registry_pb.DeleteRunRequest(run_id=RUN),
+    "RegistryService.PurgeRuns": lambda: registry_pb.PurgeRunsRequest(older_than_days=36_500),
+    "RegistryService.GetModel": lambda: registry_pb.GetModelRequest(model_id=RUN),
+    "RegistryService.ExportModel": lambda: registry_pb.ExportModelRequest(model_id=RUN),
+    "RegistryService.ImportModel": lambda: [
+        registry_pb.ImportModelRequest(header=registry_pb.ModelImportHeader(model_name="required-fields example")),
+        registry_pb.ImportModelRequest(chunk=b"model bytes"),
+    ],
+    "RegistryService.ListArtifacts": lambda: registry_pb.ListArtifactsRequest(run_id=MADE["run"]),
+    "RegistryService.DownloadArtifact": lambda: registry_pb.DownloadArtifactRequest(artifact_id=RUN),
+    "RegistryService.WatchRun": lambda: registry_pb.WatchRunRequest(run_id=RUN),
+    "TunerService.StartSweep": lambda: tuner_pb.StartSweepRequest(
+        spec=tuner_pb.SweepSpec(algorithm="q_learning", n_trials=1)
+    ),
+    "TunerService.CancelSweep": lambda: tuner_pb.CancelSweepRequest(sweep_id=MADE["sweep"]),
+    "TunerService.GetSweep": lambda: tuner_pb.GetSweepRequest(sweep_id=MADE["sweep"]),
+    "TunerService.WatchSweep": lambda: tuner_pb.WatchSweepRequest(sweep_id=MADE["sweep"]),
+    "TunerService.SuggestParams": lambda: tuner_pb.SuggestParamsRequest(algorithm="q_learning"),
+}
+
+
+def _short(method: MethodDescriptor) -> str:
+    return f"{method.containing_service.name}.{method.name}"
+
+
+def set_required_paths(message: Message, prefix: str = "") -> list[str]:
+    """Paths of the REQUIRED fields set in `message` (inside the messages it holds, too)."""
+    paths: list[str] = []
+    for fd in message.DESCRIPTOR.fields:
+        value = getattr(message, fd.name)
+        if is_required(fd):
+            paths.append(f"{prefix}{fd.name}")
+        if fd.message_type is None or _is_map(fd):
+            continue
+        if fd.is_repeated:
+            for index, item in enumerate(value):
+                paths.extend(set_required_paths(item, f"{prefix}{fd.name}[{index}]."))
+        elif message.HasField(fd.name):
+            paths.extend(set_required_paths(value, f"{prefix}{fd.name}."))
+    return paths
+
+
+def without(message: Message, path: str) -> Message:
+    """A copy of `message` with the field at `path` cleared."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    holder: Any = copy
+    *parents, leaf = path.split(".")
+    for part in parents:
+        name, _, index = part.partition("[")
+        holder = getattr(holder, name)[int(index.rstrip("]"))] if index else getattr(holder, name)
+    holder.ClearField(leaf)
+    return copy
+
+
+def outcome(
+    target: str, method: MethodDescriptor, request: Message, *rest: Message
+) -> tuple[list[bytes], grpc.RpcError | None]:
+    """The replies of a direct call to the service, or its error."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            return call(channel, method, request, *rest), None
+        except grpc.RpcError as error:
+            return [], error
+
+
+@pytest.fixture(scope="module")
+def services(
+    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
+) -> Iterator[dict[str, str]]:
+    from tuner_service.app import start_tuner
+    from tuner_service.settings import TunerSettings
+
+    settings = TunerSettings(address="127.0.0.1:0", registry_target=registry.target, trainer_targets=(trainer.target,))
+    tuner = InProcessService(loop_thread, lambda: start_tuner(settings))
+    yield {"TrainerService": trainer.target, "RegistryService": registry.target, "TunerService": tuner.target}
+    tuner.stop(0.5)
+
+
+def test_every_method_with_a_required_field_has_an_example() -> None:
+    assert sorted(_short(method) for method, _ in CASES) == sorted(EXAMPLES)
+
+
+def test_the_services_refuse_exactly_the_required_fields(services: dict[str, str]) -> None:
+    methods = {_short(method): method for method, _ in CASES}
+    checked: list[str] = []
+    for name, example in EXAMPLES.items():
+        method = methods[name]
+        target = services[method.containing_service.name]
+        messages = example()
+        request, *rest = messages if isinstance(messages, list) else [messages]
+        assert RequiredFields().missing(request) == [], name
+        replies, error = outcome(target, method, request, *rest)
+        assert error is None or error.code() != grpc.StatusCode.INVALID_ARGUMENT, (name, error)
+        if name == "TrainerService.StartRun":
+            MADE["run"] = trainer_pb.StartRunResponse.FromString(replies[0]).run_id
+        if name == "TunerService.StartSweep":
+            MADE["sweep"] = tuner_pb.StartSweepResponse.FromString(replies[0]).sweep.sweep_id
+        for path in set_required_paths(request):
+            _, error = outcome(target, method, without(request, path), *rest)
+            assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, path, error)
+            named = [v.field for v in status_details(error)[0]]
+            assert any(f == path or f.startswith((f"{path}.", f"{path}[")) for f in named), (name, path, named)
+            checked.append(f"{name}:{path}")
+    assert "TunerService.StartSweep:spec.n_trials" in checked
+    assert "RegistryService.ImportModel:header.model_name" in checked
