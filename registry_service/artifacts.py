@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -10,10 +13,12 @@ from typing import Any
 from psycopg import AsyncConnection, errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
-from registry_service.convert import ARTIFACT_COLUMNS, MODEL_COLUMNS, artifact_from_row
-from taxidriver.errors import bad_field, resource_exhausted
-from taxidriver.registry.v1 import resources_pb2
+from registry_service.convert import ARTIFACT_COLUMNS, KIND_TO_DB, MODEL_COLUMNS, artifact_from_row, parse_uuid
+from registry_service.filters import load_token
+from taxidriver.errors import bad_field, not_found, resource_exhausted
+from taxidriver.registry.v1 import registry_service_pb2, resources_pb2
 
 CHUNK_BYTES = 64 * 1024
 
@@ -135,3 +140,84 @@ async def collect_upload(messages: AsyncIterator[Any], header_field: str, limit:
 def split_chunks(data: bytes, size: int = CHUNK_BYTES) -> Sequence[bytes]:
     """At least one chunk, so an empty artifact still sends its metadata."""
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+# ListArtifacts: a run's artifacts in (kind, episode, name) order, unique per run, so the last
+# one shown is where the next page starts (keyset paging). Without a page size, all of them.
+LIST_ARTIFACTS = f"""
+SELECT {ARTIFACT_COLUMNS} FROM artifacts
+WHERE run_id = %(run_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+  AND (%(after_kind)s::text IS NULL OR (kind, episode, name) > (%(after_kind)s, %(after_episode)s::int, %(after_name)s))
+ORDER BY kind, episode, name
+LIMIT %(limit)s
+"""
+RUN_EXISTS = "SELECT 1 FROM training_runs WHERE run_id = %s"
+MAX_ARTIFACT_PAGE = 1000
+_FORGED = (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError)
+
+
+def _binding(run_id: uuid.UUID, kind: str | None) -> str:
+    """What a token is valid for: this run's listing of this kind."""
+    return hashlib.sha256(json.dumps(["artifacts", str(run_id), kind or ""]).encode()).hexdigest()[:16]
+
+
+def _encode_token(bound: str, row: dict[str, Any]) -> str:
+    # The registry's token shape (filters.encode_page_token): {"b": binding, "k": sort values, "id"}.
+    payload = {"b": bound, "k": [row["kind"], row["episode"], row["name"]], "id": str(row["artifact_id"])}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str, bound: str) -> tuple[str, int, str] | None:
+    """The (kind, episode, name) a page starts after; INVALID_ARGUMENT `page_token` if not ours."""
+    if not token:
+        return None
+    try:
+        payload = load_token(token)
+        kind, episode, name = payload["k"]
+        if payload["b"] != bound or not (isinstance(kind, str) and isinstance(episode, int) and isinstance(name, str)):
+            raise ValueError("another listing's token")
+        uuid.UUID(payload["id"])
+        return kind, episode, name
+    except _FORGED:
+        raise bad_field("page_token", "is not a page token of this listing") from None
+
+
+async def list_artifacts(
+    pool: AsyncConnectionPool, request: registry_service_pb2.ListArtifactsRequest
+) -> registry_service_pb2.ListArtifactsResponse:
+    """ListArtifacts: every artifact of the run without page_size (as before paging), else a page."""
+    run_id = parse_uuid(request.run_id, "run_id")
+    kind = KIND_TO_DB.get(request.kind) if request.kind else None
+    if request.kind and kind is None:
+        raise bad_field("kind", "unknown artifact kind")
+    if request.page_size < 0:
+        raise bad_field("page_size", "must be >= 0 (0: every artifact)")
+    size = min(request.page_size, MAX_ARTIFACT_PAGE) or None
+    bound = _binding(run_id, kind)
+    after = _decode_token(request.page_token, bound)
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(RUN_EXISTS, (run_id,))
+        if await cursor.fetchone() is None:
+            raise not_found("run", str(run_id))
+        after_kind, after_episode, after_name = after or (None, None, None)
+        await cursor.execute(
+            LIST_ARTIFACTS,
+            {
+                "run_id": run_id,
+                "kind": kind,
+                "after_kind": after_kind,
+                "after_episode": after_episode,
+                "after_name": after_name,
+                # One more than asked: whether another page follows.
+                "limit": size + 1 if size else None,
+            },
+        )
+        rows = await cursor.fetchall()
+    token = ""
+    if size and len(rows) > size:
+        rows = rows[:size]
+        token = _encode_token(bound, rows[-1])
+    return registry_service_pb2.ListArtifactsResponse(
+        artifacts=[artifact_from_row(r) for r in rows], next_page_token=token
+    )
