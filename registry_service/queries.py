@@ -20,11 +20,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from registry_service import episodes
-from registry_service.artifacts import collect_upload, split_chunks, store_artifact
+from registry_service.artifacts import collect_upload, list_artifacts, split_chunks, store_artifact
 from registry_service.convert import (
     ANNOTATION_COLUMNS,
     ARTIFACT_COLUMNS,
-    KIND_TO_DB,
     METRIC_GROUPS,
     MODEL_COLUMNS,
     RUN_COLUMNS,
@@ -764,22 +763,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListArtifactsResponse:
-        run_id = parse_uuid(request.run_id, "run_id")
-        kind = KIND_TO_DB.get(request.kind) if request.kind else None
-        if request.kind and kind is None:
-            raise bad_field("kind", "unknown artifact kind")
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s", (run_id,))
-            if await cursor.fetchone() is None:
-                raise not_found("run", str(run_id))
-            await cursor.execute(
-                f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = %s AND (%s::text IS NULL OR kind = %s)"
-                " ORDER BY kind, episode, name",
-                (run_id, kind, kind),
-            )
-            rows = await cursor.fetchall()
-        return pb.ListArtifactsResponse(artifacts=[artifact_from_row(r) for r in rows])
+        return await list_artifacts(self.pool, request)
 
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
