@@ -317,7 +317,8 @@ def _short(method: MethodDescriptor) -> str:
 def set_required_paths(message: Message, prefix: str = "") -> list[str]:
     """Paths of the REQUIRED fields set in `message` (inside the messages it holds, too)."""
     paths: list[str] = []
-    for fd in message.DESCRIPTOR.fields:
+    descriptor: Any = message.DESCRIPTOR
+    for fd in descriptor.fields:
         value = getattr(message, fd.name)
         if is_required(fd):
             paths.append(f"{prefix}{fd.name}")
