@@ -21,7 +21,8 @@ from psycopg import conninfo
 from taxidriver.embedded_pg import EmbeddedPostgres
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from tests.support import ROOT, InProcessService, LoopThread, wait_for_health
+from taxidriver.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
+from tests.support import ROOT, InProcessService, LoopThread, start_gateway_for, start_tuner_for, wait_for_health
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +112,30 @@ def gateway(
     service.stop()
 
 
+@pytest.fixture(scope="module")
+def tuner(loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService) -> Iterator[InProcessService]:
+    """A tuner in front of the session's registry and trainer (one per module)."""
+    service = start_tuner_for(loop_thread, registry=registry, trainer=trainer)
+    yield service
+    service.stop(0.5)
+
+
+@pytest.fixture(scope="module")
+def secured_gateway(
+    request: pytest.FixtureRequest, loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
+) -> Iterator[InProcessService]:
+    """A gateway with API keys required, in front of the session's trainer and registry (one per module).
+
+    A module adjusts it with a module-level `GATEWAY` dict: GatewaySettings fields (e.g.
+    `auth_cache_seconds`) and `"tuner": True` for the `tuner` fixture behind it.
+    """
+    options = dict(getattr(request.module, "GATEWAY", {}))
+    tuner = request.getfixturevalue("tuner") if options.pop("tuner", False) else None
+    service = start_gateway_for(loop_thread, registry=registry, trainer=trainer, tuner=tuner, **options)
+    yield service
+    service.stop()
+
+
 @pytest.fixture()
 def db(database_url: str, registry: InProcessService) -> Iterator[psycopg.Connection]:
     """A direct connection to the registry's database, for assertions on stored rows."""
@@ -130,3 +155,16 @@ def queries(registry: InProcessService) -> Iterator[registry_grpc.RegistryServic
     """A client of the session registry's public query API."""
     with grpc.insecure_channel(registry.target) as channel:
         yield registry_grpc.RegistryServiceStub(channel)
+
+
+@pytest.fixture()
+def registry_stub(queries: registry_grpc.RegistryServiceStub) -> registry_grpc.RegistryServiceStub:
+    """The session registry's public API (the `queries` client, under the name trainer tests use)."""
+    return queries
+
+
+@pytest.fixture()
+def trainer_stub(trainer: InProcessService) -> Iterator[trainer_grpc.TrainerServiceStub]:
+    """A client of the session's trainer."""
+    with grpc.insecure_channel(trainer.target) as channel:
+        yield trainer_grpc.TrainerServiceStub(channel)

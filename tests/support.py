@@ -136,3 +136,53 @@ def free_port() -> int:
     from taxidriver.embedded_pg import free_port as _free_port
 
     return _free_port()
+
+
+def start_gateway_for(
+    loop: LoopThread,
+    *,
+    registry: InProcessService,
+    trainer: InProcessService,
+    tuner: InProcessService | None = None,
+    auth_required: bool = True,
+    **settings: Any,
+) -> InProcessService:
+    """The real gateway in front of the session's services; keys required unless told otherwise.
+
+    `settings` are further GatewaySettings fields (auth_cache_seconds, ...). Without a tuner, the
+    gateway's tuner target is its default (nothing listens there in tests).
+    """
+    from gateway.app import start_gateway
+    from gateway.settings import GatewaySettings
+
+    if tuner is not None:
+        settings["tuner_target"] = tuner.target
+    gateway_settings = GatewaySettings(
+        address="127.0.0.1:0",
+        trainer_targets=(trainer.target,),
+        registry_target=registry.target,
+        auth_required=auth_required,
+        **settings,
+    )
+    return InProcessService(loop, lambda: start_gateway(gateway_settings))
+
+
+def start_tuner_for(loop: LoopThread, *, registry: InProcessService, trainer: InProcessService) -> InProcessService:
+    """The real tuner in front of the session's registry and trainer."""
+    from tuner_service.app import start_tuner
+    from tuner_service.settings import TunerSettings
+
+    settings = TunerSettings(
+        address="127.0.0.1:0", registry_target=registry.target, trainer_targets=(trainer.target,), poll_interval=0.1
+    )
+    return InProcessService(loop, lambda: start_tuner(settings))
+
+
+def role_keys(database_url: str, prefix: str) -> dict[str, str]:
+    """A fresh API key for a user of each role, named `<prefix>-<role>`: {"reader": key, ...}."""
+    import psycopg
+
+    from registry_service import users
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return {role: users.ensure_user_with_key(conn, f"{prefix}-{role}", role) for role in users.ROLE_NAMES}

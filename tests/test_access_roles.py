@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,12 +20,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from gateway.app import PUBLIC_SERVICES
-from registry_service import users
 from taxidriver.access import ROLE_NAMES, ROLES, AccessNotDeclared, least_roles
 from taxidriver.auth.v1 import auth_service_pb2
 from taxidriver.errors import status_details
 from taxidriver.options.v1 import access_pb2
-from tests.support import InProcessService, LoopThread
+from tests.support import InProcessService, LoopThread, role_keys
 
 # method -> least role, written out by hand (not read from the protos) so that the test pins them.
 EXPECTED_ROLES = {
@@ -64,43 +62,13 @@ EXPECTED_ROLES = {
 PUBLIC_METHODS = [method for service in PUBLIC_SERVICES for method in service.methods]
 
 
-@pytest.fixture(scope="module")
-def tuner(loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService) -> Iterator[InProcessService]:
-    from tuner_service.app import start_tuner
-    from tuner_service.settings import TunerSettings
-
-    settings = TunerSettings(
-        address="127.0.0.1:0", registry_target=registry.target, trainer_targets=(trainer.target,), poll_interval=0.1
-    )
-    service = InProcessService(loop_thread, lambda: start_tuner(settings))
-    yield service
-    service.stop(0.5)
-
-
-@pytest.fixture(scope="module")
-def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService, tuner: InProcessService
-) -> Iterator[InProcessService]:
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(
-        address="127.0.0.1:0",
-        trainer_targets=(trainer.target,),
-        registry_target=registry.target,
-        tuner_target=tuner.target,
-        auth_required=True,
-        auth_cache_seconds=0.0,
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    yield service
-    service.stop()
+# The conftest `secured_gateway`, with a tuner behind it and no key caching.
+GATEWAY = {"tuner": True, "auth_cache_seconds": 0.0}
 
 
 @pytest.fixture(scope="module")
 def keys(database_url: str, registry: InProcessService) -> dict[str, str]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return {role: users.ensure_user_with_key(conn, f"access-test-{role}", role) for role in ROLE_NAMES}
+    return role_keys(database_url, "access-test")
 
 
 def call_code(channel: grpc.Channel, method: MethodDescriptor, key: str) -> grpc.StatusCode:

@@ -270,18 +270,6 @@ def test_grpcs_failed_last_batch_is_never_an_error_with_a_traceback(deadline_pas
     assert seen[0].exc_info is None
 
 
-@pytest.fixture(scope="module")
-def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
-) -> Iterator[InProcessService]:
-    settings = GatewaySettings(
-        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target, auth_required=True
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    yield service
-    service.stop()
-
-
 @pytest.mark.parametrize("key", ["", "tdk_not-a-real-key"])
 def test_the_gateway_echoes_the_request_id_when_it_refuses_a_key(secured_gateway: InProcessService, key: str) -> None:
     request_id = f"auth-{uuid.uuid4().hex[:8]}"

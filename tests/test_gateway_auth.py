@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,33 +18,15 @@ from taxidriver.auth.v1 import auth_service_pb2
 from taxidriver.errors import status_details
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
-from tests.support import InProcessService, LoopThread
+from tests.support import InProcessService, LoopThread, role_keys
 
-
-@pytest.fixture(scope="module")
-def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
-) -> Iterator[InProcessService]:
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(
-        address="127.0.0.1:0",
-        trainer_targets=(trainer.target,),
-        registry_target=registry.target,
-        auth_required=True,
-        # No caching, so a revoked key is refused on the next call.
-        auth_cache_seconds=0.0,
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    yield service
-    service.stop()
+# No key caching, so a revoked key is refused on the next call (the conftest `secured_gateway`).
+GATEWAY = {"auth_cache_seconds": 0.0}
 
 
 @pytest.fixture(scope="module")
 def keys(database_url: str, registry: InProcessService) -> dict[str, str]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return {role: users.ensure_user_with_key(conn, f"auth-test-{role}", role) for role in users.ROLE_NAMES}
+    return role_keys(database_url, "auth-test")
 
 
 def bearer(key: str) -> tuple[tuple[str, str]]:

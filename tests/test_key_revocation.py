@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import psycopg
@@ -22,24 +21,8 @@ from registry_service import users
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from tests.support import ROOT, InProcessService, LoopThread
 
-
-@pytest.fixture(scope="module")
-def caching_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
-) -> Iterator[InProcessService]:
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(
-        address="127.0.0.1:0",
-        trainer_targets=(trainer.target,),
-        registry_target=registry.target,
-        auth_required=True,
-        auth_cache_seconds=3600.0,  # far longer than any test: only the key-change stream can refuse
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    yield service
-    service.stop()
+# The conftest `secured_gateway`, caching keys far longer than any test: only the key-change stream can refuse.
+GATEWAY = {"auth_cache_seconds": 3600.0}
 
 
 def users_command(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -97,14 +80,14 @@ def wait_until_watching(gateway: InProcessService, within: float = 15.0) -> None
         time.sleep(0.05)
 
 
-def test_disabling_a_user_refuses_its_cached_keys_at_once(caching_gateway: InProcessService, database_url: str) -> None:
-    wait_until_watching(caching_gateway)
+def test_disabling_a_user_refuses_its_cached_keys_at_once(secured_gateway: InProcessService, database_url: str) -> None:
+    wait_until_watching(secured_gateway)
     username, key = new_user(database_url, "reader")
-    assert list_runs_code(caching_gateway.target, key) == grpc.StatusCode.OK
-    assert cached_and_watching(caching_gateway, key)  # the next call would be answered from the cache
+    assert list_runs_code(secured_gateway.target, key) == grpc.StatusCode.OK
+    assert cached_and_watching(secured_gateway, key)  # the next call would be answered from the cache
     done = users_command(database_url, "disable", username)
     assert done.returncode == 0, done.stderr
-    assert wait_for_code(caching_gateway.target, key, grpc.StatusCode.UNAUTHENTICATED) == (
+    assert wait_for_code(secured_gateway.target, key, grpc.StatusCode.UNAUTHENTICATED) == (
         grpc.StatusCode.UNAUTHENTICATED
     )
     with psycopg.connect(database_url) as conn:
@@ -116,25 +99,25 @@ def test_disabling_a_user_refuses_its_cached_keys_at_once(caching_gateway: InPro
     assert revoked == (0,)  # disabling revoked every key of the user
 
 
-def test_revoking_a_key_refuses_it_at_once(caching_gateway: InProcessService, database_url: str) -> None:
-    wait_until_watching(caching_gateway)
+def test_revoking_a_key_refuses_it_at_once(secured_gateway: InProcessService, database_url: str) -> None:
+    wait_until_watching(secured_gateway)
     _, key = new_user(database_url, "reader")
-    assert list_runs_code(caching_gateway.target, key) == grpc.StatusCode.OK
-    assert cached_and_watching(caching_gateway, key)
+    assert list_runs_code(secured_gateway.target, key) == grpc.StatusCode.OK
+    assert cached_and_watching(secured_gateway, key)
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT key_id FROM api_keys WHERE key_sha256 = %s", (users.hash_key(key),)).fetchone()
     assert row is not None
     done = users_command(database_url, "revoke", str(row[0]))
     assert done.returncode == 0, done.stderr
-    assert wait_for_code(caching_gateway.target, key, grpc.StatusCode.UNAUTHENTICATED) == (
+    assert wait_for_code(secured_gateway.target, key, grpc.StatusCode.UNAUTHENTICATED) == (
         grpc.StatusCode.UNAUTHENTICATED
     )
 
 
-def test_a_lowered_role_applies_at_once(caching_gateway: InProcessService, database_url: str) -> None:
-    wait_until_watching(caching_gateway)
+def test_a_lowered_role_applies_at_once(secured_gateway: InProcessService, database_url: str) -> None:
+    wait_until_watching(secured_gateway)
     username, key = new_user(database_url, "admin")
-    with grpc.insecure_channel(caching_gateway.target) as channel:
+    with grpc.insecure_channel(secured_gateway.target) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         purge = registry_service_pb2.PurgeRunsRequest(older_than_days=36500, validate_only=True)
         metadata = (("authorization", f"Bearer {key}"),)

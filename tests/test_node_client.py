@@ -11,14 +11,13 @@ import json
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from registry_service import users
-from tests.support import ROOT, InProcessService, LoopThread
+from tests.support import ROOT, InProcessService
 
 CLIENT_DIR = ROOT / "tests" / "node_client"
 NODE = shutil.which("node")
@@ -44,21 +43,6 @@ def install_client() -> None:
         capture_output=True,
         timeout=300,
     )
-
-
-@pytest.fixture(scope="module")
-def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
-) -> Iterator[InProcessService]:
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(
-        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target, auth_required=True
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    yield service
-    service.stop()
 
 
 @pytest.fixture(scope="module")

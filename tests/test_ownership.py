@@ -25,25 +25,10 @@ from taxidriver.registry.v1 import registry_service_pb2_grpc as rgrpc
 from taxidriver.registry.v1 import resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2 as tpb
 from taxidriver.trainer.v1 import trainer_service_pb2_grpc as tgrpc
-from tests.support import InProcessService, LoopThread
+from tests.support import InProcessService
 from trainer_service.params import resolve
 
 TERMINAL = {resources_pb2.RUN_STATUS_COMPLETED, resources_pb2.RUN_STATUS_FAILED, resources_pb2.RUN_STATUS_CANCELLED}
-
-
-@pytest.fixture(scope="module")
-def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
-) -> Iterator[InProcessService]:
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(
-        address="127.0.0.1:0", trainer_targets=(trainer.target,), registry_target=registry.target, auth_required=True
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    yield service
-    service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import psycopg
-import pytest
 
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
@@ -28,18 +27,6 @@ LONG_RANDOM_RUN = trainer_service_pb2.Hyperparameters(
     training_episodes=1_000_000,
     max_steps=200,
 )
-
-
-@pytest.fixture()
-def trainer_stub(trainer: InProcessService) -> Iterator[trainer_service_pb2_grpc.TrainerServiceStub]:
-    with grpc.insecure_channel(trainer.target) as channel:
-        yield trainer_service_pb2_grpc.TrainerServiceStub(channel)
-
-
-@pytest.fixture()
-def registry_stub(registry: InProcessService) -> Iterator[registry_service_pb2_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 def wait_until(condition: object, what: str, timeout: float) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
@@ -19,25 +17,12 @@ from google.protobuf import json_format
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.vocabulary import STOPPED_STATUSES
-from tests.support import InProcessService
 from trainer_service import evaluation
 from trainer_service.envs import make_env, transition_table
 from trainer_service.evaluation import evaluate_model, optimum, random_policy_optimality
 
 # Stopped: terminal or INTERRUPTED (taxidriver.vocabulary, from RunStatus).
 TERMINAL = STOPPED_STATUSES
-
-
-@pytest.fixture()
-def trainer_stub(trainer: InProcessService) -> Iterator[trainer_service_pb2_grpc.TrainerServiceStub]:
-    with grpc.insecure_channel(trainer.target) as channel:
-        yield trainer_service_pb2_grpc.TrainerServiceStub(channel)
-
-
-@pytest.fixture()
-def registry_stub(registry: InProcessService) -> Iterator[registry_service_pb2_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 def run_to_completion(

@@ -6,7 +6,6 @@ import asyncio
 import io
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -21,18 +20,6 @@ from tests.test_trainer_service import wait_terminal
 from trainer_service.engine import EpisodeColumns
 from trainer_service.registry_client import RegistryClient, to_struct
 from trainer_service.streamer import EpisodeStreamer
-
-
-@pytest.fixture()
-def trainer_stub(trainer: InProcessService) -> Iterator[trainer_service_pb2_grpc.TrainerServiceStub]:
-    with grpc.insecure_channel(trainer.target) as channel:
-        yield trainer_service_pb2_grpc.TrainerServiceStub(channel)
-
-
-@pytest.fixture()
-def registry_stub(registry: InProcessService) -> Iterator[registry_service_pb2_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 def long_request(seed: int) -> trainer_service_pb2.StartRunRequest:

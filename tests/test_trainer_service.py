@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -16,22 +15,9 @@ from taxidriver.errors import status_details
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 from taxidriver.vocabulary import STOPPED_STATUSES
-from tests.support import InProcessService
 
 # Stopped: terminal or INTERRUPTED (taxidriver.vocabulary, from RunStatus).
 TERMINAL = STOPPED_STATUSES
-
-
-@pytest.fixture()
-def trainer_stub(trainer: InProcessService) -> Iterator[trainer_service_pb2_grpc.TrainerServiceStub]:
-    with grpc.insecure_channel(trainer.target) as channel:
-        yield trainer_service_pb2_grpc.TrainerServiceStub(channel)
-
-
-@pytest.fixture()
-def registry_stub(registry: InProcessService) -> Iterator[registry_service_pb2_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry.target) as channel:
-        yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 def wait_terminal(

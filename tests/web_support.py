@@ -13,14 +13,12 @@ from typing import Any
 
 import grpc
 import httpx
-import psycopg
 import pytest
 import uvicorn
 
-from registry_service import users
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
-from tests.support import InProcessService, LoopThread
+from tests.support import InProcessService, LoopThread, role_keys, start_gateway_for
 from web.app import create_app
 from web.settings import WebSettings
 
@@ -52,36 +50,18 @@ class WebServer:
 
 @pytest.fixture(scope="module")
 def secured_gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService
+    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService, tuner: InProcessService
 ) -> Iterator[InProcessService]:
-    """The gateway with keys required, in front of the registry, a trainer and a tuner."""
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-    from tuner_service.app import start_tuner
-    from tuner_service.settings import TunerSettings
-
-    tuner_settings = TunerSettings(
-        address="127.0.0.1:0", registry_target=registry.target, trainer_targets=(trainer.target,), poll_interval=0.1
-    )
-    tuner = InProcessService(loop_thread, lambda: start_tuner(tuner_settings))
-    settings = GatewaySettings(
-        address="127.0.0.1:0",
-        trainer_targets=(trainer.target,),
-        registry_target=registry.target,
-        tuner_target=tuner.target,
-        auth_required=True,
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
+    """The gateway with keys required, in front of the registry, a trainer and a tuner (conftest's)."""
+    service = start_gateway_for(loop_thread, registry=registry, trainer=trainer, tuner=tuner)
     yield service
     service.stop()
-    tuner.stop(0.5)
 
 
 @pytest.fixture(scope="module")
 def keys(database_url: str, registry: InProcessService) -> dict[str, str]:
     """One API key per role: {"reader": ..., "trainer": ..., "admin": ...}."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return {role: users.ensure_user_with_key(conn, f"web-test-{role}", role) for role in users.ROLE_NAMES}
+    return role_keys(database_url, "web-test")
 
 
 @pytest.fixture(scope="module")
