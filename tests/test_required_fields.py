@@ -120,29 +120,19 @@ class Recorder:
                     return None
                 client_streaming, server_streaming = kinds[path]
 
-                async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                    recorder.seen.append((path, request))
+                async def record(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+                    for message in [m async for m in request] if client_streaming else [request]:
+                        recorder.seen.append((path, message))
                     return b""
 
-                async def stream_in(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
-                    async for request in requests:
-                        recorder.seen.append((path, request))
-                    return b""
-
-                async def unary_out(request: bytes, context: grpc.aio.ServicerContext) -> Any:
-                    recorder.seen.append((path, request))
-                    yield b""
-
-                async def stream_out(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                    async for request in requests:
-                        recorder.seen.append((path, request))
-                    yield b""
+                async def record_then_answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    yield await record(request, context)
 
                 behavior = {
-                    (False, False): grpc.unary_unary_rpc_method_handler(unary),
-                    (True, False): grpc.stream_unary_rpc_method_handler(stream_in),
-                    (False, True): grpc.unary_stream_rpc_method_handler(unary_out),
-                    (True, True): grpc.stream_stream_rpc_method_handler(stream_out),
+                    (False, False): grpc.unary_unary_rpc_method_handler(record),
+                    (True, False): grpc.stream_unary_rpc_method_handler(record),
+                    (False, True): grpc.unary_stream_rpc_method_handler(record_then_answer),
+                    (True, True): grpc.stream_stream_rpc_method_handler(record_then_answer),
                 }
                 return behavior[(client_streaming, server_streaming)]
 
