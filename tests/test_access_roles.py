@@ -75,7 +75,8 @@ def call_code(channel: grpc.Channel, method: MethodDescriptor, key: str) -> grpc
     """Calls `method` with an empty request (one message for streams) and returns its status code.
 
     Empty requests are invalid or harmless for every method (no run id, no purge age), so a
-    call that passes the gateway ends at the service's own validation, never changes data.
+    call that passes the gateway's role check ends at its REQUIRED-field check or at the
+    service's own validation, never changes data.
     """
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)

@@ -82,10 +82,11 @@ def test_a_trainer_reaches_the_trainer_but_not_admin_methods(
     with grpc.insecure_channel(secured_gateway.target) as channel:
         registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
         trainer = trainer_service_pb2_grpc.TrainerServiceStub(channel)
-        # Past the gateway: the trainer itself validates (and refuses) the request.
-        error = call_error(
-            trainer.StartRun, trainer_service_pb2.StartRunRequest(algorithm="nope"), bearer(keys["trainer"])
+        # Past the gateway (every REQUIRED field set): the trainer itself validates (and refuses) the request.
+        request = trainer_service_pb2.StartRunRequest(
+            algorithm="nope", mode=trainer_service_pb2.TRAINING_MODE_OPTIMIZED
         )
+        error = call_error(trainer.StartRun, request, bearer(keys["trainer"]))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "algorithm" in [v.field for v in status_details(error)[0]]
         denied = call_error(
