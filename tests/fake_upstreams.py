@@ -8,8 +8,9 @@ asserts what crossed the hop without needing the real registry or trainer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -18,6 +19,7 @@ from taxidriver.errors import ServiceError, Violations, not_found
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.server import RunningServer, ServiceBinding, create_server
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from tests.support import LoopThread, free_port, wait_for_health
 
 REGISTRY = "taxidriver.registry.v1.RegistryService"
 TRAINER = "taxidriver.trainer.v1.TrainerService"
@@ -171,3 +173,27 @@ async def start_fake_trainer(label: str, seen: Observations, address: str = "127
             )
         ],
     )
+
+
+@contextlib.contextmanager
+def gateway_before_fake_registry(loop: LoopThread, seen: Observations) -> Iterator[tuple[RunningServer, str]]:
+    """A real gateway (no keys) in front of a stand-in registry: (the registry, the gateway's
+    target). Its trainer target leads nowhere."""
+    from gateway.app import start_gateway
+    from gateway.settings import GatewaySettings
+
+    upstream = loop.run(start_fake_registry(seen))
+    settings = GatewaySettings(
+        auth_required=False,
+        address="127.0.0.1:0",
+        trainer_targets=(f"127.0.0.1:{free_port()}",),
+        registry_target=f"127.0.0.1:{upstream.port}",
+    )
+    app = loop.run(start_gateway(settings))
+    target = f"127.0.0.1:{app.port}"
+    try:
+        wait_for_health(target, REGISTRY, timeout=20)
+        yield upstream, target
+    finally:
+        loop.run(app.stop(0.5))
+        loop.run(upstream.server.stop(0.1))

@@ -22,15 +22,12 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.app import start_gateway
-from gateway.settings import GatewaySettings
 from taxidriver import metrics
 from taxidriver.metrics import TelemetryInterceptor
 from taxidriver.registry.v1 import registry_service_pb2 as rpb
 from taxidriver.registry.v1 import registry_service_pb2_grpc
-from tests.fake_upstreams import REGISTRY as REGISTRY_SERVICE
-from tests.fake_upstreams import Observations, start_fake_registry
-from tests.support import InProcessService, LoopThread, free_port, wait_for_health
+from tests.fake_upstreams import Observations, gateway_before_fake_registry
+from tests.support import InProcessService, LoopThread
 
 SERVICE = "test.Outcomes"
 
@@ -168,22 +165,8 @@ def test_a_service_echoes_the_request_id(target: str) -> None:
 
 @pytest.fixture(scope="module")
 def gateway_target(loop_thread: LoopThread) -> Iterator[str]:
-    upstream = loop_thread.run(start_fake_registry(Observations()))
-    app = loop_thread.run(
-        start_gateway(
-            GatewaySettings(
-                auth_required=False,
-                address="127.0.0.1:0",
-                trainer_targets=(f"127.0.0.1:{free_port()}",),
-                registry_target=f"127.0.0.1:{upstream.port}",
-            )
-        )
-    )
-    target = f"127.0.0.1:{app.port}"
-    wait_for_health(target, REGISTRY_SERVICE, timeout=20)
-    yield target
-    loop_thread.run(app.stop(0.5))
-    loop_thread.run(upstream.server.stop(0.1))
+    with gateway_before_fake_registry(loop_thread, Observations()) as (_, target):
+        yield target
 
 
 def get_run(target: str, run_id: str, request_id: str, timeout: float = 10) -> tuple[Any, grpc.RpcError | None]:

@@ -13,15 +13,13 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.app import start_gateway
-from gateway.settings import GatewaySettings
 from taxidriver import metrics
 from taxidriver.logs import JsonFormatter
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from taxidriver.server import RunningServer
 from tests.fake_upstreams import REGISTRY as REGISTRY_SERVICE
-from tests.fake_upstreams import Observations, start_fake_registry
-from tests.support import LoopThread, free_port, wait_for_health
+from tests.fake_upstreams import Observations, gateway_before_fake_registry
+from tests.support import LoopThread, wait_for_health
 
 
 @dataclass
@@ -34,22 +32,8 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers(loop_thread: LoopThread) -> Iterator[Servers]:
     seen = Observations()
-    upstream = loop_thread.run(start_fake_registry(seen))
-    app = loop_thread.run(
-        start_gateway(
-            GatewaySettings(
-                auth_required=False,
-                address="127.0.0.1:0",
-                trainer_targets=(f"127.0.0.1:{free_port()}",),
-                registry_target=f"127.0.0.1:{upstream.port}",
-            )
-        )
-    )
-    target = f"127.0.0.1:{app.port}"
-    wait_for_health(target, REGISTRY_SERVICE, timeout=20)
-    yield Servers(upstream=upstream, gateway_target=target, seen=seen)
-    loop_thread.run(app.stop(0.5))
-    loop_thread.run(upstream.server.stop(0.1))
+    with gateway_before_fake_registry(loop_thread, seen) as (upstream, target):
+        yield Servers(upstream=upstream, gateway_target=target, seen=seen)
 
 
 def handled(method: str, code: str) -> float:
