@@ -103,7 +103,9 @@ def test_sweep_start_watch_show_list_and_suggest(tuner_gateway: InProcessService
 def test_sweep_mistakes_are_reported_not_raised(tuner_gateway: InProcessService) -> None:
     usage = cli(tuner_gateway, "sweep", "start", "q_learning", "--param", "alpha=oops")
     assert usage.code == 2 and "--param wants NAME=LOW:HIGH" in usage.err
-    refused = cli(tuner_gateway, "sweep", "start", "q_learning", "--param", "alpha=0.5:2", "--trials", "0")
+    # Both mistakes reach the tuner, which names every bad field at once (0 trials would be a
+    # REQUIRED field left unset: the gateway refuses that alone, before the tuner sees the rest).
+    refused = cli(tuner_gateway, "sweep", "start", "q_learning", "--param", "alpha=0.5:2", "--trials", "100000")
     assert refused.code == 1
     assert "INVALID_ARGUMENT" in refused.err
     assert "spec.search_space[0].high" in refused.err and "spec.n_trials" in refused.err
