@@ -23,6 +23,7 @@ from gateway.required import MISSING, RequiredFields, is_required
 from registry_service.convert import dict_to_struct
 from taxidriver.access import method_path
 from taxidriver.errors import status_details
+from taxidriver.handlers import make_handler, method_kind, responds_with_stream
 from taxidriver.registry.v1 import registry_service_pb2 as registry_pb
 from taxidriver.server import RunningServer, ServiceBinding, create_server
 from taxidriver.trainer.v1 import trainer_service_pb2 as trainer_pb
@@ -110,7 +111,7 @@ class Recorder:
     seen: list[tuple[str, bytes]] = field(default_factory=list)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        kinds = {method_path(m): (m.client_streaming, m.server_streaming) for m in PUBLIC_METHODS}
+        kinds = {method_path(m): method_kind(m) for m in PUBLIC_METHODS}
         recorder = self
 
         class Any_(grpc.GenericRpcHandler):
@@ -118,23 +119,17 @@ class Recorder:
                 path = details.method
                 if path not in kinds:
                     return None
-                client_streaming, server_streaming = kinds[path]
+                kind = kinds[path]
 
                 async def record(request: Any, context: grpc.aio.ServicerContext) -> bytes:
-                    for message in [m async for m in request] if client_streaming else [request]:
+                    for message in [m async for m in request] if kind.startswith("stream_") else [request]:
                         recorder.seen.append((path, message))
                     return b""
 
                 async def record_then_answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     yield await record(request, context)
 
-                behavior = {
-                    (False, False): grpc.unary_unary_rpc_method_handler(record),
-                    (True, False): grpc.stream_unary_rpc_method_handler(record),
-                    (False, True): grpc.unary_stream_rpc_method_handler(record_then_answer),
-                    (True, True): grpc.stream_stream_rpc_method_handler(record_then_answer),
-                }
-                return behavior[(client_streaming, server_streaming)]
+                return make_handler(kind, record_then_answer if responds_with_stream(kind) else record)
 
         return Any_()
 
@@ -175,8 +170,7 @@ def recorder_gateway(loop_thread: LoopThread) -> Iterator[tuple[Recorder, InProc
 
 def call(channel: grpc.Channel, method: MethodDescriptor, request: Message, *rest: Message) -> list[bytes]:
     """One call of `method` with `request` (the first message of a client stream, then `rest`), raw bytes."""
-    kind = f"{'stream' if method.client_streaming else 'unary'}_{'stream' if method.server_streaming else 'unary'}"
-    stub = getattr(channel, kind)(method_path(method))
+    stub = getattr(channel, method_kind(method))(method_path(method))
     payload = request.SerializeToString()
     argument: Any = iter([payload, *(m.SerializeToString() for m in rest)]) if method.client_streaming else payload
     reply = stub(argument, timeout=30)
