@@ -155,11 +155,12 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         full: bool,
         count: bool,
         where_field: str = "filter",
+        filtered: bool = False,
         skip: int = 0,
     ) -> tuple[list[resources_pb2.Run], str, int]:
         """One keyset page of runs; the token is bound to `scope` + `binding_text` + ordering."""
         after = decode_page_token(token, scope, binding_text, ordering)
-        statement = run_sql.page(where, after, ordering, limit=size + 1, skip=skip)
+        statement = run_sql.page(where, after, ordering, limit=size + 1, skip=skip, filtered=filtered)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             try:
@@ -218,6 +219,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             scope="runs",
             where=where,
             binding_text=request.filter,
+            filtered=bool(request.filter.strip()),
             ordering=ordering,
             token=request.page_token,
             size=size,
@@ -243,6 +245,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             scope="best",
             where=run_sql.best_runs_where(extra, request.algorithm),
             binding_text=request.filter,
+            filtered=bool(request.filter.strip()),
             ordering=ordering,
             token="",
             size=size,
