@@ -36,12 +36,20 @@ from registry_service.db import apply_migrations  # noqa: E402
 from taxidriver.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2 as pb  # noqa: E402
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
+from taxidriver.registry.v1 import resources_pb2  # noqa: E402
+from taxidriver.vocabulary import status_word  # noqa: E402
 from tests.support import wait_for_health  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", str(size(100_000, 1_000))))
 CALLS = size(200, 10)
 ALGORITHMS = ["brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo"]
-STATUSES = ["completed"] * 17 + ["failed", "cancelled", "running"]
+# Most runs completed, a few stopped otherwise or still running (the words stored in training_runs.status).
+COMPLETED = status_word(resources_pb2.RUN_STATUS_COMPLETED)
+STATUSES = [COMPLETED] * 17 + [
+    status_word(resources_pb2.RUN_STATUS_FAILED),
+    status_word(resources_pb2.RUN_STATUS_CANCELLED),
+    status_word(resources_pb2.RUN_STATUS_RUNNING),
+]
 
 
 def seed(url: str) -> None:
@@ -74,7 +82,7 @@ def seed(url: str) -> None:
                         "test_episodes": 100,
                         "seed": index,
                     }
-                    completed = status == "completed"
+                    completed = status == COMPLETED
                     success = min(1.0, max(0.0, rng.gauss(0.9, 0.1))) if completed else None
                     test_metrics = (
                         {"success_rate": success, "avg_steps": rng.uniform(12.5, 60), "avg_reward": rng.uniform(-5, 8)}

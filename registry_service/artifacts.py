@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -15,8 +12,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from registry_service import page_tokens
 from registry_service.convert import ARTIFACT_COLUMNS, KIND_TO_DB, MODEL_COLUMNS, artifact_from_row, parse_uuid
-from registry_service.filters import load_token
 from taxidriver.errors import bad_field, not_found, resource_exhausted
 from taxidriver.registry.v1 import registry_service_pb2, resources_pb2
 
@@ -153,33 +150,27 @@ LIMIT %(limit)s
 """
 RUN_EXISTS = "SELECT 1 FROM training_runs WHERE run_id = %s"
 MAX_ARTIFACT_PAGE = 1000
-_FORGED = (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError)
 
 
 def _binding(run_id: uuid.UUID, kind: str | None) -> str:
     """What a token is valid for: this run's listing of this kind."""
-    return hashlib.sha256(json.dumps(["artifacts", str(run_id), kind or ""]).encode()).hexdigest()[:16]
+    return page_tokens.binding("artifacts", str(run_id), kind or "")
 
 
 def _encode_token(bound: str, row: dict[str, Any]) -> str:
-    # The registry's token shape (filters.encode_page_token): {"b": binding, "k": sort values, "id"}.
-    payload = {"b": bound, "k": [row["kind"], row["episode"], row["name"]], "id": str(row["artifact_id"])}
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+    return page_tokens.encode(bound, [row["kind"], row["episode"], row["name"]], row["artifact_id"])
+
+
+def _artifact_key(values: list[Any], ident: uuid.UUID) -> tuple[str, int, str]:
+    kind, episode, name = values
+    if not (isinstance(kind, str) and isinstance(episode, int) and isinstance(name, str)):
+        raise ValueError("(kind, episode, name) expected")
+    return kind, episode, name
 
 
 def _decode_token(token: str, bound: str) -> tuple[str, int, str] | None:
     """The (kind, episode, name) a page starts after; INVALID_ARGUMENT `page_token` if not ours."""
-    if not token:
-        return None
-    try:
-        payload = load_token(token)
-        kind, episode, name = payload["k"]
-        if payload["b"] != bound or not (isinstance(kind, str) and isinstance(episode, int) and isinstance(name, str)):
-            raise ValueError("another listing's token")
-        uuid.UUID(payload["id"])
-        return kind, episode, name
-    except _FORGED:
-        raise bad_field("page_token", "is not a page token of this listing") from None
+    return page_tokens.decode(token, bound, _artifact_key)
 
 
 async def list_artifacts(

@@ -120,10 +120,28 @@ def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return _normalise(json_format.MessageToDict(message))  # type: ignore[no-any-return]
 
 
+def fill_struct(struct: struct_pb2.Struct, value: Mapping[str, Any] | None) -> None:
+    """Struct.update, with numbers and strings (most of a run's values) set directly.
+
+    Struct.update dispatches every value through a chain of isinstance tests: on a page of 50
+    runs that was about a third of the registry's CPU for the page (3x slower per value).
+    """
+    if not value:
+        return
+    fields = struct.fields
+    for key, item in value.items():
+        kind = type(item)
+        if kind is float or kind is int:
+            fields[key].number_value = item
+        elif kind is str:
+            fields[key].string_value = item
+        else:
+            struct.update({key: item})
+
+
 def dict_to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
-    if value:
-        struct.update(value)
+    fill_struct(struct, value)
     return struct
 
 
@@ -162,11 +180,15 @@ def run_from_row(row: Mapping[str, Any]) -> resources_pb2.Run:
         resumed_by=row.get("resumed_by") or "",
         cancelled_by=row.get("cancelled_by") or "",
     )
-    run.params.CopyFrom(dict_to_struct(row["params"]))
-    run.plots.CopyFrom(dict_to_struct(row["plots"]))
+    # Present (HasField) even when empty, as CopyFrom of an empty Struct made them.
+    run.params.SetInParent()
+    fill_struct(run.params, row["params"])
+    run.plots.SetInParent()
+    fill_struct(run.plots, row["plots"])
     for group in METRIC_GROUPS:
         if row[group] is not None:
-            getattr(run, group).CopyFrom(dict_to_struct(row[group]))
+            getattr(run, group).SetInParent()
+            fill_struct(getattr(run, group), row[group])
     run.create_time.CopyFrom(timestamp(row["created_at"]))
     run.update_time.CopyFrom(timestamp(row["updated_at"]))
     return run

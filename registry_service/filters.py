@@ -8,11 +8,7 @@ than AND (`a AND b OR c` is `a AND (b OR c)`); NOT binds tightest.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import itertools
-import json
 import math
 import re
 import uuid
@@ -23,6 +19,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from registry_service import page_tokens
 from taxidriver.errors import bad_field
 from taxidriver.vocabulary import STATUS_NUMBERS
 
@@ -221,6 +218,11 @@ class _Parser:
         if value.kind not in ("string", "number", "word"):
             raise bad_field("filter", f"expected a value at position {value.position}")
         return compile_comparison(name.text, operator.text, value)
+
+
+def all_of(*parts: Compiled) -> Compiled:
+    """The conjunction of compiled expressions, their parameters in order."""
+    return _join(list(parts), "AND")
 
 
 def _join(parts: list[Compiled], word: str) -> Compiled:
@@ -479,15 +481,6 @@ def _storable_json(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def load_token(token: str) -> Any:
-    """A page token's JSON payload; non-standard constants (NaN, Infinity) are not JSON."""
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} in a page token")
-
-    return json.loads(base64.urlsafe_b64decode(token.encode()), parse_constant=refuse)
-
-
 def token_value(column: Field, value: Any) -> Any:
     """A sort value as JSON for a page token."""
     if isinstance(value, datetime):
@@ -517,32 +510,23 @@ def parse_order_by(text: str, default: str = "create_time desc", field_name: str
     return Ordering(keys, source)
 
 
-def _binding(scope: str, filter_text: str, ordering: Ordering) -> str:
-    digest = hashlib.sha256(json.dumps([scope, filter_text, ordering.text]).encode()).hexdigest()
-    return digest[:16]
-
-
 def encode_page_token(scope: str, filter_text: str, ordering: Ordering, row: dict[str, Any]) -> str:
+    """The token after `row` (the last run of a page, with its sort_<i> columns)."""
     values = [token_value(key.field, row[f"sort_{i}"]) for i, key in enumerate(ordering.keys)]
-    payload = {"b": _binding(scope, filter_text, ordering), "k": values, "id": str(row["run_id"])}
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+    return page_tokens.encode(page_tokens.binding(scope, filter_text, ordering.text), values, row["run_id"])
 
 
 def decode_page_token(token: str, scope: str, filter_text: str, ordering: Ordering) -> Compiled | None:
     """The keyset condition a token stands for; INVALID_ARGUMENT `page_token` if it is not ours."""
-    if not token:
-        return None
-    try:
-        payload = load_token(token)
-        binding, values, ident = payload["b"], payload["k"], payload["id"]
-        if not isinstance(ident, str):
-            raise TypeError("id is not a string")
-        run_id = uuid.UUID(ident)
-        if not isinstance(values, list) or len(values) != len(ordering.keys):
+
+    def after(values: list[Any], run_id: uuid.UUID) -> Compiled:
+        if len(values) != len(ordering.keys):
             raise ValueError("wrong number of sort values")
-        if binding != _binding(scope, filter_text, ordering):
-            raise bad_field("page_token", "was issued for a different filter or order_by")
         return ordering.after_sql(values, run_id)
-    # Tokens are user input: anything that is not a token we issued is the caller's mistake.
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError):
-        raise bad_field("page_token", "is not a page token of this listing") from None
+
+    return page_tokens.decode(
+        token,
+        page_tokens.binding(scope, filter_text, ordering.text),
+        after,
+        stale="was issued for a different filter or order_by",
+    )

@@ -14,7 +14,7 @@ import sys
 import psycopg
 
 from registry_service.backup import BackupError, database_url
-from registry_service.queries import purge_runs
+from registry_service.retention import purge_runs
 from taxidriver.logs import setup_logging
 
 log = logging.getLogger("registry_service.purge")

@@ -1,42 +1,40 @@
-"""RegistryService: the public query API over every recorded run (the seed's /database/* routes)."""
+"""RegistryService: the public query API over every recorded run (the seed's /database/* routes).
+
+The servicer: it checks requests, runs the statements and builds the replies. The composed SQL of
+the run queries is in run_sql, page tokens in page_tokens, CompareRuns' layout in compare, the
+purge rule in retention.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import grpc
 from psycopg import AsyncConnection, errors
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from registry_service import episodes
+from registry_service import episodes, page_tokens, run_sql
 from registry_service.artifacts import collect_upload, list_artifacts, split_chunks, store_artifact
+from registry_service.compare import compare, compared_ids
 from registry_service.convert import (
     ANNOTATION_COLUMNS,
     ARTIFACT_COLUMNS,
-    METRIC_GROUPS,
     MODEL_COLUMNS,
-    RUN_COLUMNS,
     annotation_from_row,
     artifact_from_row,
     check_text,
     curves_from_rows,
     model_from_row,
     run_from_row,
-    struct_to_dict,
     timestamp,
     user_struct,
-    value_to_proto,
 )
 from registry_service.db import EVENTS_CHANNEL
 from registry_service.filters import (
@@ -45,11 +43,9 @@ from registry_service.filters import (
     compile_filter,
     decode_page_token,
     encode_page_token,
-    filter_fields,
-    load_token,
     parse_order_by,
 )
-from registry_service.grouping import param_groups
+from registry_service.retention import purge_runs
 from registry_service.settings import RegistrySettings
 from taxidriver.access import caller_name, caller_of
 from taxidriver.errors import (
@@ -63,7 +59,7 @@ from taxidriver.errors import (
 )
 from taxidriver.registry.v1 import registry_service_pb2 as pb
 from taxidriver.registry.v1 import registry_service_pb2_grpc, resources_pb2
-from taxidriver.vocabulary import HIGHER, algorithm_name_problem, is_outcome, metric_direction
+from taxidriver.vocabulary import algorithm_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -71,91 +67,35 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 BEST_ORDER = "test_metrics.success_rate desc, test_metrics.avg_steps asc"
 MAX_ANNOTATION_CHARS = 10_000
-# The keys of the seed's /database/runs/search/params, indexed together (migration 0015).
-SEED_SEARCH_KEYS = ("alpha", "gamma", "training_runs")
 MAX_TAGS = 32
 TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
-# Filtered statistics: aggregated over the matching runs, reading the generated metric columns.
-STATISTICS_BY_ALGORITHM = """
-WITH runs AS MATERIALIZED (
-    SELECT r.run_id, r.algorithm, r.status, r.success_rate, r.avg_steps, r.avg_reward, r.execution_time
-    FROM training_runs r WHERE {where}
-),
-ranked AS (
-    SELECT DISTINCT ON (algorithm) algorithm, run_id, success_rate AS best_success
-    FROM runs WHERE status = 'completed' AND success_rate IS NOT NULL
-    ORDER BY algorithm, success_rate DESC, avg_steps ASC NULLS LAST, run_id
-),
-totals AS (
-    SELECT algorithm,
-           count(*) AS total_runs,
-           count(*) FILTER (WHERE status = 'completed') AS completed_runs,
-           avg(success_rate) FILTER (WHERE status = 'completed') AS avg_success_rate,
-           avg(avg_steps) FILTER (WHERE status = 'completed') AS avg_steps,
-           avg(avg_reward) FILTER (WHERE status = 'completed') AS avg_reward,
-           min(avg_steps) FILTER (WHERE status = 'completed') AS best_avg_steps,
-           avg(execution_time) FILTER (WHERE status = 'completed') AS avg_execution_time
-    FROM runs GROUP BY algorithm
-)
-SELECT totals.*, ranked.best_success AS best_success_rate, ranked.run_id::text AS best_run_id
-FROM totals LEFT JOIN ranked USING (algorithm)
-ORDER BY algorithm
+# Statements with fixed text; the composed ones (filters, orderings) are in run_sql.
+MODEL_LISTING = f"""
+SELECT {MODEL_COLUMNS} FROM saved_models WHERE (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s::uuid)
+AND (%(after_time)s::timestamptz IS NULL
+     OR (created_at, model_id) > (%(after_time)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at, model_id LIMIT %(limit)s
 """
-
-STATISTICS_BY_DAY = """
-SELECT date_trunc('day', r.created_at AT TIME ZONE 'UTC') AS day,
-       count(*) AS runs,
-       avg(r.success_rate) AS avg_success_rate,
-       avg(r.avg_steps) AS avg_steps
-FROM training_runs r WHERE {where}
-GROUP BY 1 ORDER BY 1
+MODEL_ROW = """
+SELECT m.model_id, m.run_id, m.model_name, m.model_path, m.model_size, m.model_metadata, m.created_at, m.imported_by
+FROM saved_models m JOIN artifacts a USING (artifact_id) WHERE m.model_id = %s
 """
-
-# Statistics unfiltered or filtered by algorithm and status only: the trigger-maintained
-# run_statistics sums (it has both columns, so the compiled filter reads them as `r.`), plus one
-# index probe per algorithm for its best run; a few hundred rows read whatever the number of runs.
-SUMMARY_FIELDS = frozenset({"algorithm", "status"})
-
-ALL_STATISTICS_BY_ALGORITHM = """
-WITH totals AS (
-    SELECT algorithm,
-           sum(runs)::bigint AS total_runs,
-           coalesce(sum(runs) FILTER (WHERE status = 'completed'), 0)::bigint AS completed_runs,
-           sum(success_sum) FILTER (WHERE status = 'completed')
-               / nullif(sum(success_count) FILTER (WHERE status = 'completed'), 0) AS avg_success_rate,
-           sum(steps_sum) FILTER (WHERE status = 'completed')
-               / nullif(sum(steps_count) FILTER (WHERE status = 'completed'), 0) AS avg_steps,
-           sum(reward_sum) FILTER (WHERE status = 'completed')
-               / nullif(sum(reward_count) FILTER (WHERE status = 'completed'), 0) AS avg_reward,
-           sum(execution_sum) FILTER (WHERE status = 'completed')
-               / nullif(sum(execution_count) FILTER (WHERE status = 'completed'), 0) AS avg_execution_time
-    FROM run_statistics r WHERE {where} GROUP BY algorithm HAVING sum(runs) > 0
-)
-SELECT totals.*, best.success_rate AS best_success_rate, best.run_id::text AS best_run_id,
-       (SELECT min(r.avg_steps) FROM training_runs r
-        WHERE r.status = 'completed' AND r.algorithm = totals.algorithm AND {where}) AS best_avg_steps
-FROM totals
-LEFT JOIN LATERAL (
-    SELECT r.run_id, r.success_rate FROM training_runs r
-    WHERE r.status = 'completed' AND r.algorithm = totals.algorithm AND r.success_rate IS NOT NULL AND {where}
-    ORDER BY r.success_rate DESC NULLS LAST, r.avg_steps ASC NULLS LAST, r.run_id ASC
-    LIMIT 1
-) best ON true
-ORDER BY algorithm
+MODEL_ROW_WITH_DATA = """
+SELECT m.model_id, m.run_id, m.model_name, m.model_path, m.model_size, m.model_metadata, m.created_at, m.imported_by,
+       a.data
+FROM saved_models m JOIN artifacts a USING (artifact_id) WHERE m.model_id = %s
 """
-
-ALL_STATISTICS_BY_DAY = """
-SELECT day::timestamp AS day, sum(runs)::bigint AS runs,
-       sum(success_sum) / nullif(sum(success_count), 0) AS avg_success_rate,
-       sum(steps_sum) / nullif(sum(steps_count), 0) AS avg_steps
-FROM run_statistics r WHERE {where} GROUP BY day HAVING sum(runs) > 0 ORDER BY day
+SET_IMPORTER = f"UPDATE saved_models SET imported_by = %s WHERE model_id = %s RETURNING {MODEL_COLUMNS}"
+ANNOTATION_LISTING = f"""
+SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE run_id = %(run_id)s
+AND (%(after_time)s::timestamptz IS NULL
+     OR (created_at, annotation_id) > (%(after_time)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at, annotation_id LIMIT %(limit)s
 """
-
-COUNT_SUMMARY = "SELECT coalesce(sum(runs), 0)::bigint FROM run_statistics r WHERE {where}"
-# pg_class's row estimate (-1 before the first ANALYZE or VACUUM: a new table counts as small).
-TABLE_ROWS_ESTIMATE = "SELECT reltuples FROM pg_class WHERE oid = 'training_runs'::regclass"
+ARTIFACT_WITH_DATA = f"SELECT {ARTIFACT_COLUMNS}, data FROM artifacts WHERE artifact_id = %s"
+RUN_EXISTS = "SELECT 1 FROM training_runs WHERE run_id = %s"
 
 
 def page_size(value: int, field_name: str = "page_size", default: int = DEFAULT_PAGE_SIZE) -> int:
@@ -167,38 +107,6 @@ def page_size(value: int, field_name: str = "page_size", default: int = DEFAULT_
 
 def _number(value: Any) -> float:
     return float(value) if value is not None else 0.0
-
-
-async def _fetch_runs(conn: AsyncConnection[Any], ids: list[uuid.UUID]) -> dict[uuid.UUID, resources_pb2.Run]:
-    cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(f"SELECT {RUN_COLUMNS} FROM training_runs r WHERE r.run_id = ANY(%s)", (ids,))
-    return {row["run_id"]: run_from_row(row) for row in await cursor.fetchall()}
-
-
-class SimpleToken:
-    """Keyset tokens over (created_at, id) for annotation and model listings."""
-
-    @staticmethod
-    def encode(scope: str, created_at: datetime, ident: uuid.UUID) -> str:
-        payload = {"s": hashlib.sha256(scope.encode()).hexdigest()[:16], "t": created_at.isoformat(), "id": str(ident)}
-        return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
-
-    @staticmethod
-    def decode(scope: str, token: str) -> tuple[datetime, uuid.UUID] | None:
-        if not token:
-            return None
-        try:
-            payload = load_token(token)
-            if payload["s"] != hashlib.sha256(scope.encode()).hexdigest()[:16]:
-                raise ValueError("other listing")
-            if not isinstance(payload["t"], str) or not isinstance(payload["id"], str):
-                raise TypeError("forged token")
-            moment = datetime.fromisoformat(payload["t"])
-            if moment.tzinfo is None:
-                raise ValueError("naive")
-            return moment, uuid.UUID(payload["id"])
-        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error, UnicodeDecodeError):
-            raise bad_field("page_token", "is not a page token of this listing") from None
 
 
 def wants_curves(view: int) -> bool:
@@ -221,7 +129,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         run_id = parse_uuid(request.run_id, "run_id")
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(f"SELECT {RUN_COLUMNS} FROM training_runs r WHERE r.run_id = %s", (run_id,))
+            await cursor.execute(run_sql.RUN_BY_ID, (run_id,))
             row = await cursor.fetchone()
             if row is None:
                 raise not_found("run", str(run_id))
@@ -242,21 +150,16 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         full: bool,
         count: bool,
         where_field: str = "filter",
+        filtered: bool = False,
         skip: int = 0,
     ) -> tuple[list[resources_pb2.Run], str, int]:
         """One keyset page of runs; the token is bound to `scope` + `binding_text` + ordering."""
-        after = decode_page_token(token, scope, binding_text, ordering) or Compiled("TRUE")
-        select = ordering.select_sql()
-        order = ordering.order_sql()
-        query = (
-            f"SELECT {RUN_COLUMNS}, {select.sql} FROM training_runs r"
-            f" WHERE ({where.sql}) AND ({after.sql}) ORDER BY {order.sql} LIMIT %s OFFSET %s"
-        )
-        params = [*select.params, *where.params, *after.params, *order.params, size + 1, skip]
+        after = decode_page_token(token, scope, binding_text, ordering)
+        statement = run_sql.page(where, after, ordering, limit=size + 1, skip=skip, filtered=filtered)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             try:
-                await cursor.execute(query, params)
+                await cursor.execute(statement.query, statement.params)
             except errors.DataError as exc:
                 # e.g. a seed-style ::FLOAT cast over a hand-written non-numeric value.
                 raise bad_field(
@@ -270,34 +173,16 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             more = len(rows) > len(runs)
             total = 0
             if count:
-                total = await self._total_size(conn, where, binding_text, whole=not token and not more, shown=len(runs))
+                total = await run_sql.total_size(
+                    conn,
+                    where,
+                    binding_text,
+                    whole=not token and not more,
+                    shown=len(runs),
+                    exact_limit=self.settings.exact_count_limit,
+                )
         next_token = encode_page_token(scope, binding_text, ordering, rows[len(runs) - 1]) if more else ""
         return runs, next_token, total
-
-    async def _total_size(
-        self, conn: AsyncConnection[Any], where: Compiled, filter_text: str, *, whole: bool, shown: int
-    ) -> int:
-        """ListRuns' total_size (AIP-158 lets it be an estimate; README "total_size" says when it is).
-
-        Exact when the filter reads only algorithm and status (the run_statistics sums), when the
-        first page holds every match, or while the table is small; otherwise PostgreSQL's estimate
-        of the matching rows, one planning step instead of counting tens of thousands of rows.
-        """
-        if filter_fields(filter_text) <= SUMMARY_FIELDS:
-            counted = await (await conn.execute(COUNT_SUMMARY.replace("{where}", where.sql), where.params)).fetchone()
-            return int(counted[0]) if counted else 0
-        if whole:
-            return shown
-        size = await (await conn.execute(TABLE_ROWS_ESTIMATE)).fetchone()
-        if size is None or size[0] <= self.settings.exact_count_limit:
-            counted = await (
-                await conn.execute(f"SELECT count(*) FROM training_runs r WHERE {where.sql}", where.params)
-            ).fetchone()
-            return int(counted[0]) if counted else 0
-        plan = await (
-            await conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM training_runs r WHERE {where.sql}", where.params)
-        ).fetchone()
-        return round(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
 
     async def _with_curves(self, conn: AsyncConnection[Any], runs: list[resources_pb2.Run]) -> list[resources_pb2.Run]:
         """Runs with their curves, as many as fit the page's byte budget (at least one).
@@ -329,6 +214,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             scope="runs",
             where=where,
             binding_text=request.filter,
+            filtered=bool(request.filter.strip()),
             ordering=ordering,
             token=request.page_token,
             size=size,
@@ -350,15 +236,11 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         size = page_size(request.limit, "limit", default=10)
         extra = compile_filter(request.filter)
         ordering = parse_order_by(request.order_by, default=BEST_ORDER)
-        parts = ["r.status = 'completed'", f"({extra.sql})"]
-        params = list(extra.params)
-        if request.algorithm:
-            parts.append("r.algorithm = %s")
-            params.append(request.algorithm)
         runs, _, _ = await self._page(
             scope="best",
-            where=Compiled(" AND ".join(parts), params),
+            where=run_sql.best_runs_where(extra, request.algorithm),
             binding_text=request.filter,
+            filtered=bool(request.filter.strip()),
             ordering=ordering,
             token="",
             size=size,
@@ -373,17 +255,11 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         where = compile_filter(request.filter)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            if filter_fields(request.filter) <= SUMMARY_FIELDS:
-                # The placeholder appears three times in the per-algorithm statement.
-                await cursor.execute(ALL_STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params * 3)
-                algorithms = await cursor.fetchall()
-                await cursor.execute(ALL_STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
-                days = await cursor.fetchall()
-            else:
-                await cursor.execute(STATISTICS_BY_ALGORITHM.replace("{where}", where.sql), where.params)
-                algorithms = await cursor.fetchall()
-                await cursor.execute(STATISTICS_BY_DAY.replace("{where}", where.sql), where.params)
-                days = await cursor.fetchall()
+            by_algorithm, by_day = run_sql.statistics(where, request.filter)
+            await cursor.execute(by_algorithm.query, by_algorithm.params)
+            algorithms = await cursor.fetchall()
+            await cursor.execute(by_day.query, by_day.params)
+            days = await cursor.fetchall()
         response = pb.GetStatisticsResponse(
             total_runs=sum(a["total_runs"] for a in algorithms),
             completed_runs=sum(a["completed_runs"] for a in algorithms),
@@ -423,19 +299,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             raise bad_field("params", "give at least one parameter to match")
         size = page_size(request.page_size)
         binding = json.dumps(wanted, sort_keys=True)
-        where = Compiled("r.params @> %s", [Jsonb(wanted)])
-        if wanted.keys() <= set(SEED_SEARCH_KEYS) and all(_is_scalar(v) for v in wanted.values()):
-            # The seed's search: containment of scalars is equality of each key (numbers compare
-            # numerically in both; a nested or missing value matches neither), and equalities walk
-            # training_runs_seed_params newest first (0.4 ms instead of 48 ms at 100k runs, when
-            # containment read ~3,800 runs per page). Both forms at once misled the planner.
-            where = Compiled(
-                " AND ".join(f"r.params -> '{key}' = %s" for key in wanted),  # keys from SEED_SEARCH_KEYS
-                [Jsonb(value) for value in wanted.values()],
-            )
         runs, token, _ = await self._page(
             scope="search",
-            where=where,
+            where=run_sql.search_where(wanted),
             binding_text=binding,
             ordering=parse_order_by(""),
             token=request.page_token,
@@ -449,39 +315,15 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     async def CompareRuns(
         self, request: pb.CompareRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CompareRunsResponse:
-        if not 2 <= len(request.run_ids) <= 20:
-            raise bad_field("run_ids", "compare two to twenty runs")
-        violations = Violations()
-        parsed = [violations.uuid(text, f"run_ids[{index}]") for index, text in enumerate(request.run_ids)]
-        violations.raise_if_any()
-        ids = [run_id for run_id in parsed if run_id is not None]
-        if len(set(ids)) != len(ids):
-            raise bad_field("run_ids", "each run may appear once")
+        ids = compared_ids(request.run_ids)
         async with self.pool.connection() as conn:
-            found = await _fetch_runs(conn, ids)
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(run_sql.RUNS_BY_IDS, (ids,))
+            found = {row["run_id"]: run_from_row(row) for row in await cursor.fetchall()}
         for run_id in ids:
             if run_id not in found:
                 raise not_found("run", str(run_id))
-        runs = [found[run_id] for run_id in ids]
-        response = pb.CompareRunsResponse(runs=runs)
-        params = [struct_to_dict(run.params) for run in runs]
-        for key in sorted({k for p in params for k in p}):
-            values = [p.get(key) for p in params]
-            if any(v != values[0] for v in values[1:]):
-                response.param_differences.append(
-                    pb.ParamDifference(key=key, values=[value_to_proto(v) for v in values])
-                )
-        metric_values: dict[str, list[Any]] = {}
-        groups = [{g: struct_to_dict(getattr(run, g)) for g in METRIC_GROUPS} for run in runs]
-        for group in METRIC_GROUPS:
-            keys = sorted({k for g in groups for k, v in g[group].items() if _is_number(v)})
-            for key in keys:
-                metric_values[f"{group}.{key}"] = [g[group].get(key) for g in groups]
-        metric_values["execution_time"] = [run.execution_time for run in runs]
-        for metric, values in metric_values.items():
-            response.metrics.append(_comparison(metric, values, runs))
-        response.param_groups.extend(param_groups(runs))
-        return response
+        return compare([found[run_id] for run_id in ids])
 
     # ------------------------------------------------------------------ annotations
 
@@ -541,23 +383,21 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         run_id = parse_uuid(request.run_id, "run_id")
         size = page_size(request.page_size)
         scope = f"annotations:{run_id}"
-        after = SimpleToken.decode(scope, request.page_token)
+        after_time, after_id = page_tokens.decode_time_key(scope, request.page_token) or (None, None)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute("SELECT 1 FROM training_runs WHERE run_id = %s", (run_id,))
+            await cursor.execute(RUN_EXISTS, (run_id,))
             if await cursor.fetchone() is None:
                 raise not_found("run", str(run_id))
             await cursor.execute(
-                f"SELECT {ANNOTATION_COLUMNS} FROM run_annotations WHERE run_id = %s"
-                " AND (%s::timestamptz IS NULL OR (created_at, annotation_id) > (%s::timestamptz, %s::uuid))"
-                " ORDER BY created_at, annotation_id LIMIT %s",
-                (run_id, *(2 * [after[0] if after else None]), after[1] if after else None, size + 1),
+                ANNOTATION_LISTING,
+                {"run_id": run_id, "after_time": after_time, "after_id": after_id, "limit": size + 1},
             )
             rows = await cursor.fetchall()
         token = ""
         if len(rows) > size:
             last = rows[size - 1]
-            token = SimpleToken.encode(scope, last["created_at"], last["annotation_id"])
+            token = page_tokens.encode_time_key(scope, last["created_at"], last["annotation_id"])
         return pb.ListAnnotationsResponse(
             annotations=[annotation_from_row(r) for r in rows[:size]], next_page_token=token
         )
@@ -614,35 +454,21 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         run_id = parse_uuid(request.run_id, "run_id") if request.run_id else None
         size = page_size(request.page_size)
         scope = f"models:{run_id or ''}"
-        after = SimpleToken.decode(scope, request.page_token)
+        after_time, after_id = page_tokens.decode_time_key(scope, request.page_token) or (None, None)
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(
-                f"SELECT {MODEL_COLUMNS} FROM saved_models WHERE (%s::uuid IS NULL OR run_id = %s::uuid)"
-                " AND (%s::timestamptz IS NULL OR (created_at, model_id) > (%s::timestamptz, %s::uuid))"
-                " ORDER BY created_at, model_id LIMIT %s",
-                (
-                    run_id,
-                    run_id,
-                    *(2 * [after[0] if after else None]),
-                    after[1] if after else None,
-                    size + 1,
-                ),
+                MODEL_LISTING, {"run_id": run_id, "after_time": after_time, "after_id": after_id, "limit": size + 1}
             )
             rows = await cursor.fetchall()
         token = ""
         if len(rows) > size:
-            token = SimpleToken.encode(scope, rows[size - 1]["created_at"], rows[size - 1]["model_id"])
+            token = page_tokens.encode_time_key(scope, rows[size - 1]["created_at"], rows[size - 1]["model_id"])
         return pb.ListModelsResponse(models=[model_from_row(r) for r in rows[:size]], next_page_token=token)
 
     async def _model_row(self, conn: AsyncConnection[Any], model_id: uuid.UUID, with_data: bool) -> dict[str, Any]:
         cursor = conn.cursor(row_factory=dict_row)
-        columns = ", ".join(f"m.{c.strip()}" for c in MODEL_COLUMNS.split(","))
-        data = ", a.data" if with_data else ""
-        await cursor.execute(
-            f"SELECT {columns}{data} FROM saved_models m JOIN artifacts a USING (artifact_id) WHERE m.model_id = %s",
-            (model_id,),
-        )
+        await cursor.execute(MODEL_ROW_WITH_DATA if with_data else MODEL_ROW, (model_id,))
         row = await cursor.fetchone()
         if row is None:
             raise not_found("model", str(model_id))
@@ -723,10 +549,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             importer = caller_name(context)
             if importer is not None:
                 models = conn.cursor(row_factory=dict_row)
-                await models.execute(
-                    f"UPDATE saved_models SET imported_by = %s WHERE model_id = %s RETURNING {MODEL_COLUMNS}",
-                    (importer, model_row["model_id"]),
-                )
+                await models.execute(SET_IMPORTER, (importer, model_row["model_id"]))
                 model_row = await models.fetchone()
         assert model_row is not None
         return pb.ImportModelResponse(model=model_from_row(model_row))
@@ -771,9 +594,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         artifact_id = parse_uuid(request.artifact_id, "artifact_id")
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
-                f"SELECT {ARTIFACT_COLUMNS}, data FROM artifacts WHERE artifact_id = %s", (artifact_id,)
-            )
+            await cursor.execute(ARTIFACT_WITH_DATA, (artifact_id,))
             row = await cursor.fetchone()
         if row is None:
             raise not_found("artifact", str(artifact_id))
@@ -825,58 +646,3 @@ def _annotation_retry(
     if existing["run_id"] != run_id or existing["annotation"] != text or list(existing["tags"]) != tags:
         raise request_id_reused("annotation", str(existing["annotation_id"]))
     return pb.CreateAnnotationResponse(annotation=annotation_from_row(existing))
-
-
-def _is_scalar(value: Any) -> bool:
-    """A JSON string, number or boolean (null and nested values keep the containment test)."""
-    return isinstance(value, str | int | float | bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _comparison(metric: str, values: list[Any], runs: list[resources_pb2.Run]) -> pb.MetricComparison:
-    """One metric side by side: a best run only for an outcome, and only when one run holds it alone."""
-    direction = metric_direction(metric)
-    comparison = pb.MetricComparison(
-        metric=metric,
-        values=[value_to_proto(v if _is_number(v) else None) for v in values],
-        higher_is_better=direction == HIGHER,
-        direction=direction,  # type: ignore[arg-type]
-    )
-    numbers = [(v, i) for i, v in enumerate(values) if _is_number(v)]
-    if is_outcome(direction) and numbers:
-        best = max(v for v, _ in numbers) if direction == HIGHER else min(v for v, _ in numbers)
-        holders = [runs[i].run_id for v, i in numbers if v == best]
-        if len(holders) == 1:
-            comparison.best_run_id = holders[0]
-        else:
-            comparison.tied_run_ids.extend(holders)
-    return comparison
-
-
-# Live runs are never purged under a trainer - unless no trainer has renewed their lease
-# since before the cutoff (the registry that should have expired them was not running):
-# skipping those forever would keep them, and their episodes, for good.
-PURGEABLE = """
-created_at < now() - make_interval(days => %s)
-AND (status NOT IN ('running', 'queued') OR COALESCE(lease_expires_at, updated_at) < now() - make_interval(days => %s))
-"""
-PURGE_COUNT = f"SELECT count(*), now() - make_interval(days => %s) FROM training_runs WHERE {PURGEABLE}"
-PURGE_DELETE = f"""
-WITH gone AS (
-    DELETE FROM training_runs WHERE {PURGEABLE}
-    RETURNING 1
-)
-SELECT count(*), now() - make_interval(days => %s) FROM gone
-"""
-
-
-async def purge_runs(conn: AsyncConnection[Any], older_than_days: int, *, validate_only: bool) -> tuple[int, datetime]:
-    """The seed's 30-day cleanup; runs still queued or running are never purged under a live trainer."""
-    days = older_than_days  # every placeholder of both statements is the number of days
-    cursor = await conn.execute(PURGE_COUNT if validate_only else PURGE_DELETE, (days, days, days))
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0]), row[1]

@@ -7,11 +7,7 @@ a stale one is refused (FAILED_PRECONDITION, reason LEASE_LOST).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -20,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from registry_service import page_tokens
 from registry_service.convert import (
     check_text,
     dict_to_struct,
@@ -188,19 +185,6 @@ def _lease_lost(sweep_id: uuid.UUID, current: int) -> Exception:
         reason="LEASE_LOST",
         lease_epoch=str(current),
     )
-
-
-def _encode_token(row: dict[str, Any]) -> str:
-    raw = json.dumps([row["created_at"].isoformat(), str(row["sweep_id"])]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, sweep_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), uuid.UUID(sweep_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeError):
-        raise bad_field("page_token", "is not a page token of this listing") from None
 
 
 class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
@@ -384,9 +368,9 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
         if request.page_size < 0 or request.page_size > 100:
             raise bad_field("page_size", "must be in [0, 100] (0: 20)")
         size = request.page_size or 20
-        after_time, after_id = (None, None)
-        if request.page_token:
-            after_time, after_id = _decode_token(request.page_token)
+        # The registry's one page-token scheme; a token is bound to the algorithm it was listed for.
+        scope = f"sweeps:{request.algorithm}"
+        after_time, after_id = page_tokens.decode_time_key(scope, request.page_token) or (None, None)
         params = {
             "algorithm": request.algorithm or None,
             "after_time": after_time,
@@ -401,7 +385,9 @@ class SweepStoreServicer(sweep_store_pb2_grpc.SweepStoreServiceServicer):
         rows = rows[:size]
         return pb.ListSweepRecordsResponse(
             sweeps=[record_from_row(row) for row in rows],
-            next_page_token=_encode_token(rows[-1]) if more else "",
+            next_page_token=page_tokens.encode_time_key(scope, rows[-1]["created_at"], rows[-1]["sweep_id"])
+            if more
+            else "",
         )
 
     async def ListOrphanSweeps(

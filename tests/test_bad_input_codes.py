@@ -251,6 +251,46 @@ def test_forged_page_tokens_are_invalid_naming_page_token(
         assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"]), request
 
 
+def test_a_page_token_is_refused_by_any_other_listing(
+    queries: registry_grpc.RegistryServiceStub, run_id: str, registry: InProcessService
+) -> None:
+    from taxidriver.ingest.v1 import sweep_store_pb2 as spb
+    from taxidriver.ingest.v1 import sweep_store_pb2_grpc
+
+    for text in ("first", "second"):
+        queries.CreateAnnotation(pb.CreateAnnotationRequest(run_id=run_id, annotation=text), timeout=10)
+    annotations = queries.ListAnnotations(pb.ListAnnotationsRequest(run_id=run_id, page_size=1), timeout=10)
+    assert annotations.next_page_token
+    algorithm = f"tokens_{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(registry.target) as direct:
+        store = sweep_store_pb2_grpc.SweepStoreServiceStub(direct)
+        for _ in range(2):
+            store.CreateSweep(spb.CreateSweepRequest(algorithm=algorithm), timeout=10)
+        sweeps = store.ListSweepRecords(spb.ListSweepRecordsRequest(algorithm=algorithm, page_size=1), timeout=10)
+        assert len(sweeps.sweeps) == 1 and sweeps.next_page_token
+        following = store.ListSweepRecords(
+            spb.ListSweepRecordsRequest(algorithm=algorithm, page_size=1, page_token=sweeps.next_page_token), timeout=10
+        )
+        assert [s.sweep_id for s in following.sweeps] != [s.sweep_id for s in sweeps.sweeps]
+        # A sweep token lists the algorithm it was issued for, not another one.
+        code, fields, _ = refused(
+            store.ListSweepRecords,
+            spb.ListSweepRecordsRequest(algorithm="sarsa", page_token=sweeps.next_page_token),
+        )
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"])
+    cases = [
+        (pb.ListModelsRequest(page_token=annotations.next_page_token), queries.ListModels),
+        (pb.ListRunsRequest(page_token=annotations.next_page_token), queries.ListRuns),
+        (
+            pb.ListAnnotationsRequest(run_id=str(uuid.uuid4()), page_token=annotations.next_page_token),
+            queries.ListAnnotations,
+        ),
+    ]
+    for request, call in cases:
+        code, fields, _ = refused(call, request)
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"]), request
+
+
 def test_params_search_errors_name_params(queries: registry_grpc.RegistryServiceStub) -> None:
     code, fields, _ = refused(
         queries.SearchRunsByParams, pb.SearchRunsByParamsRequest(params=struct({"note": "a\x00b"}))
