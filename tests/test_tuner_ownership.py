@@ -9,110 +9,51 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
-import psycopg
 import pytest
 
-from registry_service import users
 from taxidriver.errors import _error_details
 from taxidriver.registry.v1 import registry_service_pb2 as rpb
 from taxidriver.registry.v1 import registry_service_pb2_grpc as rgrpc
 from taxidriver.tuner.v1 import tuner_service_pb2 as pb
 from taxidriver.tuner.v1 import tuner_service_pb2_grpc
-from tests.support import InProcessService, LoopThread, wait_for_health
+from tests.support import InProcessService, wait_for_health
+from tests.test_ownership import as_, people  # noqa: F401 (a fixture)
+from tests.test_tuner_sweeps import small_spec
+from tests.web_support import secured_gateway  # noqa: F401 (a fixture: keys required, a tuner behind)
 
 People = dict[str, tuple[str, str]]
 
 
-@pytest.fixture(scope="module")
-def tuner(loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService) -> Iterator[InProcessService]:
-    from tuner_service.app import start_tuner
-    from tuner_service.settings import TunerSettings
-
-    settings = TunerSettings(
-        address="127.0.0.1:0",
-        registry_target=registry.target,
-        trainer_targets=(trainer.target,),
-        poll_interval=0.1,
-        adopt_interval=0.5,
-    )
-    service = InProcessService(loop_thread, lambda: start_tuner(settings))
-    yield service
-    service.stop(0.5)
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    loop_thread: LoopThread, registry: InProcessService, trainer: InProcessService, tuner: InProcessService
-) -> Iterator[InProcessService]:
-    from gateway.app import start_gateway
-    from gateway.settings import GatewaySettings
-
-    settings = GatewaySettings(
-        address="127.0.0.1:0",
-        trainer_targets=(trainer.target,),
-        registry_target=registry.target,
-        tuner_target=tuner.target,
-        auth_required=True,
-    )
-    service = InProcessService(loop_thread, lambda: start_gateway(settings))
-    wait_for_health(service.target, "taxidriver.tuner.v1.TunerService", timeout=30)
-    yield service
-    service.stop(0.5)
-
-
-@pytest.fixture(scope="module")
-def people(database_url: str, registry: InProcessService) -> People:
-    """name -> (username, key): two trainers, an admin, a reader; fresh names per run of the module."""
-    suffix = uuid.uuid4().hex[:6]
-    roles = {"alice": "trainer", "bob": "trainer", "root": "admin", "rita": "reader"}
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return {
-            name: (f"{name}-{suffix}", users.ensure_user_with_key(conn, f"{name}-{suffix}", role))
-            for name, role in roles.items()
-        }
-
-
-def as_(people: People, name: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {people[name][1]}"),)
-
-
 def long_sweep() -> pb.StartSweepRequest:
     """One trial of two long runs at a time: still running when it is cancelled."""
-    spec = pb.SweepSpec(
-        algorithm="q_learning",
-        search_space=[pb.ParameterRange(name="alpha", low=0.2, high=0.9)],
-        n_trials=3,
-        parallelism=1,
-        seeds_per_trial=2,
-        test_episodes=1,
-        sampler=pb.SAMPLER_RANDOM,
-        base_seed=11,
-    )
-    spec.fixed_params.update({"training_episodes": 1_000_000, "max_steps": 200})
+    spec = small_spec(
+        n_trials=3, parallelism=1, seeds_per_trial=2, test_episodes=1, base_seed=11,
+        fixed_params={"training_episodes": 1_000_000, "max_steps": 200},
+    )  # fmt: skip
     return pb.StartSweepRequest(request_id=str(uuid.uuid4()), spec=spec)
 
 
-def first_trial_runs(stub: tuner_service_pb2_grpc.TunerServiceStub, sweep_id: str, people: People) -> list[str]:
+def first_trial_runs(stub: tuner_service_pb2_grpc.TunerServiceStub, sweep_id: str, keys: People) -> list[str]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id), metadata=as_(people, "rita"), timeout=10).sweep
+        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id), metadata=as_(keys, "rita"), timeout=10).sweep
         if sweep.trials and len(sweep.trials[0].run_ids) == 2:
             return list(sweep.trials[0].run_ids)
         time.sleep(0.1)
     raise AssertionError(f"sweep {sweep_id} started no runs within 60 s")
 
 
-def cancel(stub: tuner_service_pb2_grpc.TunerServiceStub, sweep_id: str, people: People, name: str) -> pb.Sweep:
+def cancel(stub: tuner_service_pb2_grpc.TunerServiceStub, sweep_id: str, keys: People, name: str) -> pb.Sweep:
     """CancelSweep as `name`, then the sweep once it has ended (a sweep whose lease changed hands
     meanwhile is stopped by its new holder, after CancelSweep has answered)."""
-    sweep = stub.CancelSweep(pb.CancelSweepRequest(sweep_id=sweep_id), metadata=as_(people, name), timeout=60).sweep
+    sweep = stub.CancelSweep(pb.CancelSweepRequest(sweep_id=sweep_id), metadata=as_(keys, name), timeout=60).sweep
     deadline = time.monotonic() + 60
     while sweep.state == pb.SWEEP_STATE_RUNNING and time.monotonic() < deadline:
         time.sleep(0.2)
-        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id), metadata=as_(people, "rita"), timeout=10).sweep
+        sweep = stub.GetSweep(pb.GetSweepRequest(sweep_id=sweep_id), metadata=as_(keys, "rita"), timeout=10).sweep
     return sweep
 
 
@@ -125,9 +66,11 @@ def refused(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, dict[str,
 
 
 def test_a_sweeps_runs_record_its_owner_and_only_the_owner_or_an_admin_cancels_it(
-    gateway: InProcessService, people: People
+    secured_gateway: InProcessService,  # noqa: F811
+    people: People,  # noqa: F811
 ) -> None:
-    with grpc.insecure_channel(gateway.target) as channel:
+    wait_for_health(secured_gateway.target, "taxidriver.tuner.v1.TunerService", timeout=60)
+    with grpc.insecure_channel(secured_gateway.target) as channel:
         tuner = tuner_service_pb2_grpc.TunerServiceStub(channel)
         registry = rgrpc.RegistryServiceStub(channel)
         alice, _ = people["alice"]
