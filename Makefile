@@ -9,12 +9,13 @@ PROTOS := $(shell find protos -name '*.proto')
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor docs
+.PHONY: help venv protos test run bench lint backup restore clean up down descriptor web-vendor docs preset-sweeps
 
 help:
 	@echo "make run     - embedded PostgreSQL (unless DATABASE_URL), the services, web on http://127.0.0.1:8000, a first training"
 	@echo "make test    - the test suite (embedded PostgreSQL unless DATABASE_URL is set)"
 	@echo "make bench   - benchmarks under bench/ (BENCH=<stem> for one; BENCH_QUICK=1: tiny sizes, as in CI)"
+	@echo "make preset-sweeps - the tuner's sweeps behind the optimized presets (PRESET_SWEEPS_SIZE=reduced: quick)"
 	@echo "make lint    - buf lint, ruff, mypy"
 	@echo "make protos  - regenerate Python code from protos/"
 	@echo "make docs    - docs/configuration.md from the declared settings"
@@ -50,6 +51,13 @@ docs: $(STAMPS)/venv
 
 bench: $(STAMPS)/protos
 	$(PY) bench/run.py $(BENCH)
+
+# The sweeps that chose the optimized presets, through the tuner, stored in the registry
+# (bench/tuner_presets.py): against TAXI_DRIVER_GATEWAY when set, else a stack of its own on .data.
+PRESET_SWEEPS_SIZE ?= full
+PRESET_SWEEPS_ARGS ?=
+preset-sweeps: $(STAMPS)/protos
+	$(PY) bench/tuner_presets.py --size $(PRESET_SWEEPS_SIZE) $(PRESET_SWEEPS_ARGS)
 
 $(STAMPS)/buf:
 	@mkdir -p $(STAMPS)

@@ -1,5 +1,9 @@
 """Sweeps hyper-parameters per algorithm and prints how often each reaches the exact optimum.
 
+In-process grids (trainer_service.tuning, no services, nothing stored): the first search, which
+chose Q-learning's preset. The presets of SARSA, Expected SARSA, Double Q-learning and Monte Carlo
+come from the tuner's sweeps, stored in the registry: `make preset-sweeps` (bench/tuner_presets.py).
+
 A configuration qualifies when its greedy policy is optimal on all 300 start states at the
 end of training for >= 95% of seeds; among those, the one with the fewest episodes (then
 the shortest median time to optimum) is the preset. Each line also says how many seeds deliver

@@ -2,7 +2,7 @@
 
 Role names come from the `taxidriver.options.v1.Role` enum (ROLE_READER -> "reader"),
 and each public method's least role from its `(taxidriver.options.v1.access)`
-option (plus, for methods acting on one run, its ownership rule): the protos are
+option (plus, for methods acting on one run or sweep, its ownership rule): the protos are
 the one definition, and the gateway, the registry (AuthService, the users
 command) and the trainer read it from here. The CLI spells no role name.
 """
@@ -35,6 +35,11 @@ CALLER_KEY = "x-caller"  # user id
 CALLER_NAME_KEY = "x-caller-name"  # username: what runs, annotations and models record
 CALLER_ROLE_KEY = "x-caller-role"  # role name
 CALLER_KEYS = frozenset({CALLER_KEY, CALLER_NAME_KEY, CALLER_ROLE_KEY})
+
+
+# The request fields that name the one resource an ownership rule is about: a run (its owner is
+# Run.creator) or a sweep (Sweep.owner).
+OWNED_FIELDS = frozenset({"run_id", "sweep_id"})
 
 
 class AccessNotDeclared(RuntimeError):
@@ -83,8 +88,10 @@ def least_roles(services: Iterable[ServiceDescriptor]) -> dict[str, int]:
             if access.any_owner_role != access_pb2.ROLE_UNSPECIFIED:
                 if access.any_owner_role <= access.least_role:
                     malformed.append(f"{method.full_name} (any_owner_role must be above least_role)")
-                if "run_id" not in method.input_type.fields_by_name:
-                    malformed.append(f"{method.full_name} (an ownership rule needs a run_id in the request)")
+                if not OWNED_FIELDS & set(method.input_type.fields_by_name):
+                    malformed.append(
+                        f"{method.full_name} (an ownership rule needs a run_id or a sweep_id in the request)"
+                    )
     if missing:
         raise AccessNotDeclared(
             "public methods without a least role: "
@@ -136,13 +143,13 @@ def caller_name(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def any_owner_role(method: MethodDescriptor) -> int:
-    """The role that may act on anyone's run; ROLE_UNSPECIFIED when the method has no ownership rule."""
+    """The role that may act on anyone's run or sweep; ROLE_UNSPECIFIED when the method has no ownership rule."""
     access = declared_access(method)
     return access.any_owner_role if access is not None else access_pb2.ROLE_UNSPECIFIED
 
 
 def needs_owner(method: MethodDescriptor, caller: Caller | None) -> bool:
-    """Whether `caller` may call `method` only on runs it created.
+    """Whether `caller` may call `method` only on runs (or sweeps) it created.
 
     No caller (authentication off: a trusted setup) means no rule, as for roles.
     """
@@ -150,21 +157,34 @@ def needs_owner(method: MethodDescriptor, caller: Caller | None) -> bool:
     return caller is not None and threshold != access_pb2.ROLE_UNSPECIFIED and caller.role < threshold
 
 
-def check_owner(method: MethodDescriptor, caller: Caller | None, *, run_id: str, creator: str) -> None:
-    """PERMISSION_DENIED (NOT_RUN_OWNER) when the method's ownership rule keeps `caller` off this run.
+def check_owner(
+    method: MethodDescriptor, caller: Caller | None, *, creator: str, run_id: str = "", sweep_id: str = ""
+) -> None:
+    """PERMISSION_DENIED when the method's ownership rule keeps `caller` off this run (NOT_RUN_OWNER)
+    or, given a `sweep_id`, off this sweep (NOT_SWEEP_OWNER); `creator` is the run's creator or the
+    sweep's owner.
 
-    A run whose creator is unknown (recorded before owners were) belongs to nobody:
-    only callers allowed on any run may act on it.
+    A run or sweep whose owner is unknown (recorded before owners were, or started without
+    authentication) belongs to nobody: only callers allowed on any may act on it.
     """
     if not needs_owner(method, caller) or caller is None or (creator and creator == caller.username):
         return
+    kind, name = ("sweep", sweep_id) if sweep_id else ("run", run_id)
+    message = (
+        f"{method.name}: {kind} {name} belongs to {creator or 'an unknown user'}; "
+        f"a {role_name(caller.role)} may act only on its own {kind}s "
+        f"(the {role_name(any_owner_role(method))} role may act on any {kind})"
+    )
+    if sweep_id:
+        raise ServiceError(
+            code=grpc.StatusCode.PERMISSION_DENIED,
+            message=message,
+            reason="NOT_SWEEP_OWNER",
+            metadata={"method": method.name, "sweep_id": sweep_id, "owner": creator},
+        )
     raise ServiceError(
         code=grpc.StatusCode.PERMISSION_DENIED,
-        message=(
-            f"{method.name}: run {run_id} belongs to {creator or 'an unknown user'}; "
-            f"a {role_name(caller.role)} may act only on its own runs "
-            f"(the {role_name(any_owner_role(method))} role may act on any run)"
-        ),
+        message=message,
         reason="NOT_RUN_OWNER",
         metadata={"method": method.name, "run_id": run_id, "creator": creator},
     )

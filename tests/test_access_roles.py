@@ -214,7 +214,7 @@ def test_the_internal_role_enum_mirrors_the_public_one() -> None:
 
 
 def test_an_ownership_rule_that_cannot_be_enforced_stops_the_gateway_from_starting() -> None:
-    """any_owner_role on a method whose request names no run, or not above least_role, is refused."""
+    """any_owner_role on a method whose request names no run or sweep, or not above least_role, is refused."""
     file = descriptor_pb2.FileDescriptorProto(
         name="taxidriver/testonly/v1/bad_owner.proto",
         package="taxidriver.testonly.v1",
@@ -236,7 +236,7 @@ def test_an_ownership_rule_that_cannot_be_enforced_stops_the_gateway_from_starti
     with pytest.raises(AccessNotDeclared) as refused:
         least_roles([pool.FindServiceByName("taxidriver.testonly.v1.BadOwnerService")])
     assert "Sweep (any_owner_role must be above least_role)" in str(refused.value)
-    assert "Sweep (an ownership rule needs a run_id in the request)" in str(refused.value)
+    assert "Sweep (an ownership rule needs a run_id or a sweep_id in the request)" in str(refused.value)
 
 
 @pytest.mark.skipif(not (Path(sys.executable).parent / "grpcurl").exists(), reason="grpcurl is installed by make venv")

@@ -83,7 +83,8 @@ def test_deploy_validate_passes_offline() -> None:
     # the tuner adds a Deployment, a Service, a PodDisruptionBudget and a NetworkPolicy.
     assert "deploy/k8s/base renders 32 objects, all valid for Kubernetes 1.37.0 (strict)" in result.stdout
     assert "deploy/k8s/overlays/dev renders 38 objects" in result.stdout
-    assert result.stdout.count("hadolint deploy/") == 6
+    # The five Python services share deploy/python/Dockerfile (a target each); postgres has its own.
+    assert result.stdout.count("hadolint deploy/") == 2
 
 
 def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
@@ -107,7 +108,8 @@ def test_image_requirements_are_pins_from_the_lock() -> None:
     )
     lock = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in lock.items()}
     for path in sorted(DEPLOY.glob("requirements.*.txt")):
-        pins = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+        # `-r other.txt` includes another file of these (checked on its own).
+        pins = [line for line in path.read_text().splitlines() if line and not line.startswith(("#", "-r "))]
         assert pins, path
         for pin in pins:
             name, version = pin.split("==", 1)
@@ -117,17 +119,56 @@ def test_image_requirements_are_pins_from_the_lock() -> None:
         assert f"\n{dev_only}==" not in runtime
 
 
-@pytest.mark.parametrize("service", [*SERVICES, "web", "postgres"])
-def test_dockerfile_is_multistage_non_root_with_exec_entrypoint(service: str) -> None:
-    text = (DEPLOY / service / "Dockerfile").read_text()
+def dockerfile_stages(text: str) -> dict[str, str]:
+    """Stage name -> its text (from its FROM line to the next)."""
+    stages: dict[str, str] = {}
+    for chunk in re.split(r"^(?=FROM )", text, flags=re.M)[1:]:
+        header = chunk.splitlines()[0]
+        name = header.split(" AS ", 1)[1].strip() if " AS " in header else f"stage{len(stages)}"
+        stages[name] = chunk
+    return stages
+
+
+def test_the_postgres_dockerfile_is_multistage_non_root_with_exec_entrypoint() -> None:
+    text = (DEPLOY / "postgres" / "Dockerfile").read_text()
     assert text.count("\nFROM ") + text.startswith("FROM ") >= 2
     assert "ARG BASE_IMAGE=python:3.11-slim" in text
     final = text.rsplit("\nFROM ", 1)[1]
     user = re.search(r"^USER (\d+):(\d+)$", final, re.M)
     assert user and int(user.group(1)) > 0
     assert re.search(r'^ENTRYPOINT \[".+"\]$', final, re.M), "ENTRYPOINT must be exec form"
-    assert "requirements.lock" not in text
-    assert "grpcio-tools" not in final and "/opt/build" not in final
+
+
+PACKAGES = {
+    "registry": "registry_service",
+    "trainer": "trainer_service",
+    "tuner": "tuner_service",
+    "gateway": "gateway",
+}
+
+
+@pytest.mark.parametrize("service", [*SERVICES, "web"])
+def test_each_python_image_is_a_non_root_target_of_the_shared_dockerfile(service: str) -> None:
+    """One build stage and one runtime stage for the five services; each image is a target on the
+    runtime stage (never on the build stage: no build tools in an image) with an exec ENTRYPOINT."""
+    text = (DEPLOY / "python" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text and "requirements.lock" not in text
+    stages = dockerfile_stages(text)
+    assert list(stages)[:2] == ["build", "runtime"]
+    runtime = stages["runtime"]
+    user = re.search(r"^USER (\d+):(\d+)$", runtime, re.M)
+    assert user and int(user.group(1)) > 0
+    assert "grpcio-tools" not in runtime and "/opt/build" not in runtime
+    target = stages[service]
+    assert target.startswith(f"FROM runtime AS {service}\n")
+    assert "USER" not in target and "/opt/build" not in target
+    entrypoint = re.findall(r"^ENTRYPOINT \[(.+)\]$", target, re.M)
+    assert entrypoint == [f'"python", "-m", "{PACKAGES.get(service, service)}"'], "ENTRYPOINT must be exec form"
+    assert re.search(r"^HEALTHCHECK ", target, re.M)
+    # build-images.sh builds the target with its own package.
+    script = (DEPLOY / "scripts" / "build-images.sh").read_text()
+    package = PACKAGES.get(service, service)
+    assert f"{service}) echo {package}" in script if package != service else '*) echo "$1"' in script
 
 
 def test_every_pod_is_hardened(dev: list[dict[str, Any]]) -> None:

@@ -79,6 +79,10 @@ class Preset:
 # The seed's own preset was epsilon 1.0, decay 0.9995, 6000 episodes: epsilon ends at
 # 0.9995**6000 = 0.0497, so it never reached its floor; ours decay faster.
 PRESETS_BENCH = "`.venv/bin/python bench/bench_trainer.py --presets-only` (seeds 100-119)"
+# The tuner's sweeps behind a preset: stored in the registry under these request ids, started (or,
+# when stored already, found again) by one command, which prints each best trial and writes them to
+# bench/preset_sweeps.md.
+PRESET_SWEEPS = "`make preset-sweeps` (bench/tuner_presets.py; summary: bench/preset_sweeps.md)"
 PRESETS: dict[str, Preset] = {
     "brute_force": Preset(
         Hyperparameters(1.0, 1.0, 1.0, 1.0, 1.0, 100, 200),
@@ -92,10 +96,11 @@ PRESETS: dict[str, Preset] = {
         Hyperparameters(0.055, 0.93, 1.0, 0.01, 0.99, 40000, 200),
         f"{PRESETS_BENCH}: exactly optimal for 20/20 seeds; delivers from every start state for 20/20;"
         " optimal on 100.0% of start states on average, 100.0% for the worst seed. Found by the tuner's"
-        " sweeps `bench/tuner_presets.py sarsa`: a TPE exploration of alpha (0.05-1, log), gamma (0.9-1),"
-        " epsilon decay (0.99-0.9999) and floor (0-0.1) at 40,000 episodes, 16 trials of 5 seeds, put every"
-        " trial at the optimum for all its seeds near alpha 0.05-0.085, gamma 0.93, floor 0.01-0.03, decay"
-        " 0.99 (alpha >= 0.45 stayed below 81%); a grid of round values there with 20 seeds per trial"
+        f" sweeps preset-sarsa-explore-1 and preset-sarsa-1 ({PRESET_SWEEPS}): a TPE exploration of alpha"
+        " (0.05-1, log), gamma (0.9-1), epsilon decay (0.99-0.9999) and floor (0-0.1) at 40,000 episodes,"
+        " 16 trials of 5 seeds, put every trial at the optimum for all its seeds near alpha 0.05-0.085,"
+        " gamma 0.93, floor 0.01-0.03, decay 0.99 (alpha >= 0.45 stayed below 81%); a grid of round values"
+        " there with 20 seeds per trial"
         " (alpha 0.05/0.055 x decay 0.99/0.9925; gamma 0.93, floor of 0.01) had three trials optimal for"
         " every seed, this one the fastest. A small step size averages out the noise of SARSA's sampled"
         " on-policy target; the floor of 0.01 keeps exploring. The previous preset (alpha 0.3, gamma 0.99,"
@@ -105,7 +110,7 @@ PRESETS: dict[str, Preset] = {
         Hyperparameters(1.0, 0.9, 1.0, 0.3, 0.995, 40000, 200),
         f"{PRESETS_BENCH}: exactly optimal on all 300 start states for 20/20 seeds (each seed optimal on"
         " >= 100.0% of start states); delivers from every start state for 20/20. Found by the tuner's sweep"
-        " `bench/tuner_presets.py expected_sarsa` (grid: epsilon_min 0.1/0.2/0.3 x 40,000/60,000 episodes;"
+        f" preset-expected-sarsa-1 ({PRESET_SWEEPS}; grid: epsilon_min 0.1/0.2/0.3 x 40,000/60,000 episodes;"
         " alpha 1, gamma 0.9, decay 0.995; 20 seeds per trial, 100-119): epsilon_min 0.3 with 40,000 episodes"
         " was optimal on every start state for every seed (mean 1.0, IQM 1.0, 95% CI [1.000, 1.000]) in the"
         " least training time; the previous floor of 0.2 reached 18/20. Its target averages over the"
@@ -115,7 +120,7 @@ PRESETS: dict[str, Preset] = {
         Hyperparameters(1.0, 0.99, 1.0, 0.3, 0.995, 60000, 200),
         f"{PRESETS_BENCH}: exactly optimal for 20/20 seeds; delivers from every start state for 20/20;"
         " optimal on 100.0% of start states on average, 100.0% for the worst seed. Found by the tuner's sweep"
-        " `bench/tuner_presets.py double_q_learning` (grid: epsilon_min 0.2/0.3 x 40,000/60,000 episodes;"
+        f" preset-double-q-learning-1 ({PRESET_SWEEPS}; grid: epsilon_min 0.2/0.3 x 40,000/60,000 episodes;"
         " alpha 1, gamma 0.99, decay 0.995; 20 seeds per trial, 100-119): epsilon_min 0.3 with 60,000"
         " episodes was optimal on every start state for every seed (mean 1.0, 95% CI [1.000, 1.000]); with"
         " 40,000 one seed of 20 missed one start state (mean 0.9998). Each table learns from half the"
@@ -128,9 +133,10 @@ PRESETS: dict[str, Preset] = {
         " seeds; delivers from every start state for 6/20 seeds only; delivers from 97.5% of start states"
         " on average, 83.3% for the worst seed; optimal on 90.5% of start states on average."
         " First-visit constant-alpha MC with an exploring (epsilon >= 0.25) behaviour policy. As far as the"
-        " tuner's sweeps got (`bench/tuner_presets.py monte_carlo`): a TPE exploration of alpha (0.02-0.5,"
-        " log), gamma, epsilon decay and floor at 50,000 episodes (16 trials of 5 seeds) was best with a"
-        " small step and a high floor (alpha about 0.02, floor 0.25, gamma 0.91: 91.7% of start states optimal);"
+        " tuner's sweeps got (preset-monte-carlo-explore-1, then preset-monte-carlo-1;"
+        f" {PRESET_SWEEPS}): a TPE exploration of alpha (0.02-0.5, log), gamma, epsilon decay and floor at"
+        " 50,000 episodes (16 trials of 5 seeds) was best with a small step and a high floor (alpha about"
+        " 0.02, floor 0.25, gamma 0.91: 91.7% of start states optimal);"
         " no trial reached the optimum for any seed. 100,000 episodes raise the share to 93.7% (measured,"
         " seeds 100-119), still 0/20 exact. The previous preset (alpha 0.1, floor 0.1) was optimal on 58.2%.",
     ),

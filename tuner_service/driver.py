@@ -26,12 +26,15 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from taxidriver import seedstats as stats
+from taxidriver.access import CALLER_KEY, Caller
 from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import sweep_store_pb2, sweep_store_pb2_grpc
+from taxidriver.options.v1 import access_pb2
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.retry import BUSY, Backoff, RetryPolicy
 from taxidriver.trainer.v1 import trainer_service_pb2
 from taxidriver.tuner.v1 import tuner_service_pb2 as pb
+from taxidriver.vocabulary import TERMINAL_STATUSES
 from tuner_service import space
 from tuner_service.trainers import TrainerPool
 
@@ -381,14 +384,16 @@ class SweepDriver:
             seed=int(self.spec.base_seed) + seed_index,
         )
 
-    async def _trainer_call(self, method: str, request: Any) -> Any:
+    async def _trainer_call(self, method: str, request: Any, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
         """One trainer call, retried on another trainer (or later) while none can take it."""
 
         async def attempt() -> Any:
             if self.lost.is_set():
                 raise LeaseLost()
             stub = self.services.trainers.pick()
-            return await getattr(stub, method)(request, timeout=CALL_TIMEOUT_S, metadata=(("x-caller", self.caller),))
+            return await getattr(stub, method)(
+                request, timeout=CALL_TIMEOUT_S, metadata=metadata or ((CALLER_KEY, self.caller),)
+            )
 
         return await TRAINER_RETRY.call(attempt, f"sweep {self.sweep_id}: {method}")
 
@@ -396,6 +401,16 @@ class SweepDriver:
     def caller(self) -> str:
         """Who the trial runs are counted against on the trainers (and the runs' request owner)."""
         return self.record.owner or "tuner"
+
+    @property
+    def owner_metadata(self) -> tuple[tuple[str, str], ...]:
+        """StartRun on behalf of the sweep's owner, as the gateway asserts a caller: the runs record
+        the owner as their creator, like the runs the owner starts through the gateway. The role is
+        the least one that starts runs and sweeps (the owner had it when starting the sweep).
+        Without an owner (a direct, unauthenticated StartSweep) only the quota key is sent."""
+        if not self.record.owner:
+            return ((CALLER_KEY, self.caller),)
+        return Caller(user_id=self.caller, username=self.record.owner, role=access_pb2.ROLE_TRAINER).metadata()
 
     async def _train(self, trial: pb.Trial) -> None:
         seeds = max(1, self.spec.seeds_per_trial)
@@ -408,7 +423,7 @@ class SweepDriver:
         seed_values: list[int] = []
         for seed_index in range(seeds):
             request = self._start_request(trial, seed_index)
-            reply = await self._trainer_call("StartRun", request)
+            reply = await self._trainer_call("StartRun", request, self.owner_metadata)
             run_ids.append(reply.run_id)
             seed_values.append(int(request.seed))
         del trial.run_ids[:]
@@ -464,7 +479,7 @@ class SweepDriver:
                 continue
             run = reply.run
             # A FAILED run failed in training (it would fail again): the trial fails with it.
-            if run.status in (STATUS.RUN_STATUS_COMPLETED, STATUS.RUN_STATUS_CANCELLED, STATUS.RUN_STATUS_FAILED):
+            if run.status in TERMINAL_STATUSES:
                 return run
             if run.status == STATUS.RUN_STATUS_INTERRUPTED:
                 if self.cancel_requested.is_set():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from taxidriver import access
 from taxidriver.access import caller_name
 from taxidriver.errors import (
     ServiceError,
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 200
 WATCH_POLL_S = 1.0
+CANCEL_SWEEP = pb.DESCRIPTOR.services_by_name["TunerService"].methods_by_name["CancelSweep"]
 
 
 @contextlib.asynccontextmanager
@@ -171,6 +173,11 @@ class TunerServicer(tuner_service_pb2_grpc.TunerServiceServicer):
     async def CancelSweep(
         self, request: pb.CancelSweepRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelSweepResponse:
+        # The method's ownership rule (its access option): a trainer cancels only its own sweeps.
+        caller = access.caller_of(context)
+        if access.needs_owner(CANCEL_SWEEP, caller):
+            owner = (await self._get(request.sweep_id)).owner
+            access.check_owner(CANCEL_SWEEP, caller, sweep_id=request.sweep_id, creator=owner)
         async with upstream_errors("cancelling the sweep"):
             record = (
                 await self.tuner.store.RequestSweepCancel(

@@ -14,7 +14,9 @@ SERVICES=${SERVICES:-postgres registry trainer tuner gateway web}
 CTX=deploy/.context
 
 ls deploy/.wheelhouse/*.whl >/dev/null 2>&1 || { echo "build-images: deploy/.wheelhouse is empty (make wheelhouse)" >&2; exit 1; }
+# The Python services share deploy/python/Dockerfile (one target each): their package and requirements.
 package_of() { case "$1" in registry) echo registry_service ;; trainer) echo trainer_service ;; tuner) echo tuner_service ;; *) echo "$1" ;; esac; }
+requirements_of() { case "$1" in trainer) echo deploy/requirements.runtime.txt ;; *) echo "deploy/requirements.$1.txt" ;; esac; }
 for service in $SERVICES; do
   [ "$service" = postgres ] && continue
   pkg=$(package_of "$service")
@@ -36,9 +38,14 @@ cp -al deploy/.wheelhouse "$CTX/deploy/.wheelhouse" 2>/dev/null || cp -a deploy/
 
 for service in $SERVICES; do
   echo "build-images: $PREFIX/$service:$TAG (base $BASE_IMAGE)"
+  if [ "$service" = postgres ]; then
+    args=(--file deploy/postgres/Dockerfile)
+  else
+    args=(--file deploy/python/Dockerfile --target "$service"
+      --build-arg PACKAGE="$(package_of "$service")" --build-arg REQUIREMENTS="$(requirements_of "$service")")
+  fi
   DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-1} $DOCKER build --quiet \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" \
-    --file "deploy/$service/Dockerfile" \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" "${args[@]}" \
     --tag "$PREFIX/$service:$TAG" "$CTX"
 done
 $DOCKER image ls "$PREFIX/*"

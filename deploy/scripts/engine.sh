@@ -27,24 +27,49 @@ install_tools() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# One dockerd start: 0 once it answers, 1 when it died or never answered.
+launch() {
+  nohup dockerd --host "$ENGINE_SOCKET" --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" \
+    --pidfile "$PIDFILE" >"$LOG" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 60); do
+    if ping_engine; then
+      echo "engine: dockerd $(cat "$PIDFILE") serving $ENGINE_SOCKET"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    sleep 0.5
+  done
+  # Never answered: stop it before anything retries (the pidfile would still name it).
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  return 1
+}
+
+# A dockerd killed mid-write can leave its network store (bolt db) corrupt; the next start
+# then panics in libnetwork ("reservePools ... index out of range"). The store holds only
+# networks, rebuilt on demand (stack.sh creates its own): removing it loses no image or volume.
+NETWORK_DB="$ENGINE_DIR/data/network/files/local-kv.db"
+network_db_corrupt() {
+  grep -q 'reservePools' "$LOG" 2>/dev/null && grep -qE 'panic|index out of range' "$LOG" 2>/dev/null
+}
+
 start() {
   if ping_engine; then
     echo "engine: already running at $ENGINE_SOCKET"
     return 0
   fi
   install_tools
-  DOCKER=$(command -v /usr/bin/docker || command -v docker)
+  command -v "$DOCKER" >/dev/null || DOCKER=$(command -v /usr/bin/docker || command -v docker)
   mkdir -p "$ENGINE_DIR/data" "$ENGINE_DIR/exec"
-  nohup dockerd --host "$ENGINE_SOCKET" --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" \
-    --pidfile "$PIDFILE" >"$LOG" 2>&1 &
-  for _ in $(seq 1 60); do
-    if ping_engine; then
-      echo "engine: dockerd $(cat "$PIDFILE") serving $ENGINE_SOCKET"
-      return 0
-    fi
-    if ! kill -0 $! 2>/dev/null; then break; fi
-    sleep 0.5
-  done
+  launch && return 0
+  if network_db_corrupt && [ -f "$NETWORK_DB" ]; then
+    echo "engine: dockerd panicked in libnetwork (reservePools): its network store is corrupt;" \
+      "removing $NETWORK_DB (networks only) and starting once more" >&2
+    cp "$LOG" "$LOG.panic" 2>/dev/null || true
+    rm -f "$NETWORK_DB"
+    launch && return 0
+  fi
   echo "engine: dockerd did not start; last lines of $LOG:" >&2
   tail -n 30 "$LOG" >&2 || true
   return 1

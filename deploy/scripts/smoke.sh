@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Container smoke test (make smoke): a real engine, the real images, the real stack, one
-# real training through the gateway container, then everything torn down. It fails loudly
+# real training and a tiny sweep (through the tuner container) through the gateway container,
+# then everything torn down. It fails loudly
 # when the engine cannot start; it never passes without having run.
 # Env: as engine.sh / build-images.sh / stack.sh; KEEP_ENGINE=1 leaves a dockerd we started.
 set -euo pipefail
@@ -47,7 +48,7 @@ phase base_image_and_wheelhouse $t
 t=$SECONDS
 deploy/scripts/build-images.sh
 phase build_images $t
-for image in postgres registry trainer gateway web; do
+for image in postgres registry trainer tuner gateway web; do
   echo "smoke: image $image = $($DOCKER image inspect --format '{{.Size}}' "taxidriver/$image:$TAG" | awk '{printf "%.0f", $1/1048576}') MiB"
 done
 deploy/scripts/stack.sh down >/dev/null 2>&1 || true
@@ -61,6 +62,9 @@ export TAXI_DRIVER_API_KEY
 [ -n "$TAXI_DRIVER_API_KEY" ] || { echo "smoke: FAILED: no API key issued" >&2; exit 1; }
 $PY deploy/scripts/smoke_client.py --target "127.0.0.1:$GATEWAY_PORT"
 phase training $t
+t=$SECONDS
+$PY deploy/scripts/smoke_client.py --target "127.0.0.1:$GATEWAY_PORT" --sweep --owner smoke
+phase sweep $t
 # The web container: the seed's listing over HTTP/JSON with the key, and /docs, through it.
 t=$SECONDS
 listed=$(curl -fsS -H "Authorization: Bearer $TAXI_DRIVER_API_KEY" "http://127.0.0.1:$WEB_PORT/database/runs?limit=10")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The compose stack with plain `docker run` on a user network, for engines without a compose
 # tool (and for the smoke test, which must not depend on one). Mirrors deploy/compose.yaml:
-# postgres -> migrate (must exit 0) -> registry (healthy) -> trainer (healthy) -> gateway (healthy)
-# -> web (healthy: its /readyz sees the gateway).
+# postgres -> migrate (must exit 0) -> registry (healthy) -> trainer (healthy) -> tuner (healthy)
+# -> gateway (healthy) -> web (healthy: its /readyz sees the gateway).
 #   deploy/scripts/stack.sh up|down|status|task COMMAND [ARGS...]
 # Env: DOCKER, PROJECT (container/network prefix, default taxidriver), TAG (default dev),
 #      GATEWAY_PORT (loopback port, default 50051), WEB_PORT (default 8000), POSTGRES_PASSWORD, TRAINER_WORKERS,
@@ -67,8 +67,14 @@ up() {
     --health-cmd "grpc-health-probe --service taxidriver.trainer.v1.TrainerService 127.0.0.1:50052" \
     --health-interval 2s --health-retries 30 "$PREFIX/trainer:$TAG"
   wait_healthy trainer
+  run tuner "$PREFIX/tuner:$TAG" -e TUNER_ADDRESS=0.0.0.0:50054 -e TRAINER_TARGETS=trainer:50052 \
+    -e REGISTRY_TARGET=registry:50053 -e INTERNAL_TOKEN="$INTERNAL_TOKEN" \
+    --health-cmd "grpc-health-probe --service taxidriver.tuner.v1.TunerService 127.0.0.1:50054" \
+    --health-interval 2s --health-retries 30 "$PREFIX/tuner:$TAG"
+  wait_healthy tuner
   run gateway "$PREFIX/gateway:$TAG" -e GATEWAY_ADDRESS=0.0.0.0:50051 -e TRAINER_TARGETS=trainer:50052 \
-    -e REGISTRY_TARGET=registry:50053 -e INTERNAL_TOKEN="$INTERNAL_TOKEN" -p "127.0.0.1:$GATEWAY_PORT:50051" \
+    -e REGISTRY_TARGET=registry:50053 -e TUNER_TARGET=tuner:50054 -e INTERNAL_TOKEN="$INTERNAL_TOKEN" \
+    -p "127.0.0.1:$GATEWAY_PORT:50051" \
     --health-cmd "grpc-health-probe 127.0.0.1:50051" --health-interval 2s --health-retries 30 "$PREFIX/gateway:$TAG"
   wait_healthy gateway
   run web "$PREFIX/web:$TAG" -e WEB_HOST=0.0.0.0 -e WEB_PORT=8000 -e GATEWAY_TARGET=gateway:50051 \
