@@ -48,7 +48,7 @@ from taxidriver.idempotency import json_fingerprint
 from taxidriver.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from taxidriver.metrics import add_episodes_ingested
 from taxidriver.registry.v1 import resources_pb2
-from taxidriver.vocabulary import algorithm_name_problem
+from taxidriver.vocabulary import STATUS_WORDS, STOPPED_STATUSES, TERMINAL_WORDS, algorithm_name_problem, status_word
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ WITH before AS (
 UPDATE training_runs r SET
     status = CASE WHEN b.expired AND %(back)s::text IS NOT NULL THEN %(back)s ELSE r.status END,
     stop_reason = CASE WHEN b.expired AND %(back)s::text IS NOT NULL THEN '' ELSE r.stop_reason END,
-    lease_expires_at = CASE WHEN r.status IN ('queued', 'running') OR (b.expired AND %(back)s::text IS NOT NULL)
+    lease_expires_at = CASE WHEN r.status = ANY(%(live)s) OR (b.expired AND %(back)s::text IS NOT NULL)
         THEN now() + make_interval(secs => %(lease)s) ELSE r.lease_expires_at END,
     trainer_id = COALESCE(NULLIF(%(trainer_id)s, ''), r.trainer_id)
 FROM before b
@@ -107,8 +107,12 @@ WHERE r.run_id = b.run_id AND (%(epoch)s = 0 OR r.lease_epoch = %(epoch)s)
 RETURNING r.cancel_requested, b.expired AND %(back)s::text IS NOT NULL
 """
 
+# The lifecycle tables, in the words RunStatus declares (taxidriver.vocabulary), never a copy.
+# Live: a trainer holds the run (its lease runs); every other status is stopped.
+LIVE_STATUSES: frozenset[str] = frozenset(STATUS_WORDS[n] for n in STATUS_WORDS if n not in STOPPED_STATUSES)
+FAILED = status_word(resources_pb2.RUN_STATUS_FAILED)
 # Statuses ClaimRun may take a run from: nobody holds it (a live run is the sweeper's to expire).
-CLAIMABLE = frozenset({"interrupted", "failed"})
+CLAIMABLE: frozenset[str] = frozenset({status_word(resources_pb2.RUN_STATUS_INTERRUPTED), FAILED})
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
@@ -126,14 +130,17 @@ ORDER BY episode DESC, created_at DESC
 LIMIT 1
 """
 
-# Statuses a run may move to through UpdateRunStatus, from each current status.
+# Statuses a run may move to through UpdateRunStatus, from each current status: any but
+# completed (CompleteRun's) from a run that has not ended; ResumeRun continues a FAILED run
+# from its last checkpoint too. Nothing leaves COMPLETED or CANCELLED.
+_SETTABLE = frozenset(STATUS_WORDS.values()) - {status_word(resources_pb2.RUN_STATUS_COMPLETED)}
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
-    "running": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
-    "interrupted": frozenset({"queued", "running", "failed", "cancelled", "interrupted"}),
-    # ResumeRun continues a FAILED run from its last checkpoint too.
-    "failed": frozenset({"queued", "running", "failed"}),
+    **{word: _SETTABLE for word in STATUS_WORDS.values() if word not in TERMINAL_WORDS},
+    FAILED: LIVE_STATUSES | {FAILED},
 }
+# TERMINAL_WORDS as a parameter of the SQL below (a list adapts to a text array).
+TERMINAL_LIST = sorted(TERMINAL_WORDS)
+LIVE_LIST = sorted(LIVE_STATUSES)
 
 
 def check_epoch(run_id: uuid.UUID, sent: int, current: int) -> None:
@@ -290,7 +297,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                         stop_reason = COALESCE(NULLIF(%s, ''), stop_reason),
                         error_message = %s,
                         trainer_id = COALESCE(NULLIF(%s, ''), trainer_id),
-                        lease_expires_at = CASE WHEN %s IN ('queued', 'running')
+                        lease_expires_at = CASE WHEN %s = ANY(%s)
                             THEN now() + make_interval(secs => %s) ELSE lease_expires_at END,
                         updated_at = now()
                     WHERE run_id = %s
@@ -301,6 +308,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                         request.error_message,
                         request.trainer_id,
                         target,
+                        LIVE_LIST,
                         self.settings.lease_seconds,
                         run_id,
                     ),
@@ -505,7 +513,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     "epoch": request.lease_epoch,
                     "trainer_id": request.trainer_id,
                     "lease": self.settings.lease_seconds,
-                    "back": back if back in ("queued", "running") else None,
+                    "back": back if back in LIVE_STATUSES else None,
+                    "live": LIVE_LIST,
                 },
             )
             row = await cursor.fetchone()
@@ -542,10 +551,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     lease_epoch = CASE WHEN status = 'interrupted' OR lease_expires_at < now()
                         THEN lease_epoch + 1 ELSE lease_epoch END,
                     updated_at = now()
-                WHERE run_id = %s AND status NOT IN ('completed', 'failed', 'cancelled')
+                WHERE run_id = %s AND status <> ALL(%s)
                 RETURNING 1
                 """,
-                (request.requested_by, run_id),
+                (request.requested_by, run_id, TERMINAL_LIST),
             )
             if await cursor.fetchone() is not None:
                 await notify(conn, run_id, "status")
@@ -571,7 +580,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             status, holder = row
             if status not in CLAIMABLE:
                 name = resources_pb2.RunStatus.Name(STATUS_FROM_DB[status])
-                held = f" (held by trainer {holder})" if status in ("queued", "running") and holder else ""
+                held = f" (held by trainer {holder})" if status in LIVE_STATUSES and holder else ""
                 raise failed_precondition(
                     f"only INTERRUPTED or FAILED runs can be resumed; run {run_id} is {name}{held}",
                     reason="RUN_NOT_RESUMABLE",

@@ -259,3 +259,19 @@ def test_deleting_a_run_cascades(ingest, db: psycopg.Connection) -> None:
     db.execute("DELETE FROM training_runs WHERE run_id = %s", (run_id,))
     for table in ("run_episodes", "artifacts", "saved_models"):
         assert db.execute(f"SELECT count(*) FROM {table} WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+
+
+def test_lifecycle_tables_are_the_run_status_vocabulary() -> None:
+    """The statuses UpdateRunStatus, ClaimRun and the lease SQL accept, derived from RunStatus (issue 12)."""
+    from registry_service import ingest
+
+    settable = {"queued", "running", "failed", "cancelled", "interrupted"}
+    assert ingest.ALLOWED_TRANSITIONS == {
+        "queued": settable,
+        "running": settable,
+        "interrupted": settable,
+        "failed": {"queued", "running", "failed"},
+    }
+    assert ingest.LIVE_STATUSES == {"queued", "running"}
+    assert ingest.CLAIMABLE == {"interrupted", "failed"}
+    assert ingest.TERMINAL_LIST == ["cancelled", "completed", "failed"]
