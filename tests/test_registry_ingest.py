@@ -99,7 +99,8 @@ def test_complete_with_missing_episodes_is_refused(ingest, queries) -> None:
     assert full_run(queries, run_id).status == resources_pb2.RUN_STATUS_QUEUED
 
 
-def test_complete_run_is_idempotent_and_compacts_episodes(ingest, queries, db) -> None:
+def test_complete_run_is_idempotent_and_keeps_the_streamed_chunks(ingest, queries, db) -> None:
+    """Chunks are written once in their final form: no rewrite at completion, so no dead rows."""
     run_id = register(ingest)
     send(ingest, batch(run_id, 0, 30), batch(run_id, 30, 30), batch(run_id, 60, 40))
     request = ingest_pb2.CompleteRunRequest(
@@ -112,11 +113,28 @@ def test_complete_run_is_idempotent_and_compacts_episodes(ingest, queries, db) -
     again = ingest.CompleteRun(request).run
     assert first.status == again.status == resources_pb2.RUN_STATUS_COMPLETED
     assert again.test_metrics["success_rate"] == pytest.approx(0.96)
-    assert db.execute("SELECT count(*) FROM run_episodes WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+    rows = db.execute("SELECT first_episode, xmin::text FROM run_episodes WHERE run_id = %s ORDER BY 1", (run_id,))
+    chunks = rows.fetchall()
+    assert [first for first, _ in chunks] == [0, 30, 60]
     assert list(full_run(queries, run_id).curves.rewards) == [float(-e) for e in range(100)]
     with pytest.raises(grpc.RpcError) as caught:
         send(ingest, batch(run_id, 100, 1))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    again = db.execute("SELECT first_episode, xmin::text FROM run_episodes WHERE run_id = %s ORDER BY 1", (run_id,))
+    assert again.fetchall() == chunks  # the same row versions: nothing rewritten
+
+
+def test_a_run_of_many_small_chunks_is_merged_at_completion(ingest, queries, db) -> None:
+    from registry_service.episodes import COMPACT_ABOVE_CHUNKS
+
+    count = COMPACT_ABOVE_CHUNKS + 1
+    run_id = register(ingest, planned=count * 2)
+    send(ingest, *(batch(run_id, first, 2) for first in range(0, count * 2, 2)))
+    ingest.CompleteRun(ingest_pb2.CompleteRunRequest(run_id=run_id, episodes_total=count * 2))
+    assert db.execute("SELECT count(*) FROM run_episodes WHERE run_id = %s", (run_id,)).fetchone() == (1,)
+    curves = full_run(queries, run_id).curves
+    assert list(curves.rewards) == [float(-e) for e in range(count * 2)]
+    assert list(curves.successes) == [e % 2 == 0 for e in range(count * 2)]
 
 
 def test_register_is_idempotent_on_run_id_and_request_id(ingest) -> None:
