@@ -130,8 +130,8 @@ PRESETS: dict[str, Preset] = {
         " alpha 1, gamma 0.99, decay 0.995; 20 seeds per trial, 100-119): epsilon_min 0.3 with 60,000"
         " episodes was optimal on every start state for every seed (mean 1.0, 95% CI [1.000, 1.000]); with"
         " 40,000 one seed of 20 missed one start state (mean 0.9998). Each table learns from half the"
-        " updates: it needs 1.5x the 40,000 episodes of the single-table presets. The previous preset (alpha 0.5, floor 0.01,"
-        " 5,000 episodes) was exactly optimal for 0/20 seeds.",
+        " updates: it needs 1.5x the 40,000 episodes of the single-table presets. The previous preset"
+        " (alpha 0.5, floor 0.01, 5,000 episodes) was exactly optimal for 0/20 seeds.",
     ),
     "monte_carlo": Preset(
         Hyperparameters(0.02, 0.91, 1.0, 0.25, 0.9966, 50000, 200),
