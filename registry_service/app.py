@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from registry_service import episodes
 from registry_service.auth import AuthServicer
 from registry_service.db import EVENTS_CHANNEL, apply_migrations, open_pool
-from registry_service.ingest import IngestServicer
+from registry_service.ingest import LIVE_LIST, IngestServicer
 from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
 from registry_service.sweeps import SweepStoreServicer
@@ -45,7 +45,7 @@ WITH expired AS (
         stop_reason = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'lease_expired' END,
         lease_epoch = CASE WHEN cancel_requested THEN lease_epoch + 1 ELSE lease_epoch END,
         updated_at = now()
-    WHERE status IN ('queued', 'running')
+    WHERE status = ANY(%s)
       AND COALESCE(lease_expires_at, updated_at + make_interval(secs => %s)) < now()
     RETURNING run_id
 )
@@ -61,7 +61,7 @@ FROM expired
 # still caught one lease after the registry is back.
 RENEW_LEASES = """
 UPDATE training_runs SET lease_expires_at = now() + make_interval(secs => %s)
-WHERE status IN ('queued', 'running')
+WHERE status = ANY(%s)
 """
 
 # After a gap of known length (a pause, a database outage, a starved event loop) live
@@ -70,7 +70,7 @@ WHERE status IN ('queued', 'running')
 EXTEND_LEASES = """
 UPDATE training_runs SET
     lease_expires_at = COALESCE(lease_expires_at, updated_at + make_interval(secs => %s)) + make_interval(secs => %s)
-WHERE status IN ('queued', 'running')
+WHERE status = ANY(%s)
 """
 
 # A sweep that starts later than this after the end of the previous one (beyond its own
@@ -118,7 +118,7 @@ class RegistryApp:
                     if swept is None:
                         swept = time.monotonic()
                         gap = swept - last_sweep
-                        await conn.execute(EXTEND_LEASES, (lease, gap))
+                        await conn.execute(EXTEND_LEASES, (lease, gap, LIVE_LIST))
                         log.info("lease sweep: %.1fs since the last one; live leases extended by it", gap)
                 last_sweep = swept
             except (psycopg.Error, OSError, TimeoutError) as exc:
@@ -145,7 +145,7 @@ class RegistryApp:
         Returns the instant of that check: a pause after it is the next sweep's gap.
         """
         async with conn.transaction():
-            await conn.execute(EXPIRE_LEASES, (self.settings.lease_seconds, EVENTS_CHANNEL))
+            await conn.execute(EXPIRE_LEASES, (LIVE_LIST, self.settings.lease_seconds, EVENTS_CHANNEL))
             checked = time.monotonic()
             if checked - began > SWEEP_GAP_TOLERANCE_S:
                 raise psycopg.Rollback()
@@ -210,7 +210,7 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
         await pool.close()
         raise
     async with pool.connection() as conn:
-        await conn.execute(RENEW_LEASES, (settings.lease_seconds,))
+        await conn.execute(RENEW_LEASES, (settings.lease_seconds, LIVE_LIST))
     app = RegistryApp(settings=settings, running=running, pool=pool, hub=hub)
     app._tasks.append(asyncio.create_task(app._watch_database(), name="registry-db-health"))
     log.info("registry listening on port %d", running.port)

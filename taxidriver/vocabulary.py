@@ -53,6 +53,7 @@ TERMINAL_STATUSES: frozenset[int] = _with_trait("terminal")
 # No trainer is working on the run now (terminal, or INTERRUPTED): a waiting client stops.
 STOPPED_STATUSES: frozenset[int] = _with_trait("stopped")
 TERMINAL_WORDS: frozenset[str] = frozenset(STATUS_WORDS[n] for n in TERMINAL_STATUSES)
+STOPPED_WORDS: frozenset[str] = frozenset(STATUS_WORDS[n] for n in STOPPED_STATUSES)
 
 
 def status_word(status: int) -> str:

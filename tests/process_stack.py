@@ -33,6 +33,7 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import conninfo
 
+from taxidriver.vocabulary import STOPPED_WORDS
 from tests.support import ROOT, free_port, spawn, stored_episode_indices
 
 BIN = Path(sys.executable).parent
@@ -41,7 +42,8 @@ GRPCURL = BIN / "grpcurl"
 REGISTRY = "taxidriver.registry.v1.RegistryService"
 TRAINER = "taxidriver.trainer.v1.TrainerService"
 ALGORITHMS = ("brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo")
-TERMINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
+# Statuses no trainer works on (terminal, or interrupted): a waiting test stops there.
+TERMINAL = STOPPED_WORDS
 # trainer_service/plots.py renders these for every run with at least one episode.
 PLOT_NAMES = frozenset({"rewards.png", "steps.png", "epsilon.png", "td_error.png", "test_vs_brute_force.png"})
 # Signals a process dies of when it crashes rather than being stopped by us.

@@ -14,6 +14,7 @@ from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from taxidriver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc, resources_pb2
 from taxidriver.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
+from taxidriver.vocabulary import STOPPED_WORDS
 from tests.support import InProcessService, LoopThread
 
 # Purely random episodes of up to 200 steps: about a minute of training here, far longer
@@ -146,7 +147,7 @@ def test_a_run_whose_registration_answer_was_lost_is_still_trained(
             found = db.execute("SELECT status FROM training_runs WHERE run_id = %s", (started.run_id,)).fetchone()
             return str(found[0]) if found else ""
 
-        wait_until(lambda: status() in ("completed", "failed", "interrupted", "cancelled"), "run finished", 60)
+        wait_until(lambda: status() in STOPPED_WORDS, "run finished", 60)
         assert status() == "completed"
     finally:
         trainer.stop()
