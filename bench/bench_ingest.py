@@ -1,9 +1,16 @@
 """End-to-end ingest: trainer-like gRPC streams into a real registry process and PostgreSQL.
 
 Prints `bench: ingest_episodes_per_s` (episodes acknowledged per second over
-several concurrent runs, batches of 1000) and `ingest_episodes_per_s_trainer_batch`
-(batches of the size a worker sends: SEND_EVERY_EPISODES, the trainer's streamer
-coalescing up to 20,000), `bench: bytes_per_run_6000_episodes` (growth of every
+several concurrent runs, in the batches the trainer really sends for an optimized
+Q-learning run) and `ingest_episodes_per_s_batch_600` (those of a 6000-episode user
+run), each with the registry process's CPU time per batch (steadier than wall time
+on a shared machine). A worker hands its episodes over at every checkpoint (every
+tenth of the run, at least 100: params.default_checkpoint_every), every 5,000
+episodes or every 0.2 s, whichever comes first; its kernel trains a tenth of a
+10,000-episode run in well under 0.2 s, so the checkpoint sets the size: 1,000
+episodes for the optimized run (10,000 episodes), 600 for a user run of the seed's
+6,000. The streamer coalesces only what piles up while a batch waits for its ack.
+`bench: bytes_per_run_6000_episodes` (growth of every
 registry table, indexes and TOAST included, per completed 6000-episode run),
 `bytes_per_run_live_6000_episodes` (the bytes of the run's live rows: the growth
 above also holds the dead chunk rows a run's compaction leaves until autovacuum
@@ -42,10 +49,12 @@ from taxidriver.registry.v1 import registry_service_pb2 as registry_pb2  # noqa:
 from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_grpc  # noqa: E402
 from taxidriver.registry.v1 import resources_pb2  # noqa: E402
 from tests.support import wait_for_health  # noqa: E402
-from trainer_service.worker import SEND_EVERY_EPISODES  # noqa: E402
+from trainer_service.params import PRESETS, default_checkpoint_every  # noqa: E402
 
 EPISODES = 6000
-BATCH = 1000
+# The batches a worker sends (one per checkpoint, see above).
+BATCH = default_checkpoint_every(PRESETS["q_learning"].hyperparameters.training_episodes)
+USER_BATCH = default_checkpoint_every(EPISODES)
 CONCURRENT_RUNS = size(4, 2)
 ROUNDS = size(11, 2)
 SIZE_RUNS = size(20, 2)
@@ -88,16 +97,20 @@ async def register(stub: ingest_grpc.IngestServiceStub, run_id: str) -> None:
     )
 
 
-async def measure(target: str, url: str, gateway_target: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(target: str, url: str, gateway_target: str, registry_pid: int) -> None:
     rng = np.random.default_rng(7)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = ingest_grpc.IngestServiceStub(channel)
         # Throughput: CONCURRENT_RUNS runs streamed at once, ROUNDS times (messages prepared beforehand).
-        # A worker hands its episodes over every SEND_EVERY_EPISODES (or 0.2 s) and the streamer
-        # coalesces what is pending into requests of up to 20,000; 1,000 is the cautious case.
         for batch, name in (
             (BATCH, "ingest_episodes_per_s"),
-            (SEND_EVERY_EPISODES, "ingest_episodes_per_s_trainer_batch"),
+            (USER_BATCH, f"ingest_episodes_per_s_batch_{USER_BATCH}"),
         ):
             rounds = []
             for _ in range(ROUNDS):
@@ -105,13 +118,18 @@ async def measure(target: str, url: str, gateway_target: str) -> None:
                 await asyncio.gather(*(register(stub, run_id) for run_id in ids))
                 rounds.append([episode_batches(run_id, rng, batch) for run_id in ids])
             await asyncio.gather(*(ingest_run(stub, b) for b in rounds[0]))  # warm-up
+            cpu = cpu_seconds(registry_pid)
             started = time.perf_counter()
             total = 0
             for batches in rounds[1:]:
                 total += sum(await asyncio.gather(*(ingest_run(stub, b) for b in batches)))
             elapsed = time.perf_counter() - started
+            cpu_ms = (cpu_seconds(registry_pid) - cpu) * 1000 / sum(len(b) for r in rounds[1:] for b in r)
             print(f"bench: {name} = {total / elapsed:.0f} episodes/s")
-            print(f"  ({total} episodes, {CONCURRENT_RUNS} concurrent streams, batches of {batch}, {elapsed:.2f}s)")
+            print(
+                f"  ({total} episodes, {CONCURRENT_RUNS} concurrent streams, batches of {batch}, {elapsed:.2f}s;"
+                f" registry CPU {cpu_ms:.3f} ms per batch; load average {os.getloadavg()[0]:.1f})"
+            )
 
         # Storage: completed runs (episodes compacted), every table with its indexes and TOAST.
         with psycopg.connect(url, autocommit=True) as conn:
@@ -214,7 +232,7 @@ def main() -> int:
     try:
         wait_for_health(f"127.0.0.1:{port}", "taxidriver.ingest.v1.IngestService")
         wait_for_health(f"127.0.0.1:{gateway_port}", "taxidriver.registry.v1.RegistryService")
-        asyncio.run(measure(f"127.0.0.1:{port}", url, f"127.0.0.1:{gateway_port}"))
+        asyncio.run(measure(f"127.0.0.1:{port}", url, f"127.0.0.1:{gateway_port}", registry.pid))
     finally:
         gateway.terminate()
         gateway.wait(30)
