@@ -88,30 +88,75 @@ def register(adapters: Any) -> None:
         adapters.register_dumper(cls, _dumper_for(cls))
 
 
-def _optional(values: Any, skip: int, oid: int) -> PackedArray | None:
+# A batch of episodes in one statement (one round trip, in autocommit: its own transaction).
+# The row lock orders concurrent or replayed batches of a run: FOR UPDATE waits for the other
+# writer and then reads the row as it committed it, so each episode index is stored once. The
+# chunk and the new count are written only if the batch is accepted (a fresh writer, no gap,
+# not all stored yet, the run not finished, within the plan); the caller learns why not from
+# the run's row, returned either way (no row: no such run). A partly stored batch keeps its
+# new tail (arrays slice from 1: the sent arrays are 1-based).
+STORE_BATCH = """
+WITH run AS (
+    SELECT status, episodes_recorded, episodes_planned, lease_epoch
+    FROM training_runs WHERE run_id = %(run_id)s FOR UPDATE
+), accepted AS (
+    SELECT episodes_recorded AS recorded, episodes_recorded - %(first)s AS skip FROM run
+    WHERE (%(epoch)s = 0 OR lease_epoch = %(epoch)s)
+        AND %(first)s <= episodes_recorded AND episodes_recorded < %(end)s
+        AND status <> ALL(%(terminal)s)
+        AND (episodes_planned = 0 OR %(end)s <= episodes_planned)
+), chunk AS (
+    INSERT INTO run_episodes (run_id, first_episode, episode_count, rewards, steps, epsilons, td_errors, successes)
+    SELECT %(run_id)s, recorded, %(end)s - recorded,
+        CASE WHEN skip = 0 THEN %(rewards)b ELSE (%(rewards)b)[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(steps)b ELSE (%(steps)b)[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(epsilons)b ELSE (%(epsilons)b)[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(td_errors)b ELSE (%(td_errors)b)[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(successes)b ELSE (%(successes)b)[skip + 1:] END
+    FROM accepted
+    ON CONFLICT (run_id, first_episode) DO NOTHING
+), recorded AS (
+    UPDATE training_runs SET episodes_recorded = %(end)s, updated_at = now()
+    WHERE run_id = %(run_id)s AND EXISTS (SELECT FROM accepted)
+    RETURNING pg_notify(%(channel)s, %(payload)s)
+)
+SELECT status, episodes_recorded, episodes_planned, lease_epoch, (SELECT count(*) FROM recorded) > 0
+FROM run
+"""
+
+
+def _column(values: Any, oid: int, dtype: Any = None) -> PackedArray | None:
+    """A repeated field of the batch, packed (None, SQL NULL, for an optional one left empty)."""
     if len(values) == 0:
         return None
-    return pack(np.asarray(values)[skip:], oid)
+    return pack(np.asarray(values, dtype=dtype), oid)
 
 
-async def insert_chunk(
-    conn: AsyncConnection[Any], run_id: uuid.UUID, first_episode: int, batch: Any, skip: int
-) -> None:
-    """Store episodes batch[skip:] as one chunk starting at `first_episode`."""
-    rewards = np.asarray(batch.rewards, dtype=np.float32)[skip:]
-    await conn.execute(
-        INSERT_CHUNK,
-        (
-            run_id,
-            first_episode,
-            len(rewards),
-            pack(rewards, FLOAT4_ARRAY_OID),
-            pack(np.asarray(batch.steps, dtype=np.int32)[skip:], INT4_ARRAY_OID),
-            _optional(batch.epsilons, skip, FLOAT4_ARRAY_OID),
-            _optional(batch.td_errors, skip, FLOAT4_ARRAY_OID),
-            _optional(batch.successes, skip, BOOL_ARRAY_OID),
-        ),
+async def store_batch(
+    conn: AsyncConnection[Any], run_id: uuid.UUID, batch: Any, *, terminal: list[str], channel: str, payload: str
+) -> tuple[str, int, int, int, bool] | None:
+    """Stores the batch if it is accepted (STORE_BATCH); the run's row before, and whether it was.
+
+    `conn` must be in autocommit mode: the statement is the whole transaction.
+    """
+    cursor = await conn.execute(
+        STORE_BATCH,
+        {
+            "run_id": run_id,
+            "first": batch.first_episode,
+            "end": batch.first_episode + len(batch.rewards),
+            "epoch": batch.lease_epoch,
+            "terminal": terminal,
+            "rewards": _column(batch.rewards, FLOAT4_ARRAY_OID, np.float32),
+            "steps": _column(batch.steps, INT4_ARRAY_OID, np.int32),
+            "epsilons": _column(batch.epsilons, FLOAT4_ARRAY_OID, np.float32),
+            "td_errors": _column(batch.td_errors, FLOAT4_ARRAY_OID, np.float32),
+            "successes": _column(batch.successes, BOOL_ARRAY_OID),
+            "channel": channel,
+            "payload": payload,
+        },
     )
+    return await cursor.fetchone()
 
 
 async def read_chunks(conn: AsyncConnection[Any], run_id: uuid.UUID, from_episode: int = 0) -> list[dict[str, Any]]:

@@ -116,13 +116,6 @@ CLAIMABLE: frozenset[str] = frozenset({status_word(resources_pb2.RUN_STATUS_INTE
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
-RECORD_EPISODES = """
-WITH recorded AS (
-    UPDATE training_runs SET episodes_recorded = %s, updated_at = now() WHERE run_id = %s RETURNING run_id
-)
-SELECT pg_notify(%s, %s) FROM recorded
-"""
-
 LATEST_CHECKPOINT = f"""
 SELECT {ARTIFACT_COLUMNS}, data FROM artifacts
 WHERE run_id = %s AND kind = 'checkpoint'
@@ -343,15 +336,20 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             if len(getattr(batch, name)) not in (0, count):
                 violations.add(name, f"must be empty or have one value per episode ({count})")
         violations.raise_if_any()
-        first = batch.first_episode
-        # Pipeline mode: BEGIN + the row lock travel together, then insert + update + NOTIFY +
-        # COMMIT in one more round trip. The row lock makes concurrent or replayed batches exactly-once.
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            cursor = await conn.execute(LOCK_RUN, (run_id,))
-            row = await cursor.fetchone()
-            if row is None:
-                raise not_found("run", str(run_id))
-            status, recorded, planned, epoch = row
+        first, end = batch.first_episode, batch.first_episode + count
+        payload = json.dumps({"run_id": str(run_id), "kind": "episodes"})
+        async with self.pool.connection() as conn:
+            await conn.set_autocommit(True)  # the one statement is the transaction: one round trip
+            try:
+                row = await episodes.store_batch(
+                    conn, run_id, batch, terminal=TERMINAL_LIST, channel=EVENTS_CHANNEL, payload=payload
+                )
+            finally:
+                await conn.set_autocommit(False)
+        if row is None:
+            raise not_found("run", str(run_id))
+        status, recorded, planned, epoch, stored = row
+        if not stored:  # nothing was written: say why (in the order a writer should hear it)
             check_epoch(run_id, batch.lease_epoch, epoch)
             if first > recorded:
                 raise failed_precondition(
@@ -359,7 +357,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     reason="EPISODE_GAP",
                     episodes_recorded=str(recorded),
                 )
-            end = first + count
             if end <= recorded:
                 return ingest_service_pb2.IngestEpisodesResponse(run_id=str(run_id), episodes_recorded=recorded)
             if status in TERMINAL_STATUSES:
@@ -368,13 +365,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 raise failed_precondition(
                     f"episodes {first}..{end - 1} exceed the {planned} planned", reason="EPISODES_BEYOND_PLAN"
                 )
-            skip = recorded - first
-            await episodes.insert_chunk(conn, run_id, recorded, batch, skip)
-            await conn.execute(
-                RECORD_EPISODES, (end, run_id, EVENTS_CHANNEL, json.dumps({"run_id": str(run_id), "kind": "episodes"}))
-            )
-        add_episodes_ingested(count - skip)  # committed: the transaction above has ended
-        return ingest_service_pb2.IngestEpisodesResponse(run_id=str(run_id), episodes_recorded=end, stored=count - skip)
+            raise AssertionError(f"batch {first}..{end - 1} of run {run_id} refused for no known reason")
+        add_episodes_ingested(end - recorded)  # committed: the statement was its own transaction
+        return ingest_service_pb2.IngestEpisodesResponse(
+            run_id=str(run_id), episodes_recorded=end, stored=end - recorded
+        )
 
     async def CompleteRun(
         self, request: ingest_service_pb2.CompleteRunRequest, context: grpc.aio.ServicerContext
