@@ -94,7 +94,7 @@ def register(adapters: Any) -> None:
 # chunk and the new count are written only if the batch is accepted (a fresh writer, no gap,
 # not all stored yet, the run not finished, within the plan); the caller learns why not from
 # the run's row, returned either way (no row: no such run). A partly stored batch keeps its
-# new tail (arrays slice from 1: the sent arrays are 1-based).
+# new tail (arrays slice from 1: the sent arrays are 1-based; typed, since an optional one may be NULL).
 STORE_BATCH = """
 WITH run AS (
     SELECT status, episodes_recorded, episodes_planned, lease_epoch
@@ -108,11 +108,11 @@ WITH run AS (
 ), chunk AS (
     INSERT INTO run_episodes (run_id, first_episode, episode_count, rewards, steps, epsilons, td_errors, successes)
     SELECT %(run_id)s, recorded, %(end)s - recorded,
-        CASE WHEN skip = 0 THEN %(rewards)b ELSE (%(rewards)b)[skip + 1:] END,
-        CASE WHEN skip = 0 THEN %(steps)b ELSE (%(steps)b)[skip + 1:] END,
-        CASE WHEN skip = 0 THEN %(epsilons)b ELSE (%(epsilons)b)[skip + 1:] END,
-        CASE WHEN skip = 0 THEN %(td_errors)b ELSE (%(td_errors)b)[skip + 1:] END,
-        CASE WHEN skip = 0 THEN %(successes)b ELSE (%(successes)b)[skip + 1:] END
+        CASE WHEN skip = 0 THEN %(rewards)b::real[] ELSE (%(rewards)b::real[])[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(steps)b::integer[] ELSE (%(steps)b::integer[])[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(epsilons)b::real[] ELSE (%(epsilons)b::real[])[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(td_errors)b::real[] ELSE (%(td_errors)b::real[])[skip + 1:] END,
+        CASE WHEN skip = 0 THEN %(successes)b::boolean[] ELSE (%(successes)b::boolean[])[skip + 1:] END
     FROM accepted
     ON CONFLICT (run_id, first_episode) DO NOTHING
 ), recorded AS (

@@ -80,6 +80,23 @@ def test_overlapping_batch_stores_only_the_tail(ingest, queries) -> None:
     assert run.curves.epsilons[14] == pytest.approx(1 / 15)
 
 
+def test_a_batch_without_the_optional_curves_stores_them_as_null(ingest, queries, db) -> None:
+    """epsilons, td_errors and successes may be left empty (a replayed tail too): NULL, not an error."""
+    run_id = register(ingest)
+    bare = [
+        ingest_pb2.IngestEpisodesRequest(run_id=run_id, first_episode=first, rewards=[1.0] * 10, steps=[3] * 10)
+        for first in (0, 5)
+    ]
+    assert send(ingest, *bare) == [(10, 10), (15, 5)]
+    rows = db.execute(
+        "SELECT first_episode, episode_count, rewards, epsilons, td_errors, successes FROM run_episodes"
+        " WHERE run_id = %s ORDER BY 1",
+        (run_id,),
+    ).fetchall()
+    assert rows == [(0, 10, [1.0] * 10, None, None, None), (10, 5, [1.0] * 5, None, None, None)]
+    assert list(full_run(queries, run_id).curves.steps) == [3] * 15
+
+
 def test_batch_after_a_gap_is_refused(ingest, queries) -> None:
     run_id = register(ingest)
     send(ingest, batch(run_id, 0, 10))
