@@ -16,6 +16,7 @@ registry table, indexes and TOAST included, per completed 6000-episode run),
 above also holds the dead chunk rows a run's compaction leaves until autovacuum
 lets PostgreSQL reuse them) and `curve_fetch_p50_ms_6000` (GetRun with every
 curve of one 6000-episode run, through a gateway process; reference: direct).
+BENCH_REGISTRY_PROFILE=<file> runs the registry under cProfile (its stats go to <file>).
 Uses $DATABASE_URL's server (a temporary database) or an embedded one
 started like the test suite's (fsync off: it measures our code, not the disk).
 """
@@ -206,8 +207,9 @@ def main() -> int:
         url = server.start()
     port = free_port()
     log = open(ROOT / ".data" / "bench-ingest-registry.log", "wb")
+    profile = os.environ.get("BENCH_REGISTRY_PROFILE")
     registry = subprocess.Popen(
-        [sys.executable, "-m", "registry_service"],
+        [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "registry_service"],
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": url, "REGISTRY_ADDRESS": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT)},
         stdout=log,
