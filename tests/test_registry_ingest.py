@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import grpc
@@ -78,6 +79,23 @@ def test_overlapping_batch_stores_only_the_tail(ingest, queries) -> None:
     assert list(run.curves.steps) == [e % 200 + 1 for e in range(15)]
     assert list(run.curves.successes) == [e % 2 == 0 for e in range(15)]
     assert run.curves.epsilons[14] == pytest.approx(1 / 15)
+
+
+def test_concurrent_streams_of_one_run_store_each_episode_once(ingest, queries, db) -> None:
+    """Two writers replaying the same overlapping batches at once: the row lock orders them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run_id = register(ingest, planned=400)
+    batches = [batch(run_id, first, 40) for first in range(0, 361, 20)]  # each overlaps the one before
+    with ThreadPoolExecutor(4) as pool:
+        acks = list(pool.map(lambda _: send(ingest, *batches), range(4)))
+    assert sum(stored for replies in acks for _, stored in replies) == 400
+    chunks = db.execute(
+        "SELECT first_episode, episode_count FROM run_episodes WHERE run_id = %s ORDER BY 1", (run_id,)
+    ).fetchall()
+    assert all(first + count == after for (first, count), (after, _) in itertools.pairwise(chunks))
+    assert sum(count for _, count in chunks) == 400
+    assert list(full_run(queries, run_id).curves.rewards) == [float(-e) for e in range(400)]
 
 
 def test_a_batch_without_the_optional_curves_stores_them_as_null(ingest, queries, db) -> None:
