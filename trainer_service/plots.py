@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from trainer_service.engine import EpisodeColumns
 from trainer_service.evaluation import EnvScore
@@ -17,6 +18,25 @@ from trainer_service.evaluation import EnvScore
 # Points handed to matplotlib per curve, whatever the number of episodes: a 1,000,000-episode
 # run drew every point and convolved a 20,000-wide window (80 s of CPU, issue 10).
 MAX_DRAWN_POINTS = 2_000
+
+# zlib level of the PNGs: the default (6) was ~12 % of the plots' CPU (cProfile, issue 15); the
+# images are flat colours and text, so level 1 costs little size.
+PNG_OPTIONS: dict[str, Any] = {"format": "png", "pil_kwargs": {"compress_level": 1}}
+
+
+def _fixed_layout(axis: Any, *, xlabel: bool = True) -> None:
+    """Titles, axis labels and ticks at fixed places, never measured at draw time.
+
+    Left to itself, matplotlib measures every tick label's box at each draw to move the title
+    above the ticks and the axis labels away from them, and `legend(loc="best")` tries every
+    position against the data: with the tick labels' text that was most of a plot's CPU
+    (cProfile, issue 15). The margins are fixed wide enough for labels such as -5000 or 0.0025.
+    """
+    axis.yaxis.set_label_coords(-0.09, 0.5)
+    if xlabel:
+        axis.xaxis.set_label_coords(0.5, -0.12)
+    axis.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    axis.yaxis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def _moving_average(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,9 +69,10 @@ class _CurveFigure:
     def __init__(self) -> None:
         self.figure, self.axis = plt.subplots(figsize=(7, 3.5), dpi=90)
         self.figure.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.9)
+        _fixed_layout(self.axis)
         self.axis.set_xlabel("episode")
         (self.per_episode,) = self.axis.plot([], [], linewidth=0.5, alpha=0.35)
-        (self.average,) = self.axis.plot([], [], linewidth=1.5, label="moving average")
+        (self.average,) = self.axis.plot([], [], linewidth=1.5)
         self.envelope: Any = None
 
     def draw(self, values: np.ndarray, title: str, ylabel: str) -> bytes:
@@ -65,22 +86,25 @@ class _CurveFigure:
         if len(values) <= MAX_DRAWN_POINTS:
             self.per_episode.set_visible(True)
             self.per_episode.set_data(np.arange(len(values)), values)
-            self.per_episode.set_label("per episode")
+            faint = "per episode"
             axis.update_datalim(np.column_stack([np.arange(len(values)), values]))
         else:
             self.per_episode.set_visible(False)
-            self.per_episode.set_label("_hidden")
             x, low, high = _envelope(values, MAX_DRAWN_POINTS)
-            self.envelope = axis.fill_between(x, low, high, linewidth=0, alpha=0.35, label="per episode (range)")
+            self.envelope = axis.fill_between(x, low, high, linewidth=0, alpha=0.35)
+            faint = "per episode (min-max)"
             axis.update_datalim(np.column_stack([np.concatenate([x, x]), np.concatenate([low, high])]))
-        x, averaged = _moving_average(values, max(1, len(values) // 50))
+        window = max(1, len(values) // 50)
+        x, averaged = _moving_average(values, window)
         self.average.set_data(*_thin(x, averaged, MAX_DRAWN_POINTS))
         axis.autoscale_view()
-        axis.set_title(title)
+        axis.set_title(title, loc="left", y=1.0)
+        # The key in one line above the plot's right corner: a legend box was ~1/6 of a curve's
+        # CPU, placed by trying every position against the data (cProfile, issue 15).
+        axis.set_title(f"faint: {faint}; line: mean of {window}", loc="right", y=1.0, fontsize="small")
         axis.set_ylabel(ylabel)
-        axis.legend(loc="best", fontsize="small")
         buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png")
+        self.figure.savefig(buffer, **PNG_OPTIONS)
         return buffer.getvalue()
 
 
@@ -111,7 +135,8 @@ class _ComparisonFigure:
         self.bars = []
         for axis, (label, _) in zip(self.axes, self.MEASURES, strict=True):
             self.bars.append(axis.bar(["agent", "random"], [0.0, 0.0], color=["tab:blue", "tab:gray"]))
-            axis.set_title(label)
+            axis.set_title(label, y=1.0)
+            axis.yaxis.set_major_locator(MaxNLocator(nbins=5))
 
     def draw(self, agent: EnvScore, random_agent: EnvScore) -> bytes:
         for axis, bars, (_, measure) in zip(self.axes, self.bars, self.MEASURES, strict=True):
@@ -120,7 +145,7 @@ class _ComparisonFigure:
             axis.relim()
             axis.autoscale_view()
         buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png")
+        self.figure.savefig(buffer, **PNG_OPTIONS)
         return buffer.getvalue()
 
 
