@@ -8,12 +8,15 @@ bounded whatever the number of episodes (spied on at matplotlib's drawing calls)
 
 from __future__ import annotations
 
+import io
+import struct
 from typing import Any
 
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from PIL import Image
 
 from trainer_service import plots
 from trainer_service.engine import EpisodeColumns
@@ -75,3 +78,69 @@ def test_downsampling_keeps_every_extreme() -> None:
     x, low, high = plots._envelope(values, 1_000)
     assert len(x) <= 1_000
     assert high.max() == 9.0 and low.min() == -4.0
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk, after Pillow has checked the whole file."""
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()
+    assert png[12:16] == b"IHDR"
+    return struct.unpack(">II", png[16:24])
+
+
+def test_every_plot_is_a_valid_png_of_its_size_for_small_and_long_runs() -> None:
+    score = EnvScore(episodes=10, success_rate=0.9, avg_steps=13.0, avg_reward=7.5, std_reward=0.0, std_steps=0.0)
+    random_score = EnvScore(
+        episodes=10, success_rate=0.05, avg_steps=190.0, avg_reward=-700.0, std_reward=0.0, std_steps=0.0
+    )
+    for episodes in (1, 300, 60_000):
+        rng = np.random.default_rng(episodes)
+        history = EpisodeColumns(
+            0,
+            rng.normal(-50, 30, episodes),
+            rng.integers(10, 200, episodes).astype(np.int32),
+            np.linspace(1.0, 0.01, episodes),
+            rng.random(episodes),
+            rng.random(episodes) < 0.9,
+        )
+        rendered = plots.render_plots(history, score, random_score)
+        sizes = {name: _png_size(png) for name, png in rendered.items()}
+        assert sizes == {
+            "rewards.png": (630, 315),
+            "steps.png": (630, 315),
+            "epsilon.png": (630, 315),
+            "td_error.png": (630, 315),
+            "test_vs_brute_force.png": (810, 270),
+        }
+
+
+def test_a_spike_in_a_long_curve_reaches_the_drawn_envelope() -> None:
+    values = np.random.default_rng(5).normal(0.0, 1.0, 60_000)
+    values[41_234] = 250.0
+    values[17] = -90.0
+    plots._curve(values, "Reward per episode", "reward")
+    figure = plots._figures["curve"]
+    drawn = np.concatenate([path.vertices[:, 1] for path in figure.envelope.get_paths()])
+    assert drawn.max() == 250.0 and drawn.min() == -90.0
+    low, high = figure.axis.get_ylim()
+    assert low < -90.0 and high > 250.0  # and the axes show it
+    assert not figure.per_episode.get_visible()
+    # a short curve is drawn point by point, and the long one's envelope is gone
+    plots._curve(values[:300], "Reward per episode", "reward")
+    assert figure.envelope is None and figure.per_episode.get_visible()
+    assert list(figure.per_episode.get_ydata()) == list(values[:300])
+
+
+def test_the_comparison_writes_each_bars_value() -> None:
+    agent = EnvScore(episodes=10, success_rate=0.93, avg_steps=13.2, avg_reward=7.8, std_reward=0.0, std_steps=0.0)
+    random_agent = EnvScore(
+        episodes=10, success_rate=0.03, avg_steps=190.0, avg_reward=-760.0, std_reward=0.0, std_steps=0.0
+    )
+    plots._comparison(agent, random_agent)
+    figure = plots._comparison_figures["comparison"]
+    assert [[text.get_text() for text in pair] for pair in figure.values] == [
+        ["0.93", "0.03"],
+        ["13.2", "190"],
+        ["7.8", "-760"],
+    ]
+    assert [[bar.get_height() for bar in bars] for bars in figure.bars] == [[0.93, 0.03], [13.2, 190.0], [7.8, -760.0]]
