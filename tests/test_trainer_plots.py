@@ -80,6 +80,10 @@ def test_downsampling_keeps_every_extreme() -> None:
     assert high.max() == 9.0 and low.min() == -4.0
 
 
+def _score(success_rate: float, avg_steps: float, avg_reward: float) -> EnvScore:
+    return EnvScore(10, success_rate, avg_steps, avg_reward, std_reward=0.0, std_steps=0.0)
+
+
 def _png_size(png: bytes) -> tuple[int, int]:
     """Width and height from the PNG's IHDR chunk, after Pillow has checked the whole file."""
     with Image.open(io.BytesIO(png)) as image:
@@ -89,10 +93,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 def test_every_plot_is_a_valid_png_of_its_size_for_small_and_long_runs() -> None:
-    score = EnvScore(episodes=10, success_rate=0.9, avg_steps=13.0, avg_reward=7.5, std_reward=0.0, std_steps=0.0)
-    random_score = EnvScore(
-        episodes=10, success_rate=0.05, avg_steps=190.0, avg_reward=-700.0, std_reward=0.0, std_steps=0.0
-    )
+    score, random_score = _score(0.9, 13.0, 7.5), _score(0.05, 190.0, -700.0)
     for episodes in (1, 300, 60_000):
         rng = np.random.default_rng(episodes)
         history = EpisodeColumns(
@@ -128,15 +129,11 @@ def test_a_spike_in_a_long_curve_reaches_the_drawn_envelope() -> None:
     # a short curve is drawn point by point, and the long one's envelope is gone
     plots._curve(values[:300], "Reward per episode", "reward")
     assert figure.envelope is None and figure.per_episode.get_visible()
-    assert list(figure.per_episode.get_ydata()) == list(values[:300])
+    assert np.asarray(figure.per_episode.get_ydata()).tolist() == values[:300].tolist()
 
 
 def test_the_comparison_writes_each_bars_value() -> None:
-    agent = EnvScore(episodes=10, success_rate=0.93, avg_steps=13.2, avg_reward=7.8, std_reward=0.0, std_steps=0.0)
-    random_agent = EnvScore(
-        episodes=10, success_rate=0.03, avg_steps=190.0, avg_reward=-760.0, std_reward=0.0, std_steps=0.0
-    )
-    plots._comparison(agent, random_agent)
+    plots._comparison(_score(0.93, 13.2, 7.8), _score(0.03, 190.0, -760.0))
     figure = plots._comparison_figures["comparison"]
     assert [[text.get_text() for text in pair] for pair in figure.values] == [
         ["0.93", "0.03"],
