@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
 from PIL import Image
 
@@ -141,3 +142,15 @@ def test_the_comparison_writes_each_bars_value() -> None:
         ["7.8", "-760"],
     ]
     assert [[bar.get_height() for bar in bars] for bars in figure.bars] == [[0.93, 0.03], [13.2, 190.0], [7.8, -760.0]]
+
+
+def test_the_per_episode_range_keeps_its_colour_from_run_to_run() -> None:
+    """fill_between took the next colour of the cycle at every draw: each curve came out in another colour."""
+    values = np.random.default_rng(9).normal(0.0, 1.0, 60_000)
+    colours = []
+    for _ in range(3):
+        plots._curve(values, "Reward per episode", "reward")
+        figure = plots._figures["curve"]
+        colours.append(tuple(np.round(figure.envelope.get_facecolor()[0][:3], 3)))
+    expected = tuple(np.round(to_rgba(figure.per_episode.get_color())[:3], 3))
+    assert colours == [expected] * 3

@@ -93,7 +93,10 @@ class _CurveFigure:
         else:
             self.per_episode.set_visible(False)
             x, low, high = _envelope(values, MAX_DRAWN_POINTS)
-            self.envelope = axis.fill_between(x, low, high, linewidth=0, alpha=0.35)
+            # Its own colour, the per-episode line's: fill_between takes the next one of the
+            # colour cycle at every call, so each run's curves came out in another colour.
+            colour = self.per_episode.get_color()
+            self.envelope = axis.fill_between(x, low, high, linewidth=0, alpha=0.35, color=colour)
             faint = "per episode (min-max)"
             axis.update_datalim(np.column_stack([np.concatenate([x, x]), np.concatenate([low, high])]))
         window = max(1, len(values) // 50)
