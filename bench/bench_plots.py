@@ -28,8 +28,9 @@ from trainer_service.plots import render_plots
 REPEATS = size(7, 1)
 
 
-def history(episodes: int) -> EpisodeColumns:
-    rng = np.random.default_rng(1)
+def history(episodes: int, seed: int = 1) -> EpisodeColumns:
+    """Synthetic curves of a run of `episodes` (tests/test_trainer_plots.py draws them too)."""
+    rng = np.random.default_rng(seed)
     return EpisodeColumns(
         0,
         rng.normal(-50, 30, episodes),

@@ -19,8 +19,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
 from PIL import Image
 
+from bench.bench_plots import history
 from trainer_service import plots
-from trainer_service.engine import EpisodeColumns
 from trainer_service.evaluation import EnvScore
 
 
@@ -53,19 +53,10 @@ def test_a_million_episode_run_draws_a_bounded_number_of_points(monkeypatch: pyt
     monkeypatch.setattr(Axes, "plot", plot)
     monkeypatch.setattr(Axes, "fill_between", fill_between)
     monkeypatch.setattr(Line2D, "set_data", set_data)
-    episodes = 1_000_000
-    rng = np.random.default_rng(3)
-    history = EpisodeColumns(
-        0,
-        rng.normal(-50, 30, episodes),
-        rng.integers(10, 200, episodes).astype(np.int32),
-        np.linspace(1.0, 0.01, episodes),
-        rng.random(episodes),
-        rng.random(episodes) < 0.9,
-    )
-    history.rewards[123_456] = -5_000.0  # one outlier: a bounded drawing must still show it
+    columns = history(1_000_000, seed=3)
+    columns.rewards[123_456] = -5_000.0  # one outlier: a bounded drawing must still show it
     score = EnvScore(episodes=10, success_rate=1.0, avg_steps=13.0, avg_reward=8.0, std_reward=0.0, std_steps=0.0)
-    rendered = plots.render_plots(history, score, score)
+    rendered = plots.render_plots(columns, score, score)
     assert set(rendered) == {"rewards.png", "steps.png", "epsilon.png", "td_error.png", "test_vs_brute_force.png"}
     assert all(png.startswith(b"\x89PNG") for png in rendered.values())
     assert drawn and max(drawn) <= plots.MAX_DRAWN_POINTS
@@ -96,16 +87,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 def test_every_plot_is_a_valid_png_of_its_size_for_small_and_long_runs() -> None:
     score, random_score = _score(0.9, 13.0, 7.5), _score(0.05, 190.0, -700.0)
     for episodes in (1, 300, 60_000):
-        rng = np.random.default_rng(episodes)
-        history = EpisodeColumns(
-            0,
-            rng.normal(-50, 30, episodes),
-            rng.integers(10, 200, episodes).astype(np.int32),
-            np.linspace(1.0, 0.01, episodes),
-            rng.random(episodes),
-            rng.random(episodes) < 0.9,
-        )
-        rendered = plots.render_plots(history, score, random_score)
+        rendered = plots.render_plots(history(episodes, seed=episodes), score, random_score)
         sizes = {name: _png_size(png) for name, png in rendered.items()}
         assert sizes == {
             "rewards.png": (630, 315),
