@@ -7,10 +7,10 @@
 - plots_<episodes>_bytes: the five PNGs' total size.
 
 History: a 1,000,000-episode run's plots took ~80 s of CPU (quadratic moving average,
-every point drawn; issue 10). In issue 15 a small run's five plots took 0.60-0.69 s of CPU
-at load 7 (a new figure and tight layout per plot, then per-draw layout of titles, labels
-and a legend placed by search), 0.33-0.37 s after fixed layouts, ~one drawn point per pixel
-and PNG zlib level 1.
+every point drawn; issue 10). In issue 15 a run's five plots took 0.41-0.58 s of CPU at
+300 episodes, 0.60-0.70 s at 10,000 (load 2: per-draw layout of titles, labels and a legend
+placed by search), 0.22-0.30 / 0.29-0.31 s after fixed layouts, ~one drawn point per pixel,
+PNG zlib level 1 and unhinted glyphs (alternated).
 """
 
 from __future__ import annotations
