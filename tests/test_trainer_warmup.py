@@ -18,7 +18,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import ROOT, InProcessService, LoopThread
+from tests.support import ROOT, InProcessService, LoopThread, dockerfile_stages
 
 TRAINER_SERVICE = "taxidriver.trainer.v1.TrainerService"
 
@@ -151,8 +151,9 @@ def test_trainer_is_serving_only_once_every_worker_is_warm(registry: InProcessSe
 def test_containers_give_the_kernel_cache_a_writable_directory() -> None:
     """Read-only root filesystems everywhere: NUMBA_CACHE_DIR must sit on the writable /tmp mount,
     or every worker compiles every kernel at every start (kernels.jit falls back to no cache)."""
-    dockerfile = (ROOT / "deploy" / "trainer" / "Dockerfile").read_text()
-    cache_dir = re.search(r"NUMBA_CACHE_DIR=(\S+)", dockerfile)
+    # The trainer image is the `trainer` target of the shared Dockerfile.
+    stages = dockerfile_stages((ROOT / "deploy" / "python" / "Dockerfile").read_text())
+    cache_dir = re.search(r"NUMBA_CACHE_DIR=(\S+)", stages["trainer"])
     assert cache_dir is not None and cache_dir.group(1).startswith("/tmp/")
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     trainer = compose["services"]["trainer"]
