@@ -222,6 +222,10 @@ def cmd_runs_watch(client: TaxiDriverClient, args: argparse.Namespace, output: O
     """Follow a run started elsewhere (another terminal, a sweep, a backend): Ctrl-C stops
     watching and leaves the run alone."""
     run = client.get_run(args.run_id)
+    if run.status in STOPPED_STATUSES:
+        # Replaying its stored episodes as "progress" (with an ETA) would mean nothing.
+        print(f"run {run.run_id} is already {status_name(run.status)}; nothing to follow", file=output.err)
+        return _print_stopped(output, run)
     print(f"run {run.run_id} {status_name(run.status)}", file=output.err)
     return _follow(
         client,
@@ -231,6 +235,8 @@ def cmd_runs_watch(client: TaxiDriverClient, args: argparse.Namespace, output: O
         progress_shown=not args.no_progress,
         asked=time.monotonic(),
         cancel_on_interrupt=False,
+        # Live from what is stored now: the rate (and ETA) counts only episodes trained while watched.
+        from_episode=run.episodes_recorded,
     )
 
 
@@ -243,13 +249,14 @@ def _follow(
     progress_shown: bool,
     asked: float,
     cancel_on_interrupt: bool,
+    from_episode: int = 0,
 ) -> int:
     """Show a run's progress live until it stops, then the run; exit 1 unless it completed."""
-    progress = make_progress(output.err, planned=planned, enabled=progress_shown)
+    progress = make_progress(output.err, planned=planned, enabled=progress_shown, start_episode=from_episode)
     final_status = resources_pb2.RUN_STATUS_UNSPECIFIED
     running_at: float | None = None
     try:
-        for event in client.watch_run(run_id):
+        for event in client.watch_run(run_id, from_episode=from_episode):
             if event.HasField("episodes"):
                 running_at = running_at or time.monotonic()
                 progress.episodes(event.episodes)
@@ -282,12 +289,22 @@ def _follow(
         f" {ended - asked:.1f}s in all ({(running_at or ended) - asked:.1f}s before it started)",
         file=output.err,
     )
+    if final_status == resources_pb2.RUN_STATUS_COMPLETED and run.status != resources_pb2.RUN_STATUS_COMPLETED:
+        run.status = final_status  # the watch saw it complete; a lagging read does not undo that
+    return _print_stopped(output, run)
+
+
+def _print_stopped(output: Output, run: resources_pb2.Run) -> int:
+    """A stopped run, as data; exit 1 (saying why) unless it completed."""
     if output.as_json:
         output.json(to_dict(run))
     else:
         _print_run(output, run)
-    if final_status != resources_pb2.RUN_STATUS_COMPLETED and run.status != resources_pb2.RUN_STATUS_COMPLETED:
-        print(f"run {run_id} ended {status_name(run.status)}: {run.error_message or run.stop_reason}", file=output.err)
+    if run.status != resources_pb2.RUN_STATUS_COMPLETED:
+        print(
+            f"run {run.run_id} ended {status_name(run.status)}: {run.error_message or run.stop_reason}",
+            file=output.err,
+        )
         return 1
     return 0
 
@@ -296,12 +313,14 @@ class LineProgress:
     """Live progress of a watched run: a rich bar on a terminal; elsewhere (a pipe, a
     log file) plain lines at every tenth of the run, never carriage returns."""
 
-    def __init__(self, stream: TextIO, *, planned: int, enabled: bool) -> None:
+    def __init__(self, stream: TextIO, *, planned: int, enabled: bool, start_episode: int = 0) -> None:
         self.stream = stream
         self.planned = planned
         self.enabled = enabled
         self.started = time.monotonic()
-        self.done = 0
+        # Episodes done before we watched: shown as done, never counted in the rate.
+        self.start_episode = start_episode
+        self.done = start_episode
         self.next_line = 0.0
 
     def episodes(self, curves: resources_pb2.EpisodeCurves) -> None:
@@ -316,7 +335,7 @@ class LineProgress:
             return
         self.next_line = math.floor(fraction * 10 + 1e-9) / 10 + 0.1
         elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.start_episode) / elapsed if elapsed > 0 else 0.0
         remaining = (self.planned - self.done) / rate if rate > 0 and self.planned > self.done else 0.0
         epsilon = curves.epsilons[-1] if curves.epsilons else float("nan")
         print(
@@ -333,8 +352,8 @@ class LineProgress:
 class LiveProgress(LineProgress):
     """The same, as a rich progress bar redrawn in place (terminals only)."""
 
-    def __init__(self, stream: TextIO, *, planned: int, enabled: bool) -> None:
-        super().__init__(stream, planned=planned, enabled=enabled)
+    def __init__(self, stream: TextIO, *, planned: int, enabled: bool, start_episode: int = 0) -> None:
+        super().__init__(stream, planned=planned, enabled=enabled, start_episode=start_episode)
         self.bar = Progress(
             BarColumn(),
             MofNCompleteColumn(),
@@ -343,7 +362,8 @@ class LiveProgress(LineProgress):
             console=Console(file=stream, highlight=False),
             transient=False,
         )
-        self.task = self.bar.add_task("train", total=planned or None, reward="-", epsilon="-")
+        # Starts at the episodes already done, so rich's speed (and time left) counts only live ones.
+        self.task = self.bar.add_task("train", total=planned or None, completed=start_episode, reward="-", epsilon="-")
         self.bar.start()
 
     def episodes(self, curves: resources_pb2.EpisodeCurves) -> None:
@@ -364,10 +384,10 @@ class LiveProgress(LineProgress):
         self.bar.stop()
 
 
-def make_progress(stream: TextIO, *, planned: int, enabled: bool) -> LineProgress:
+def make_progress(stream: TextIO, *, planned: int, enabled: bool, start_episode: int = 0) -> LineProgress:
     if enabled and is_terminal(stream):
-        return LiveProgress(stream, planned=planned, enabled=True)
-    return LineProgress(stream, planned=planned, enabled=enabled)
+        return LiveProgress(stream, planned=planned, enabled=True, start_episode=start_episode)
+    return LineProgress(stream, planned=planned, enabled=enabled, start_episode=start_episode)
 
 
 def _print_run(output: Output, run: resources_pb2.Run) -> None:
