@@ -84,6 +84,7 @@ lint: $(STAMPS)/protos $(STAMPS)/buf
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy taxidriver trainer_service registry_service gateway web tuner_service
+	$(BIN)/mypy -p bench
 
 backup: $(STAMPS)/protos
 	$(PY) -m registry_service.backup dump $(if $(FILE),--file $(FILE),)

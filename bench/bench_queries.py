@@ -208,7 +208,7 @@ def main() -> int:
             registry.terminate()
             registry.wait(30)
         log.close()
-        if server is not None:
+        if server is not None and temp is not None:
             server.stop()
             shutil.rmtree(temp, ignore_errors=True)
         if admin is not None:

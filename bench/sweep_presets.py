@@ -54,7 +54,7 @@ def main() -> int:
     for algorithm in args.algorithms:
         grid = GRIDS[algorithm]
         best: tuple[int, float, Hyperparameters, float] | None = None
-        top_fraction = (0.0, None)
+        top_fraction: tuple[float, Hyperparameters | None] = (0.0, None)
         for alpha, gamma, decay, floor in itertools.product(grid["alpha"], grid["gamma"], grid["decay"], grid["floor"]):
             for episodes in EPISODES[algorithm]:
                 hp = Hyperparameters(alpha, gamma, 1.0, floor, decay, episodes, 200)
