@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from registry_service import episodes
 from registry_service.auth import AuthServicer
-from registry_service.db import EVENTS_CHANNEL, apply_migrations, open_pool
+from registry_service.db import EVENTS_CHANNEL, apply_migrations, open_pool, wait_for_database
 from registry_service.ingest import LIVE_LIST, IngestServicer
 from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
@@ -166,8 +166,9 @@ class RegistryApp:
 
 
 async def start_registry(settings: RegistrySettings) -> RegistryApp:
-    """Migrate, open the pool, serve. Fails fast if PostgreSQL is unreachable at start-up."""
+    """Wait for PostgreSQL (up to REGISTRY_CONNECT_TIMEOUT), migrate, open the pool, serve."""
     episodes.register(psycopg.adapters)
+    await wait_for_database(settings.database_url, wait_seconds=settings.connect_timeout)
     applied = await apply_migrations(settings.database_url)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))

@@ -7,13 +7,18 @@ transaction, under a session advisory lock so that several registry replicas
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
+
+from taxidriver.retry import Backoff, Delays
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,42 @@ def load_migrations() -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate migration versions: {versions}")
     return found
+
+
+async def wait_for_database(database_url: str, *, wait_seconds: float) -> None:
+    """Until PostgreSQL accepts a connection, for at most `wait_seconds` (REGISTRY_CONNECT_TIMEOUT).
+
+    A registry may start before its database (a pod, a compose service still booting): a
+    refused or failed connection is retried with jittered backoff, said once in the log; after
+    `wait_seconds` the last error is raised (start-up then exits 2 with one line).
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + wait_seconds
+    delays = Delays(Backoff(first=0.1, cap=2.0))
+    said = False
+    while True:
+        left = give_up_at - loop.time()
+        try:
+            conn = await psycopg.AsyncConnection.connect(database_url, connect_timeout=max(1, math.ceil(left)))
+        except psycopg.OperationalError as error:
+            if loop.time() + delays.backoff.first >= give_up_at:
+                raise
+            if not said:
+                where = conninfo.conninfo_to_dict(database_url)
+                log.warning(
+                    "waiting for PostgreSQL at %s:%s (up to %.0fs, REGISTRY_CONNECT_TIMEOUT): %s",
+                    where.get("host") or "localhost",
+                    where.get("port") or 5432,
+                    wait_seconds,
+                    " ".join(str(error).split()),
+                )
+                said = True
+            await asyncio.sleep(min(delays.next(), max(0.0, give_up_at - loop.time())))
+            continue
+        await conn.close()
+        if said:
+            log.info("PostgreSQL is reachable")
+        return
 
 
 async def apply_migrations(database_url: str) -> list[str]:

@@ -9,6 +9,7 @@ SIGTERM/SIGINT and calls the same `app.stop()` the tests call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -210,13 +211,15 @@ def stop_signal() -> asyncio.Event:
     return stop
 
 
-async def serve(start: Callable[[S], Awaitable[A]], settings: S, *, startup_errors: StartupErrors | None = None) -> A:
+async def serve(
+    start: Callable[[S], Awaitable[A]], settings: S, *, startup_errors: StartupErrors | None = None
+) -> A | None:
     """Start the app, run until SIGTERM or SIGINT, then `app.stop()` (the path tests use).
 
     With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.
     A failure while starting becomes _CannotStart, with one line that says why. A signal
-    during start-up is met once the start has finished (or failed: a registry waits at most
-    REGISTRY_CONNECT_TIMEOUT for its database), so every stop is the app's own `stop()`.
+    during start-up (a registry waits up to REGISTRY_CONNECT_TIMEOUT for its database) cancels
+    the start at once and returns None: nothing was serving, so there is nothing to drain.
     """
     stop = stop_signal()
     try:
@@ -226,7 +229,17 @@ async def serve(start: Callable[[S], Awaitable[A]], settings: S, *, startup_erro
                 start_metrics_server(metrics_port)
             except OSError as exc:
                 raise StartupError(f"cannot serve /metrics on METRICS_PORT {metrics_port}: {exc.strerror}") from exc
-        app = await start(settings)
+        starting = asyncio.ensure_future(start(settings))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            log.info("stopped before it started")
+            return None
+        stopping.cancel()
+        app = starting.result()
     except (StartupError, OSError) as exc:
         raise _CannotStart(str(exc)) from exc
     except tuple(kind for kinds in (startup_errors or {}) for kind in kinds) as exc:

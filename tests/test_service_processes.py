@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import conninfo
 
 from taxidriver.server import LIVENESS
 from tests.process_stack import health, scratch_database
@@ -170,3 +172,92 @@ def test_the_registry_logs_at_the_level_log_level_sets(scratch_url: str, tmp_pat
         pass
     levels = {entry["level"] for entry in log_entries(log_path.read_text())}
     assert "debug" in levels
+
+
+class LateDatabase:
+    """A loopback port where PostgreSQL "appears" late: nothing listens until `open()`, then
+    each connection is forwarded to the real server (a registry started before its database)."""
+
+    def __init__(self, database_url: str) -> None:
+        info = conninfo.conninfo_to_dict(database_url)
+        self.upstream = (str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
+        self.port = free_port()
+        self.url = conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(self.port))
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    def open(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+
+def wait_logged(log_path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        if text in log_path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not logged after {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def test_a_registry_started_before_its_database_waits_for_it_then_serves(scratch_url: str, tmp_path: Path) -> None:
+    """REGISTRY_CONNECT_TIMEOUT is how long start-up waits for PostgreSQL: a refused connection
+    (the database pod not up yet) is waited on, said once in the log, not an exit 2 at once."""
+    late = LateDatabase(scratch_url)
+    port = free_port()
+    log_path = tmp_path / "registry.log"
+    env = _env("registry_service", port, database_url=late.url, REGISTRY_CONNECT_TIMEOUT="120")
+    process = spawn("registry_service", env, log_path)
+    try:
+        wait_logged(log_path, "waiting for PostgreSQL", process)
+        late.open()
+        wait_alive(process, "registry_service", port, log_path)
+        assert health(f"127.0.0.1:{port}", "taxidriver.registry.v1.RegistryService", timeout=5.0) == "SERVING"
+    finally:
+        stop_process(process, timeout=60)
+        late.close()
+
+
+def test_sigterm_while_the_registry_waits_for_its_database_exits_0_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "registry.log"
+    unreachable = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
+    env = _env("registry_service", port, database_url=unreachable, REGISTRY_CONNECT_TIMEOUT="300")
+    process = spawn("registry_service", env, log_path)
+    try:
+        wait_logged(log_path, "waiting for PostgreSQL", process)
+        process.send_signal(signal.SIGTERM)
+        # Well before the 300 s it would otherwise wait.
+        code = process.wait(60)
+    finally:
+        stop_process(process)
+    log = log_path.read_text()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log
+    assert "stopped before it started" in [entry["msg"] for entry in log_entries(log)]
