@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import sys
@@ -178,6 +179,7 @@ async def create_server(
     if port == 0:
         raise StartupError(f"cannot listen on {address}")
     await server.start()
+    mark_listening()
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=[b.name for b in services])
     await running.set_serving(serving)
     # Liveness is the process answering, whatever its dependencies do: a registry whose
@@ -202,6 +204,18 @@ class _CannotStart(Exception):
     """Start-up failed; the message is the one line to log before exit 2."""
 
 
+# Set by create_server (and the web's listener) once the process accepts calls: a stop signal
+# before that cancels the start; after it, the start finishes and the app's stop() drains it.
+_listening: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("listening", default=None)
+
+
+def mark_listening() -> None:
+    """Say that this start-up now accepts calls (see `serve`)."""
+    listening = _listening.get()
+    if listening is not None:
+        listening.set()
+
+
 def stop_signal() -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT (the handlers are the running loop's)."""
     stop = asyncio.Event()
@@ -218,10 +232,13 @@ async def serve(
 
     With METRICS_PORT set, /metrics is served over HTTP for the process's lifetime.
     A failure while starting becomes _CannotStart, with one line that says why. A signal
-    during start-up (a registry waits up to REGISTRY_CONNECT_TIMEOUT for its database) cancels
-    the start at once and returns None: nothing was serving, so there is nothing to drain.
+    before the process accepts calls (a registry waits up to REGISTRY_CONNECT_TIMEOUT for its
+    database) cancels the start at once and returns None: nothing was served, nothing to drain.
+    A signal once it accepts calls lets the start finish, then stops through `app.stop()`.
     """
     stop = stop_signal()
+    listening = asyncio.Event()
+    _listening.set(listening)  # seen by the start task, which copies this context
     try:
         metrics_port = metrics_port_from_env()
         if metrics_port:
@@ -232,6 +249,8 @@ async def serve(
         starting = asyncio.ensure_future(start(settings))
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done() and listening.is_set():
+            await asyncio.wait({starting})
         if not starting.done():
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

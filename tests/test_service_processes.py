@@ -98,6 +98,8 @@ def scratch_url(database_url: str) -> Iterator[str]:
         ("trainer_service", "TRAINER_HEARTBEAT_S", "soon", "TRAINER_HEARTBEAT_S must be a number of seconds"),
         ("tuner_service", "TUNER_LEASE_S", "0", "TUNER_LEASE_S must be > 0 (seconds), got 0.0"),
         ("web", "WEB_CALL_TIMEOUT", "1m", "WEB_CALL_TIMEOUT must be a number of seconds, got '1m'"),
+        # Was a traceback in uvicorn's lifespan and exit 3.
+        ("web", "WEB_GATEWAY_CA_FILE", "/nonexistent/ca.pem", "cannot read WEB_GATEWAY_CA_FILE /nonexistent/ca.pem"),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_one_line_and_exit_2(module: str, variable: str, raw: str, says: str) -> None:

@@ -8,11 +8,12 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from taxidriver.config import StartupError
-from taxidriver.server import main
+from taxidriver.server import main, mark_listening
 from web.app import create_app
 from web.settings import WebSettings
 
@@ -47,12 +48,25 @@ def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a port in use is a start-up error like the others'."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
+        sock = socket.create_server((host, port), family=family)
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    mark_listening()
+    return sock
+
+
+def _check_ca_file(path: str) -> None:
+    """Read here, not first in uvicorn's lifespan, where a missing file was a traceback and exit 3."""
+    if not path:
+        return
+    try:
+        Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read WEB_GATEWAY_CA_FILE {path}: {exc.strerror or exc}") from exc
 
 
 async def start_web(settings: WebSettings) -> WebApp:
+    _check_ca_file(settings.gateway_ca_file)
     sock = _listen(settings.host, settings.port)
     config = uvicorn.Config(
         create_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=10, lifespan="on"
@@ -61,7 +75,9 @@ async def start_web(settings: WebSettings) -> WebApp:
     serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="web")
     while not server.started:
         if serving.done():
-            serving.result()
+            # uvicorn ends a failed lifespan start-up with SystemExit(3): one line and exit 2 here.
+            with contextlib.suppress(SystemExit):
+                serving.result()
             raise StartupError("the web app did not start (see the log above)")
         await asyncio.sleep(STARTED_POLL_S)
     port = int(sock.getsockname()[1])
