@@ -9,9 +9,12 @@ status code, message and the field violations of a rich error.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -118,6 +121,31 @@ def _stream(iterator_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
         raise ClientError.from_rpc(error) from None
 
 
+# The service config published for every client (docs/clients.md): deadlines, and retries of
+# reads on UNAVAILABLE. protos/generate.py copies it beside this module (never committed), so an
+# installed package and the containers carry it; a checkout without generated code reads protos/.
+SERVICE_CONFIG_NAME = "grpc_service_config.json"
+_SERVICE_CONFIG_PLACES = (
+    Path(__file__).resolve().parent / SERVICE_CONFIG_NAME,
+    Path(__file__).resolve().parent.parent / "protos" / "taxidriver" / SERVICE_CONFIG_NAME,
+)
+
+
+@functools.cache
+def service_config() -> str:
+    for place in _SERVICE_CONFIG_PLACES:
+        if place.exists():
+            return json.dumps(json.loads(place.read_text()), separators=(",", ":"))
+    raise FileNotFoundError(f"{SERVICE_CONFIG_NAME} not found in {', '.join(map(str, _SERVICE_CONFIG_PLACES))}")
+
+
+def client_channel_options() -> list[tuple[str, int | str]]:
+    """A client's channel to the gateway (the CLI's, the web's): our channel options plus the
+    published service config. Channels between our own services keep none: the gateway never
+    retries (it reports an unreachable service as UNAVAILABLE naming it)."""
+    return [*channel_options(), ("grpc.service_config", service_config()), ("grpc.enable_retries", 1)]
+
+
 class RawClient:
     """A channel to the gateway (or a service) and the generated stubs."""
 
@@ -126,7 +154,7 @@ class RawClient:
     ) -> None:
         self.target = target or gateway_from_env()
         # Keepalive the gateway's server accepts (taxidriver.keepalive): a long `watch` stays up.
-        self.channel = channel or grpc.insecure_channel(self.target, options=channel_options())
+        self.channel = channel or grpc.insecure_channel(self.target, options=client_channel_options())
         key = api_key_from_env() if api_key is None else api_key
         if key:
             self.channel = grpc.intercept_channel(self.channel, BearerKey(key))

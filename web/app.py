@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taxidriver.keepalive import channel_options
+from taxidriver.client import client_channel_options
 from web.api import Transcoder, status_response
 from web.rules import load_routes
 from web.settings import WebSettings
@@ -29,8 +29,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 def gateway_channel(settings: WebSettings) -> grpc.aio.Channel:
     if settings.gateway_ca_file:
         credentials = grpc.ssl_channel_credentials(Path(settings.gateway_ca_file).read_bytes())
-        return grpc.aio.secure_channel(settings.gateway_target, credentials, options=channel_options())
-    return grpc.aio.insecure_channel(settings.gateway_target, options=channel_options())
+        return grpc.aio.secure_channel(settings.gateway_target, credentials, options=client_channel_options())
+    return grpc.aio.insecure_channel(settings.gateway_target, options=client_channel_options())
 
 
 @dataclass
