@@ -719,8 +719,9 @@ def cmd_models_list(client: TaxiDriverClient, args: argparse.Namespace, output: 
         output.json({"models": [to_dict(m) for m in models]})
         return 0
     output.table(
-        ["model_id", "run_id", "model_name", "size", "model_path"],
-        [[m.model_id, m.run_id or "-", m.model_name, m.model_size, m.model_path] for m in models],
+        ["model_id", "run_id", "model_name", "size", "imported_by", "model_path"],
+        # A run's own model has no importer: its run's creator owns it (runs show RUN_ID).
+        [[m.model_id, m.run_id or "-", m.model_name, m.model_size, m.imported_by or "-", m.model_path] for m in models],
     )
     return 0
 

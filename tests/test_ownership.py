@@ -7,9 +7,11 @@ enforced by the trainer against the registry's record of the run's creator.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -248,7 +250,6 @@ def test_the_cli_lists_my_runs_and_shows_owners(
     secured_gateway: InProcessService, people: dict[str, tuple[str, str]], registry: InProcessService
 ) -> None:
     import io
-    import json
 
     from taxidriver.cli import main
 
@@ -274,6 +275,27 @@ def test_the_cli_lists_my_runs_and_shows_owners(
     out, err = io.StringIO(), io.StringIO()
     assert main([*base, "runs", "show", mine], stdout=out, stderr=err) == 0, err.getvalue()
     assert f"creator:         {people['alice'][0]}" in out.getvalue()
+
+
+def test_the_cli_models_table_shows_who_imported_each_model(
+    secured_gateway: InProcessService, people: dict[str, tuple[str, str]], tmp_path: Path
+) -> None:
+    import io
+
+    from taxidriver.cli import main
+
+    source = tmp_path / "weights.npy"
+    source.write_bytes(b"\x93NUMPY-test")
+    base = ["--gateway", secured_gateway.target, "--api-key", people["root"][1]]
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "--json", "models", "import", str(source)], stdout=out, stderr=err) == 0, err.getvalue()
+    model_id = json.loads(out.getvalue())["model_id"]
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "models", "list"], stdout=out, stderr=err) == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert "IMPORTED_BY" in lines[0]
+    row = next(line for line in lines if line.startswith(model_id))
+    assert people["root"][0] in row.split()
 
 
 def test_the_cli_refuses_mine_without_authentication(gateway: InProcessService) -> None:
