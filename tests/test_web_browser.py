@@ -83,6 +83,12 @@ def test_sign_in_list_and_filter_runs(
     page.wait_for_selector("table.runs tbody tr")
     listed = page.eval_on_selector_all("table.runs tbody tr", "rows => rows.map(r => r.dataset.runId)")
     assert set(runs) <= set(listed)
+    # Who started each run (the trainer key's user), in its own column.
+    creators = page.eval_on_selector_all(
+        "table.runs tbody tr",
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.runId, r.querySelector('td.creator').textContent]))",
+    )
+    assert {creators[run_id] for run_id in runs} == {"web-test-trainer"}
     shot(page, tmp_path, "runs.png")
     # The AIP-160 filter box.
     page.fill("input[name=filter]", 'algorithm = "sarsa"')

@@ -278,6 +278,7 @@
       ["success rate", "test_metrics.success_rate"],
       ["avg steps", "test_metrics.avg_steps"],
       ["created", "create_time"],
+      ["creator", "creator"],
     ];
 
     async function load() {
@@ -327,6 +328,8 @@
           el("td", {}, fmt(test.success_rate)),
           el("td", {}, fmt(test.avg_steps)),
           el("td", {}, (run.createTime || "").replace("T", " ").slice(0, 19)),
+          // Runs recorded before owners were (or with authentication off) have no creator.
+          el("td", { class: "creator" }, run.creator || "(unknown)"),
         );
       });
       table.append(el("thead", {}, head), el("tbody", {}, rows));
@@ -354,7 +357,8 @@
     const message = el("p", { class: "message", role: "status" });
     app.append(
       el("h1", {}, `${run.algorithm} `, el("small", {}, run.runId)),
-      el("p", {}, status, " · ", run.mode, " · ", run.envId, " · ", progress, run.stopReason ? ` · ${run.stopReason}` : ""),
+      el("p", {}, status, " · ", run.mode, " · ", run.envId, " · ", progress, run.stopReason ? ` · ${run.stopReason}` : "",
+        ` · by ${run.creator || "(unknown)"}`),
       actions,
       message,
     );
