@@ -23,21 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.api import field_behavior_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from taxidriver.access import method_path
 from taxidriver.errors import FieldViolation, abort_call, invalid_argument
+from taxidriver.field_behavior import is_required
 from taxidriver.handlers import rewrap
 
 MISSING = "is required"
-
-
-def is_required(field: FieldDescriptor) -> bool:
-    behaviors: Any = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
-    return field_behavior_pb2.REQUIRED in behaviors
 
 
 def _is_map(field: FieldDescriptor) -> bool:

@@ -97,3 +97,37 @@ def test_openapi_carries_the_protos_comments(docs_server: WebServer) -> None:
     run = document["components"]["schemas"]["taxidriver.registry.v1.Run"]
     assert "training_runs" in run["description"]
     assert run["properties"]["episodesRecorded"]["description"].startswith("Episodes durably stored")
+
+
+def test_openapi_marks_required_and_output_only_fields_as_the_protos_do(docs_server: WebServer) -> None:
+    """google.api.field_behavior (AIP-203): REQUIRED → `required`, OUTPUT_ONLY → `readOnly`."""
+    from taxidriver.field_behavior import is_output_only, is_required
+
+    document = httpx.get(f"{docs_server.url}/openapi.json", timeout=30).json()
+    schemas = document["components"]["schemas"]
+    checked_body = checked_query = 0
+    for route in load_routes():
+        operation = document["paths"][route.template.text][route.http_method.lower()]
+        request = route.method.input_type
+        variables = set(route.template.variables)
+        for parameter in operation["parameters"]:
+            field = request.fields_by_name.get(parameter["name"])
+            if parameter["in"] == "query" and field is not None:
+                assert parameter["required"] is is_required(field), (route.template.text, parameter["name"])
+                checked_query += 1
+        if route.body == "*":
+            wanted = sorted(f.json_name for f in request.fields if is_required(f) and f.name not in variables)
+            body = operation["requestBody"]
+            assert sorted(body["content"]["application/json"]["schema"].get("required", [])) == wanted
+            assert body["required"] is bool(wanted)
+            checked_body += 1
+    assert checked_body > 0 and checked_query > 0
+    run = schemas["taxidriver.registry.v1.Run"]
+    from taxidriver.registry.v1 import resources_pb2
+
+    for field in resources_pb2.Run.DESCRIPTOR.fields:
+        schema = run["properties"][field.json_name]
+        assert schema.get("readOnly", False) is is_output_only(field), field.name
+    assert run["properties"]["runId"]["readOnly"] is True
+    create = document["paths"]["/database/runs/{run_id}/annotations"]["post"]["requestBody"]
+    assert create["content"]["application/json"]["schema"]["required"] == ["annotation"]

@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from taxidriver.field_behavior import is_output_only, is_required
 from web.rules import Route
 from web.transcoder import short_enum_names
 
@@ -128,9 +129,13 @@ class _Schemas:
         if name not in self.components:
             self.components[name] = {}  # in progress: a recursive field refers to it; filled below
             properties = {
-                field.json_name: self.described(self.field(field), field.full_name) for field in descriptor.fields
+                field.json_name: self.described(self.property(field), field.full_name) for field in descriptor.fields
             }
-            self.components[name] = self.described({"type": "object", "properties": properties}, name)
+            schema: dict[str, Any] = {"type": "object", "properties": properties}
+            required = [field.json_name for field in descriptor.fields if is_required(field)]
+            if required:
+                schema["required"] = required
+            self.components[name] = self.described(schema, name)
         return self.ref(name)
 
     def enum(self, descriptor: EnumDescriptor) -> dict[str, Any]:
@@ -151,6 +156,11 @@ class _Schemas:
         if field.enum_type is not None:
             return self.enum(field.enum_type)
         return dict(_SCALARS[field.type])
+
+    def property(self, field: FieldDescriptor) -> dict[str, Any]:
+        """A field as a message's property: OUTPUT_ONLY ones are readOnly (AIP-203)."""
+        schema = self.field(field)
+        return {**schema, "readOnly": True} if is_output_only(field) else schema
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
         entry = field.message_type
@@ -200,7 +210,8 @@ def _operation(route: Route, schemas: _Schemas, operation_id: str) -> dict[str, 
                 {
                     "name": path,
                     "in": "query",
-                    "required": False,
+                    # A REQUIRED field of the request itself (a nested one is required only with its parent).
+                    "required": "." not in path and is_required(field),
                     "description": schemas.comments.get(field.full_name, ""),
                     "schema": schemas.field(field),
                 }
@@ -211,7 +222,7 @@ def _operation(route: Route, schemas: _Schemas, operation_id: str) -> dict[str, 
                     {
                         "name": alias.struct,
                         "in": "query",
-                        "required": False,
+                        "required": is_required(_field(request, alias.struct)),
                         "description": alias.description,
                         "schema": {"type": "object", "additionalProperties": True},
                         "style": "form",
@@ -227,7 +238,7 @@ def _operation(route: Route, schemas: _Schemas, operation_id: str) -> dict[str, 
                 {
                     "name": alias.name,
                     "in": "query",
-                    "required": False,
+                    "required": bool(alias.field) and alias.default is None and is_required(target),
                     "description": alias.description,
                     "schema": schema,
                 }
@@ -248,15 +259,22 @@ def _operation(route: Route, schemas: _Schemas, operation_id: str) -> dict[str, 
     }
     if route.body:
         if route.body == "*":
+            in_body = [field for field in request.fields if field.name not in variables]
             body_schema: dict[str, Any] = {
                 "type": "object",
-                "properties": {
-                    field.json_name: schemas.field(field) for field in request.fields if field.name not in variables
-                },
+                "properties": {field.json_name: schemas.field(field) for field in in_body},
             }
+            required = [field.json_name for field in in_body if is_required(field)]
+            if required:
+                body_schema["required"] = required
         else:
-            body_schema = schemas.field(request.fields_by_name[route.body])
-        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
+            body_field = request.fields_by_name[route.body]
+            body_schema = schemas.field(body_field)
+            required = [body_field.json_name] if is_required(body_field) else []
+        operation["requestBody"] = {
+            "required": bool(required),
+            "content": {"application/json": {"schema": body_schema}},
+        }
     if method.containing_service.full_name == "grpc.health.v1.Health":
         operation["security"] = []
     return operation
