@@ -16,6 +16,9 @@ Prints:
   bench: gateway_auth_unary_p50_overhead_ms, gateway_auth_stream_throughput_ratio (API keys required)
   bench: gateway_floor_unary_p50_overhead_ms, gateway_floor_stream_throughput_ratio
   bench: gateway_floor_sync_unary_p50_overhead_ms, gateway_floor_sync_stream_throughput_ratio
+  bench: gateway_ref_nginx_unary_p50_overhead_ms, gateway_ref_nginx_stream_throughput_ratio
+    (a reference hop in C, nginx's grpc_pass, when nginx is installed: what one more hop costs
+    here outside Python)
   and for every hop its own CPU time: <hop>_unary_cpu_us_per_call, <hop>_stream_cpu_us_per_msg
   (what the hop costs, which the machine's load inflates far less than it does latency)
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -293,6 +297,10 @@ def main() -> int:
                 targets[name] = start_gateway(extra)
             targets["floor"] = start_helper("--floor", direct.target)
             targets["floor_sync"] = start_helper("--floor-sync", direct.target)
+            nginx = start_nginx(Path(scratch), direct.target)
+            if nginx is not None:
+                processes.append(nginx[0])
+                targets["ref_nginx"] = nginx[1]
             for hop in targets.values():
                 wait_ready(hop.target)
             measure(targets)
@@ -301,6 +309,31 @@ def main() -> int:
                 process.terminate()
                 process.wait(20)
     return 0
+
+
+NGINX_CONF = """
+daemon off; master_process off; worker_processes 1; pid {scratch}/nginx.pid; error_log {scratch}/nginx.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream registry {{ server {upstream}; keepalive 16; }}
+  server {{ listen {target} http2; location / {{ grpc_pass grpc://registry; }} }}
+}}
+"""
+
+
+def start_nginx(scratch: Path, upstream: str) -> tuple[subprocess.Popen[bytes], Hop] | None:
+    """A reference hop in C: nginx's grpc_pass, bytes in and out, one process (when nginx is
+    installed; Debian's package). What one more hop costs on this machine outside Python."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if binary is None:
+        print("  (no nginx on this machine: the gateway_ref_nginx_* reference is not measured)")
+        return None
+    target = f"127.0.0.1:{free_port()}"
+    conf = scratch / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(scratch=scratch, upstream=upstream, target=target))
+    process = subprocess.Popen([binary, "-c", str(conf), "-p", str(scratch)])
+    return process, Hop(target=target, pid=process.pid)
 
 
 def prefix(name: str) -> str:
