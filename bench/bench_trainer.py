@@ -2,6 +2,8 @@
 
 - time_to_optimal_s_<algorithm>: median over seeds of the training time until the greedy
   policy is optimal on all 300 start states (optimized preset; inf when the median seed never is).
+  Checked every 10 episodes; the training up to the first optimal check is then timed again in
+  one kernel call, the kernel loaded before (trainer_service.tuning.measure says why).
 - optimal_seed_fraction_<algorithm>: share of seeds whose final policy is exactly optimal.
 - preset <algorithm>: the line each preset note in trainer_service/params.py quotes (seeds
   100-119: exactly optimal, delivering from every start state, worst delivery, optimal starts).

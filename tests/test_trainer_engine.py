@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer_service import evaluation
+from trainer_service import evaluation, kernels
 from trainer_service.algorithms import ALGORITHMS
 from trainer_service.engine import (
     EpisodeColumns,
@@ -62,6 +62,30 @@ def test_epsilon_decays_per_episode_down_to_its_floor() -> None:
     columns = train_chunk("q_learning", TABLE, TrainingParams(0.5, 0.9, 0.2, 0.5, 50), state, 5)
     assert columns.epsilons.tolist() == [1.0, 0.5, 0.25, 0.2, 0.2]
     assert state.epsilon == 0.2
+
+
+def test_q_learning_kernel_is_the_textbook_update_step_by_step() -> None:
+    """The kernel remembers the greedy action its target's max found; it must train exactly as
+    epsilon-greedy + Q(s, a) += alpha * (r + gamma * max Q(s', .) - Q(s, a)) written plainly.
+    alpha 1 and gamma 0.5 (the preset's) on a fresh table: ties, walls (s' == s) and illegal
+    pick-ups, whose update changes the row the remembered action came from, all occur."""
+    alpha, gamma, floor, decay, max_steps, episodes = 1.0, 0.5, 0.3, 0.99, 60, 150
+    state = TrainingState.fresh(TABLE, 7, 1.0)
+    columns = train_chunk("q_learning", TABLE, TrainingParams(alpha, gamma, floor, decay, max_steps), state, episodes)
+    q, rng, epsilon = np.zeros_like(TABLE.reward), TrainingState.fresh(TABLE, 7, 1.0).rng, 1.0
+    rewards, steps = [], []
+    for _ in range(episodes):
+        s, total, n, done = kernels.start_state(TABLE.start_states, rng), 0.0, 0, False
+        while n < max_steps and not done:
+            a = kernels.epsilon_greedy(q, s, epsilon, rng)
+            nxt, r, done = TABLE.next_state[s, a], TABLE.reward[s, a], TABLE.terminated[s, a]
+            q[s, a] += alpha * ((r if done else r + gamma * q[nxt].max()) - q[s, a])
+            s, total, n = nxt, total + r, n + 1
+        rewards.append(total)
+        steps.append(n)
+        epsilon = max(floor, epsilon * decay)
+    assert np.array_equal(state.q, q) and state.rng[0] == rng[0] and state.epsilon == epsilon
+    assert columns.rewards.tolist() == rewards and columns.steps.tolist() == steps
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
