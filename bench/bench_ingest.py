@@ -9,7 +9,9 @@ tenth of the run, at least 100: params.default_checkpoint_every), every 5,000
 episodes or every 0.2 s, whichever comes first; its kernel trains a tenth of a
 10,000-episode run in well under 0.2 s, so the checkpoint sets the size: 1,000
 episodes for the optimized run (10,000 episodes), 600 for a user run of the seed's
-6,000. The streamer coalesces only what piles up while a batch waits for its ack.
+6,000. Each run's batches are sent at once on its stream (a window). The reference, in the
+same run: the same batches each waiting for the ack of the one before, as the trainer's
+streamer sends them (it coalesces only what piles up while a batch waits for its ack).
 `bench: bytes_per_run_6000_episodes` (growth of every
 registry table, indexes and TOAST included, per completed 6000-episode run),
 `bytes_per_run_live_6000_episodes` (the bytes of the run's live rows: the growth
@@ -89,7 +91,7 @@ def episode_batches(
 
 
 async def ingest_run(stub: ingest_grpc.IngestServiceStub, batches: list[ingest_pb2.IngestEpisodesRequest]) -> int:
-    """A window: every batch sent at once (the registry writes those that queue up together)."""
+    """A window: every batch of the run sent at once, acks read as they come (one statement per batch)."""
     acks = [ack async for ack in stub.IngestEpisodes(iter(batches))]
     return acks[-1].episodes_recorded
 
