@@ -252,9 +252,10 @@ def curves_from_rows(rows: Sequence[Mapping[str, Any]], first_episode: int = 0) 
         count = row["episode_count"]
         if skip >= count:
             continue
-        curves.rewards.extend(row["rewards"][skip:])
-        curves.steps.extend(row["steps"][skip:])
-        curves.epsilons.extend(row["epsilons"][skip:] if row["epsilons"] is not None else [0.0] * (count - skip))
-        curves.td_errors.extend(row["td_errors"][skip:] if row["td_errors"] is not None else [0.0] * (count - skip))
-        curves.successes.extend(row["successes"][skip:] if row["successes"] is not None else [False] * (count - skip))
+        # numpy arrays (episodes.read_chunks): tolist() hands protobuf plain Python values in one C call.
+        curves.rewards.extend(row["rewards"][skip:].tolist())
+        curves.steps.extend(row["steps"][skip:].tolist())
+        for name, fill in (("epsilons", 0.0), ("td_errors", 0.0), ("successes", False)):
+            values = row[name]
+            getattr(curves, name).extend(values[skip:].tolist() if values is not None else [fill] * (count - skip))
     return curves

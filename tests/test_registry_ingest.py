@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
 from google.protobuf import struct_pb2
 
+from registry_service import episodes
 from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
@@ -328,3 +330,18 @@ def test_lifecycle_tables_are_the_run_status_vocabulary() -> None:
     assert ingest.LIVE_STATUSES == {"queued", "running"}
     assert ingest.CLAIMABLE == {"interrupted", "failed"}
     assert ingest.TERMINAL_LIST == ["cancelled", "completed", "failed"]
+
+
+@pytest.mark.parametrize(
+    ("oid", "values"),
+    [
+        (episodes.FLOAT4_ARRAY_OID, [1.5, -2.25, 0.0, 3.4e38]),
+        (episodes.INT4_ARRAY_OID, [0, 1, -7, 2**31 - 1]),
+        (episodes.BOOL_ARRAY_OID, [True, False, True]),
+        (episodes.FLOAT4_ARRAY_OID, []),
+    ],
+)
+def test_packed_arrays_read_back_as_written(oid: int, values: list[Any]) -> None:
+    """unpack is pack's inverse (read_chunks decodes PostgreSQL's binary arrays with numpy)."""
+    read = episodes.unpack(episodes.pack(values, oid).data, oid)
+    assert read.tolist() == pytest.approx(values)
