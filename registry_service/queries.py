@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from registry_service import episodes, page_tokens, run_sql
 from registry_service.artifacts import collect_upload, list_artifacts, split_chunks, store_artifact
 from registry_service.compare import compare, compared_ids
+from registry_service.plot_rendering import PlotRenderer
 from registry_service.convert import (
     ANNOTATION_COLUMNS,
     ARTIFACT_COLUMNS,
@@ -121,6 +122,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self.pool = pool
         self.settings = settings
         self.hub = hub
+        self.plots = PlotRenderer(pool)
 
     # ------------------------------------------------------------------ runs
 
@@ -586,7 +588,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListArtifactsResponse:
-        return await list_artifacts(self.pool, request)
+        return await list_artifacts(self.pool, request, self.plots.ensure)
 
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
