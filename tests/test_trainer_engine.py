@@ -137,6 +137,43 @@ def test_random_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env()
     assert replayed.std_reward == pytest.approx(float(np.std(rewards)), abs=1e-9)
 
 
+@pytest.mark.parametrize("policy", ["optimal", "partly_trained", "random_q"])
+def test_greedy_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env(policy: str) -> None:
+    """Greedy test episodes replayed on the table from the real env's seeded start states (issue 15)."""
+    episodes = 300
+    if policy == "optimal":
+        q = BEST.q
+    elif policy == "partly_trained":
+        state = TrainingState.fresh(TABLE, 5, 1.0)
+        train_chunk("q_learning", TABLE, TrainingParams(0.5, 0.9, 0.1, 0.99, 200), state, 300)
+        q = model_q("q_learning", state)
+    else:  # loops and time-limit truncations: episodes that never deliver
+        q = np.random.default_rng(3).normal(size=BEST.q.shape)
+    env = make_env("Taxi-v3")
+    rewards, steps, successes, starts = [], [], [], []
+    for seed in evaluation.test_seeds(episodes):
+        state_, _ = env.reset(seed=seed)
+        starts.append(state_)
+        total, count, done, terminated = 0.0, 0, False, False
+        while not done:
+            state_, reward, terminated, truncated, _ = env.step(int(np.argmax(q[state_])))
+            total, count = total + float(reward), count + 1
+            done = terminated or truncated
+        rewards.append(total)
+        steps.append(count)
+        successes.append(terminated)
+    env.close()
+    replayed = evaluate_on_env("Taxi-v3", episodes, q)
+    assert replayed.start_states.tolist() == starts
+    assert replayed.success_rate == float(np.mean(successes))
+    assert replayed.avg_steps == float(np.mean(steps))
+    assert replayed.std_steps == pytest.approx(float(np.std(steps)), abs=1e-9)
+    assert replayed.avg_reward == pytest.approx(float(np.mean(rewards)), abs=1e-12)
+    assert replayed.std_reward == pytest.approx(float(np.std(rewards)), abs=1e-9)
+    if policy == "random_q":
+        assert not all(successes)  # the case of truncated episodes is really covered
+
+
 def test_random_policy_expectations_agree_with_twenty_thousand_random_episodes() -> None:
     exact = random_policy_optimality(TABLE, BEST)
     # brute_force's kernel: uniform start state, uniform actions, 200-step limit, on the table.

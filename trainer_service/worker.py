@@ -70,7 +70,7 @@ from trainer_service.metrics import (
     test_metrics,
     training_summary,
 )
-from trainer_service.params import RunSpec
+from trainer_service.params import DEFAULT_TEST_EPISODES, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,9 @@ def warm_up() -> None:
         policy_optimality(best.q, table, best)
         random_policy_optimality(table, best)
         evaluate_on_env("Taxi-v3", 2, None)
+        # The default test episodes' start states (the real env's resets), kept per process.
+        evaluate_on_env("Taxi-v3", DEFAULT_TEST_EPISODES, best.q)
+        _random_agent("Taxi-v3", DEFAULT_TEST_EPISODES)
 
 
 def _training_params(spec: RunSpec) -> TrainingParams:
