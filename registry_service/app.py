@@ -17,8 +17,8 @@ from registry_service import episodes
 from registry_service.auth import AuthServicer
 from registry_service.db import EVENTS_CHANNEL, apply_migrations, open_pool, wait_for_database
 from registry_service.ingest import LIVE_LIST, IngestServicer
-from registry_service.queries import RegistryServicer
 from registry_service.plot_rendering import PlotRenderer
+from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
 from registry_service.sweeps import SweepStoreServicer
 from registry_service.watch import EventHub

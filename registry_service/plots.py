@@ -20,7 +20,6 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 
-
 class Curves(Protocol):
     """A run's per-episode curves (trainer_service.engine.EpisodeColumns has them)."""
 

@@ -23,7 +23,6 @@ from psycopg_pool import AsyncConnectionPool
 from registry_service import episodes, page_tokens, run_sql
 from registry_service.artifacts import collect_upload, list_artifacts, split_chunks, store_artifact
 from registry_service.compare import compare, compared_ids
-from registry_service.plot_rendering import PlotRenderer
 from registry_service.convert import (
     ANNOTATION_COLUMNS,
     ARTIFACT_COLUMNS,
@@ -46,6 +45,7 @@ from registry_service.filters import (
     encode_page_token,
     parse_order_by,
 )
+from registry_service.plot_rendering import PlotRenderer
 from registry_service.retention import purge_runs
 from registry_service.settings import RegistrySettings
 from taxidriver.access import caller_name, caller_of

@@ -335,9 +335,7 @@ def inline(kind: int, name: str, data: bytes, **fields) -> ingest_pb2.InlineArti
 
 
 def completion(run_id: str, *artifacts: ingest_pb2.InlineArtifact, epoch: int = 0) -> ingest_pb2.CompleteRunRequest:
-    return ingest_pb2.CompleteRunRequest(
-        run_id=run_id, episodes_total=10, artifacts=list(artifacts), lease_epoch=epoch
-    )
+    return ingest_pb2.CompleteRunRequest(run_id=run_id, episodes_total=10, artifacts=list(artifacts), lease_epoch=epoch)
 
 
 def artifacts_of(db, run_id: str) -> list[tuple[str, str, int]]:
@@ -357,17 +355,24 @@ def test_complete_run_stores_its_inline_model_in_one_call(ingest, queries, db) -
     assert first.status == resources_pb2.RUN_STATUS_COMPLETED
     stored = artifacts_of(db, run_id)
     assert stored == [("model", "q_table.npy", 3000), ("plot", "rewards.png", 3)]
-    (model_id,) = db.execute("SELECT artifact_id FROM artifacts WHERE run_id = %s AND kind = 'model'", (run_id,)).fetchone()
+    (model_id,) = db.execute(
+        "SELECT artifact_id FROM artifacts WHERE run_id = %s AND kind = 'model'", (run_id,)
+    ).fetchone()
     assert first.model_path == f"artifacts/{model_id}"
-    assert db.execute("SELECT model_size, model_metadata FROM saved_models WHERE run_id = %s", (run_id,)).fetchall() == [
-        (3000, {"policy": "greedy"})
-    ]
+    assert db.execute(
+        "SELECT model_size, model_metadata FROM saved_models WHERE run_id = %s", (run_id,)
+    ).fetchall() == [(3000, {"policy": "greedy"})]
     assert "rewards.png" in first.plots
     # A replay (the trainer retries blindly) changes nothing: same artifacts, same rows.
-    versions = db.execute("SELECT artifact_id, xmin::text FROM artifacts WHERE run_id = %s ORDER BY 1", (run_id,)).fetchall()
+    versions = db.execute(
+        "SELECT artifact_id, xmin::text FROM artifacts WHERE run_id = %s ORDER BY 1", (run_id,)
+    ).fetchall()
     again = ingest.CompleteRun(request).run
     assert again.status == resources_pb2.RUN_STATUS_COMPLETED and again.model_path == first.model_path
-    assert db.execute("SELECT artifact_id, xmin::text FROM artifacts WHERE run_id = %s ORDER BY 1", (run_id,)).fetchall() == versions
+    assert (
+        db.execute("SELECT artifact_id, xmin::text FROM artifacts WHERE run_id = %s ORDER BY 1", (run_id,)).fetchall()
+        == versions
+    )
 
 
 def test_a_complete_run_failing_midway_stores_neither_model_nor_status(ingest, queries, db) -> None:
@@ -383,7 +388,9 @@ def test_a_complete_run_failing_midway_stores_neither_model_nor_status(ingest, q
         END $$
         """
     )
-    db.execute("CREATE TRIGGER refuse_explode BEFORE INSERT ON artifacts FOR EACH ROW EXECUTE FUNCTION refuse_explode()")
+    db.execute(
+        "CREATE TRIGGER refuse_explode BEFORE INSERT ON artifacts FOR EACH ROW EXECUTE FUNCTION refuse_explode()"
+    )
     db.commit()
     try:
         model = inline(resources_pb2.ARTIFACT_KIND_MODEL, "q_table.npy", b"q" * 100)

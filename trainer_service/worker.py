@@ -295,7 +295,6 @@ def _report(
         model_metadata={"policy": policy, "shape": list(model.shape)},
         execution_time=system["wall_time_s"],
     )
-    return result
 
 
 def _checkpoint(run_id: str, state: TrainingState, parts: list[EpisodeColumns]) -> CheckpointTaken:
