@@ -23,10 +23,14 @@ from matplotlib.ticker import MaxNLocator
 class Curves(Protocol):
     """A run's per-episode curves (trainer_service.engine.EpisodeColumns has them)."""
 
-    rewards: np.ndarray
-    steps: np.ndarray
-    epsilons: np.ndarray
-    td_errors: np.ndarray
+    @property
+    def rewards(self) -> np.ndarray: ...
+    @property
+    def steps(self) -> np.ndarray: ...
+    @property
+    def epsilons(self) -> np.ndarray: ...
+    @property
+    def td_errors(self) -> np.ndarray: ...
 
 
 class Score(Protocol):
