@@ -200,6 +200,28 @@ def _check_artifact(
     return kind
 
 
+async def _store_sent_artifact(
+    conn: AsyncConnection[Any],
+    run_id: uuid.UUID,
+    kind: str,
+    header: ingest_service_pb2.ArtifactHeader | ingest_service_pb2.InlineArtifact,
+    data: bytes,
+) -> tuple[resources_pb2.Artifact, dict[str, Any] | None]:
+    """A trainer's artifact, replacing one of the same (kind, name): its uploads are retried blindly."""
+    stored = await store_artifact(
+        conn,
+        run_id=run_id,
+        kind=kind,
+        name=header.name,
+        content_type=header.content_type,
+        episode=header.episode,
+        metadata=struct_to_dict(header.metadata),
+        data=data,
+    )
+    assert stored is not None  # replace=True always stores
+    return stored
+
+
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     def __init__(self, pool: AsyncConnectionPool, settings: RegistrySettings) -> None:
         self.pool = pool
@@ -439,16 +461,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             )
             for kind, artifact in inline:
                 # In the completion's transaction: a COMPLETED run always has its model.
-                await store_artifact(
-                    conn,
-                    run_id=run_id,
-                    kind=kind,
-                    name=artifact.name,
-                    content_type=artifact.content_type,
-                    episode=artifact.episode,
-                    metadata=struct_to_dict(artifact.metadata),
-                    data=artifact.data,
-                )
+                await _store_sent_artifact(conn, run_id, kind, artifact, artifact.data)
             await notify(conn, run_id, "status")
             run = await fetch_run(conn, run_id)
         return ingest_service_pb2.CompleteRunResponse(run=run)
@@ -493,17 +506,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             if found is None:
                 raise not_found("run", str(run_id))
             check_epoch(run_id, header.lease_epoch, found[0])
-            stored = await store_artifact(
-                conn,
-                run_id=run_id,
-                kind=kind,
-                name=header.name,
-                content_type=header.content_type,
-                episode=header.episode,
-                metadata=struct_to_dict(header.metadata),
-                data=data,
-            )
-            assert stored is not None  # replace=True always stores
+            stored = await _store_sent_artifact(conn, run_id, kind, header, data)
         return ingest_service_pb2.UploadArtifactResponse(artifact=stored[0])
 
     async def GetLatestCheckpoint(
