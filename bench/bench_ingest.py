@@ -13,11 +13,15 @@ episodes for the optimized run (10,000 episodes), 600 for a user run of the seed
 same run: the same batches each waiting for the ack of the one before, as the trainer's
 streamer sends them (it coalesces only what piles up while a batch waits for its ack).
 `bench: bytes_per_run_6000_episodes` (growth of every
-registry table, indexes and TOAST included, per completed 6000-episode run),
-`bytes_per_run_live_6000_episodes` (the bytes of the run's live rows: the growth
-above also holds the dead chunk rows a run's compaction leaves until autovacuum
-lets PostgreSQL reuse them) and `curve_fetch_p50_ms_6000` (GetRun with every
-curve of one 6000-episode run, through a gateway process; reference: direct).
+registry table, indexes and TOAST included, per completed 6000-episode run: its row and
+episodes, no artifact), `bytes_per_run_live_6000_episodes` (the bytes of the run's live rows:
+the growth above also holds the dead chunk rows a run's compaction leaves until autovacuum
+lets PostgreSQL reuse them), `bytes_per_run_6000_episodes_with_model` (the same runs once
+their model is stored: a 24 KB Q-table, as CompleteRun carries it), then
+`bytes_per_run_6000_episodes_with_plots` (once their first ListArtifacts had the registry
+render and store their five plots: a run's cost once anyone looked at it) and
+`curve_fetch_p50_ms_6000` (GetRun with every curve of one 6000-episode run, through a gateway
+process; reference: direct).
 BENCH_REGISTRY_PROFILE=<file> runs the registry under cProfile (its stats go to <file>).
 Uses $DATABASE_URL's server (a temporary database) or an embedded one
 started like the test suite's (fsync off: it measures our code, not the disk).
@@ -40,6 +44,7 @@ from typing import Any
 import grpc
 import numpy as np
 import psycopg
+from google.protobuf import struct_pb2
 from psycopg import conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +183,11 @@ async def measure(target: str, url: str, gateway_target: str, registry_pid: int)
             ids.append(run_id)
             await register(stub, run_id)
             await ingest_run(stub, episode_batches(run_id, rng))
-            await stub.CompleteRun(ingest_pb2.CompleteRunRequest(run_id=run_id, episodes_total=EPISODES))
+            await stub.CompleteRun(
+                ingest_pb2.CompleteRunRequest(
+                    run_id=run_id, episodes_total=EPISODES, test_metrics=SCORES, brute_force_metrics=RANDOM_SCORES
+                )
+            )
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             after = table_bytes(conn)
@@ -186,8 +195,40 @@ async def measure(target: str, url: str, gateway_target: str, registry_pid: int)
         per_run = (after - before) / SIZE_RUNS
         print(f"bench: bytes_per_run_6000_episodes = {per_run:.0f} bytes")
         print(f"bench: bytes_per_run_live_6000_episodes = {live / SIZE_RUNS:.0f} bytes")
+        await stored_artifacts(stub, target, url, ids, before)
         print("  reference: the seed stored ~5.9 MB of JSON per 6000-episode run; MLflow 3 9.57 MB; target <= 100 KB")
     await curve_fetch(target, gateway_target, ids[-1])
+
+
+SCORES = struct_pb2.Struct()
+SCORES.update({"success_rate": 0.97, "avg_steps": 13.4, "avg_reward": 7.5})
+RANDOM_SCORES = struct_pb2.Struct()
+RANDOM_SCORES.update({"random_success_rate": 0.04, "random_avg_steps": 194.0, "random_avg_reward": -770.0})
+
+
+async def stored_artifacts(
+    stub: ingest_grpc.IngestServiceStub, target: str, url: str, ids: list[str], before: int
+) -> None:
+    """The same runs' growth with their model, then with their plots (rendered on first read)."""
+    model = np.random.default_rng(3).normal(size=(500, 6)).tobytes()
+    for run_id in ids:
+        header = ingest_pb2.ArtifactHeader(
+            run_id=run_id, kind=resources_pb2.ARTIFACT_KIND_MODEL, name="q_table.npy", episode=EPISODES
+        )
+        await stub.UploadArtifact(
+            iter([ingest_pb2.UploadArtifactRequest(header=header), ingest_pb2.UploadArtifactRequest(chunk=model)])
+        )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        print(f"bench: bytes_per_run_6000_episodes_with_model = {(table_bytes(conn) - before) / len(ids):.0f} bytes")
+    async with grpc.aio.insecure_channel(target) as channel:
+        registry = registry_grpc.RegistryServiceStub(channel)
+        for run_id in ids:
+            request = registry_pb2.ListArtifactsRequest(run_id=run_id, kind=resources_pb2.ARTIFACT_KIND_PLOT)
+            await registry.ListArtifacts(request, timeout=120)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        print(f"bench: bytes_per_run_6000_episodes_with_plots = {(table_bytes(conn) - before) / len(ids):.0f} bytes")
 
 
 async def curve_fetch(direct_target: str, gateway_target: str, run_id: str) -> None:

@@ -21,9 +21,9 @@ import time
 import numpy as np
 
 from bench.quick import QUICK, size
+from registry_service.plots import render_plots
 from trainer_service.engine import EpisodeColumns
 from trainer_service.evaluation import EnvScore
-from trainer_service.plots import render_plots
 
 REPEATS = size(7, 1)
 

@@ -26,7 +26,8 @@ is audited. Figures (all but soak_calls must be 0; the script exits 1 otherwise)
   soak_crashes         service processes that died without being killed by the soak
   soak_lost_episodes   episodes acknowledged (episodes_recorded, or the plan of a completed
                        run) but not stored
-  soak_lost_artifacts  completed runs without their model or all their plots
+  soak_lost_artifacts  completed runs without their model or all their plots (read through
+                       the registry, which renders them on first read)
   soak_double_writers  runs trained twice: an episode stored twice or past the plan, or
                        completed by more than one trainer process (trainer logs)
   soak_stranded_runs   runs still queued or running after the grace period
@@ -424,12 +425,12 @@ def main() -> int:
             deadline = time.monotonic() + GRACE_S
             with psycopg.connect(database_url, autocommit=True) as conn:
                 while time.monotonic() < deadline:
-                    audits = audit_all(conn)
+                    audits = audit_all(conn, stack.registry.target)
                     if all(a.status in TERMINAL and not a.missing_artifacts for a in audits):
                         break
                     time.sleep(1.0)
                     soak.check_crashes()
-                audits = audit_all(conn)
+                audits = audit_all(conn, stack.registry.target)
             completions = completions_by_run(stack)
             lost_episodes = sum(a.lost_episodes for a in audits)
             lost_artifacts = [a for a in audits if a.missing_artifacts]

@@ -8,10 +8,14 @@
 - preset <algorithm>: the line each preset note in trainer_service/params.py quotes (seeds
   100-119: exactly optimal, delivering from every start state, worst delivery, optimal starts).
 - end_to_end_run_s: StartRun until the run is completed and persisted (in-process registry and
-  trainer on an embedded PostgreSQL, q_learning optimized preset, 100 test episodes).
+  trainer on an embedded PostgreSQL, q_learning optimized preset, 100 test episodes): episodes
+  acknowledged, then one CompleteRun carrying the model. The plots are not part of it since
+  issue 15 (the registry renders them on a run's first read): 2.69-3.00 -> 0.54-0.66 s at load
+  12-15, 0.74-1.27 -> 0.34-0.37 s at load 5-10, alternated with main's code.
 - concurrent_runs_s: 4 such runs started at once on a 2-worker trainer.
 - runs_recorded_per_s: small completed runs (300 episodes) persisted per second, StartRun
-  through the gateway, on the same warm trainer (MLflow 3 records 55-60 runs/s).
+  through the gateway, on the same warm trainer (MLflow 3 records 55-60 runs/s): 0.6-1.8 ->
+  4.4-16.3 runs/s with plots rendered on read (same alternated runs as above).
 - trainer_ready_s_<cache>, first_run_queued_s_<cache>, first_run_s_after_start_<cache>: a fresh
   2-worker trainer started as `make run` starts it (wait until its health says SERVING, then the
   devstack's first training: SARSA optimized, 250 test episodes): seconds until SERVING, seconds

@@ -17,6 +17,7 @@ from registry_service import episodes
 from registry_service.auth import AuthServicer
 from registry_service.db import EVENTS_CHANNEL, apply_migrations, open_pool, wait_for_database
 from registry_service.ingest import LIVE_LIST, IngestServicer
+from registry_service.plot_rendering import PlotRenderer
 from registry_service.queries import RegistryServicer
 from registry_service.settings import RegistrySettings
 from registry_service.sweeps import SweepStoreServicer
@@ -86,6 +87,7 @@ class RegistryApp:
     running: RunningServer
     pool: AsyncConnectionPool
     hub: EventHub
+    plots: PlotRenderer | None = None
     serving: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -162,6 +164,8 @@ class RegistryApp:
                 await task
         await self.running.server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self.hub.stop()
+        if self.plots is not None:
+            self.plots.close()
         await self.pool.close()
 
 
@@ -212,7 +216,7 @@ async def start_registry(settings: RegistrySettings) -> RegistryApp:
         raise
     async with pool.connection() as conn:
         await conn.execute(RENEW_LEASES, (settings.lease_seconds, LIVE_LIST))
-    app = RegistryApp(settings=settings, running=running, pool=pool, hub=hub)
+    app = RegistryApp(settings=settings, running=running, pool=pool, hub=hub, plots=queries.plots)
     app._tasks.append(asyncio.create_task(app._watch_database(), name="registry-db-health"))
     log.info("registry listening on port %d", running.port)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection, errors
@@ -174,9 +174,16 @@ def _decode_token(token: str, bound: str) -> tuple[str, int, str] | None:
 
 
 async def list_artifacts(
-    pool: AsyncConnectionPool, request: registry_service_pb2.ListArtifactsRequest
+    pool: AsyncConnectionPool,
+    request: registry_service_pb2.ListArtifactsRequest,
+    ensure_plots: Callable[[uuid.UUID], Awaitable[None]] | None = None,
 ) -> registry_service_pb2.ListArtifactsResponse:
-    """ListArtifacts: every artifact of the run without page_size (as before paging), else a page."""
+    """ListArtifacts: every artifact of the run without page_size (as before paging), else a page.
+
+    A listing that may show plots first has `ensure_plots` render a completed run's plots if
+    they are not stored yet (registry_service/plot_rendering.py): never NOT_FOUND or an empty
+    answer for plots that will exist.
+    """
     run_id = parse_uuid(request.run_id, "run_id")
     kind = KIND_TO_DB.get(request.kind) if request.kind else None
     if request.kind and kind is None:
@@ -186,6 +193,8 @@ async def list_artifacts(
     size = min(request.page_size, MAX_ARTIFACT_PAGE) or None
     bound = _binding(run_id, kind)
     after = _decode_token(request.page_token, bound)
+    if ensure_plots is not None and kind in (None, "plot"):
+        await ensure_plots(run_id)
     async with pool.connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         await cursor.execute(RUN_EXISTS, (run_id,))

@@ -184,6 +184,44 @@ def _check_test_metrics(test_metrics: dict[str, Any]) -> None:
     violations.raise_if_any()
 
 
+def _check_artifact(
+    header: ingest_service_pb2.ArtifactHeader | ingest_service_pb2.InlineArtifact, field: str, violations: Violations
+) -> str | None:
+    """An artifact's kind in the database's words (None if unknown); its problems added to `violations`."""
+    kind = KIND_TO_DB.get(header.kind)
+    if kind is None:
+        violations.add(f"{field}.kind", "must be MODEL, CHECKPOINT or PLOT")
+    if not header.name or len(header.name) > MAX_NAME_CHARS:
+        violations.add(f"{field}.name", f"is required, at most {MAX_NAME_CHARS} characters")
+    if len(header.content_type) > 100:
+        violations.add(f"{field}.content_type", "at most 100 characters")
+    if header.episode < 0:
+        violations.add(f"{field}.episode", "must be >= 0")
+    return kind
+
+
+async def _store_sent_artifact(
+    conn: AsyncConnection[Any],
+    run_id: uuid.UUID,
+    kind: str,
+    header: ingest_service_pb2.ArtifactHeader | ingest_service_pb2.InlineArtifact,
+    data: bytes,
+) -> tuple[resources_pb2.Artifact, dict[str, Any] | None]:
+    """A trainer's artifact, replacing one of the same (kind, name): its uploads are retried blindly."""
+    stored = await store_artifact(
+        conn,
+        run_id=run_id,
+        kind=kind,
+        name=header.name,
+        content_type=header.content_type,
+        episode=header.episode,
+        metadata=struct_to_dict(header.metadata),
+        data=data,
+    )
+    assert stored is not None  # replace=True always stores
+    return stored
+
+
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     def __init__(self, pool: AsyncConnectionPool, settings: RegistrySettings) -> None:
         self.pool = pool
@@ -384,6 +422,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             raise bad_field("execution_time", "must be >= 0")
         groups = {group: struct_to_dict(getattr(request, group)) for group in METRIC_GROUPS}
         _check_test_metrics(groups["test_metrics"])
+        inline = self._check_inline_artifacts(request)
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(LOCK_RUN, (run_id,))
             row = await cursor.fetchone()
@@ -420,9 +459,33 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     run_id,
                 ),
             )
+            for kind, artifact in inline:
+                # In the completion's transaction: a COMPLETED run always has its model.
+                await _store_sent_artifact(conn, run_id, kind, artifact, artifact.data)
             await notify(conn, run_id, "status")
             run = await fetch_run(conn, run_id)
         return ingest_service_pb2.CompleteRunResponse(run=run)
+
+    def _check_inline_artifacts(
+        self, request: ingest_service_pb2.CompleteRunRequest
+    ) -> list[tuple[str, ingest_service_pb2.InlineArtifact]]:
+        """The request's inline artifacts with their kinds; INVALID_ARGUMENT naming each bad field."""
+        violations = Violations()
+        checked: list[tuple[str, ingest_service_pb2.InlineArtifact]] = []
+        seen: set[tuple[int, str]] = set()
+        limit = self.settings.max_artifact_bytes
+        for index, artifact in enumerate(request.artifacts):
+            field = f"artifacts[{index}]"
+            kind = _check_artifact(artifact, field, violations)
+            if len(artifact.data) > limit:
+                violations.add(f"{field}.data", f"larger than {limit} bytes (REGISTRY_MAX_ARTIFACT_BYTES)")
+            if (artifact.kind, artifact.name) in seen:
+                violations.add(f"{field}.name", "another artifact of the request has the same kind and name")
+            seen.add((artifact.kind, artifact.name))
+            if kind is not None:
+                checked.append((kind, artifact))
+        violations.raise_if_any()
+        return checked
 
     async def UploadArtifact(
         self,
@@ -434,15 +497,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             raise bad_field("header", "an upload starts with a header")
         run_id = parse_uuid(header.run_id, "header.run_id")
         violations = Violations()
-        kind = KIND_TO_DB.get(header.kind)
-        if kind is None:
-            violations.add("header.kind", "must be MODEL, CHECKPOINT or PLOT")
-        if not header.name or len(header.name) > MAX_NAME_CHARS:
-            violations.add("header.name", f"is required, at most {MAX_NAME_CHARS} characters")
-        if len(header.content_type) > 100:
-            violations.add("header.content_type", "at most 100 characters")
-        if header.episode < 0:
-            violations.add("header.episode", "must be >= 0")
+        kind = _check_artifact(header, "header", violations)
         violations.raise_if_any()
         assert kind is not None
         async with self.pool.connection() as conn, conn.transaction():
@@ -451,17 +506,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             if found is None:
                 raise not_found("run", str(run_id))
             check_epoch(run_id, header.lease_epoch, found[0])
-            stored = await store_artifact(
-                conn,
-                run_id=run_id,
-                kind=kind,
-                name=header.name,
-                content_type=header.content_type,
-                episode=header.episode,
-                metadata=struct_to_dict(header.metadata),
-                data=data,
-            )
-            assert stored is not None  # replace=True always stores
+            stored = await _store_sent_artifact(conn, run_id, kind, header, data)
         return ingest_service_pb2.UploadArtifactResponse(artifact=stored[0])
 
     async def GetLatestCheckpoint(

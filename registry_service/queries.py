@@ -45,6 +45,7 @@ from registry_service.filters import (
     encode_page_token,
     parse_order_by,
 )
+from registry_service.plot_rendering import PlotRenderer
 from registry_service.retention import purge_runs
 from registry_service.settings import RegistrySettings
 from taxidriver.access import caller_name, caller_of
@@ -121,6 +122,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self.pool = pool
         self.settings = settings
         self.hub = hub
+        self.plots = PlotRenderer(pool)
 
     # ------------------------------------------------------------------ runs
 
@@ -586,7 +588,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListArtifactsResponse:
-        return await list_artifacts(self.pool, request)
+        return await list_artifacts(self.pool, request, self.plots.ensure)
 
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext

@@ -768,7 +768,13 @@ def cmd_plots(client: TaxiDriverClient, args: argparse.Namespace, output: Output
     if output.as_json:
         output.json({"plots": written})
     elif not written:
-        output.line(f"run {args.run_id} has no plots")
+        # The registry renders a run's plots on this first read once it is completed.
+        status = client.get_run(args.run_id).status
+        if status != resources_pb2.RUN_STATUS_COMPLETED:
+            word = resources_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_")
+            output.line(f"run {args.run_id} has no plots yet: it is {word}; plots are made once it is completed")
+        else:
+            output.line(f"run {args.run_id} has no plots (it has no episodes)")
     else:
         for item in written:
             output.line(f"wrote {item['path']} ({item['bytes']} bytes)")

@@ -495,15 +495,15 @@ class FirstTraining:
             self.stack.sleep(0.2)
         raise StackFailed(f"run {started.run_id} did not finish within 10 minutes")
 
-    def wait_plots(self, run_id: str, timeout: float = 60) -> resources_pb2.Run | None:
-        """Plots are rendered after a run completes, off its critical path."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.get_run(run_id)
-            if run is not None and len(run.plots):
-                return run
-            self.stack.sleep(0.5)
-        return None
+    def plot_names(self, run_id: str) -> list[str]:
+        """The run's plots: the registry renders them on this first read of a completed run."""
+        request = registry_service_pb2.ListArtifactsRequest(run_id=run_id, kind=resources_pb2.ARTIFACT_KIND_PLOT)
+        try:
+            listed = self.call(self.registry.ListArtifacts, request, timeout=60).artifacts
+        except grpc.RpcError as error:
+            say(f"plots: not listed ({error.code().name}: {error.details()})")
+            return []
+        return sorted(artifact.name for artifact in listed)
 
 
 def _number(value: Any) -> str:
@@ -551,11 +551,10 @@ def print_summary(run: resources_pb2.Run, timeline: Timeline | None) -> None:
         say("exact optimum (value iteration): " + ", ".join(f"{key} = {_number(metrics[key])}" for key in optimality))
 
 
-def print_plots(run: resources_pb2.Run | None, run_id: str, gateway: str) -> None:
-    if run is None or not len(run.plots):
-        say(f"plots: not rendered yet; later: .venv/bin/taxi-driver --gateway {gateway} plots {run_id} -o plots/")
+def print_plots(names: list[str], run_id: str, gateway: str) -> None:
+    if not names:
+        say(f"plots: none yet; later: .venv/bin/taxi-driver --gateway {gateway} plots {run_id} -o plots/")
         return
-    names = sorted(json_format.MessageToDict(run.plots))
     say(f"plots ({len(names)}): {', '.join(names)}")
     say(f"  download them as PNG: .venv/bin/taxi-driver --gateway {gateway} plots {run_id} -o plots/")
 
@@ -636,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             if run.status != resources_pb2.RUN_STATUS_COMPLETED:
                 say(f"error: {run.error_message or run.stop_reason}")
                 return 1
-            print_plots(first.wait_plots(run.run_id), run.run_id, gateway)
+            print_plots(first.plot_names(run.run_id), run.run_id, gateway)
             print_howto(gateway, run.run_id, key_file)
             print_web(f"http://127.0.0.1:{args.web_port}", run.run_id, key_file)
         finally:

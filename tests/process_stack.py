@@ -33,6 +33,9 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import conninfo
 
+from taxidriver.registry.v1 import registry_service_pb2 as registry_pb2
+from taxidriver.registry.v1 import registry_service_pb2_grpc as registry_pb2_grpc
+from taxidriver.registry.v1 import resources_pb2
 from taxidriver.vocabulary import STOPPED_WORDS
 from tests.support import ROOT, free_port, spawn, stored_episode_indices
 
@@ -44,7 +47,7 @@ TRAINER = "taxidriver.trainer.v1.TrainerService"
 ALGORITHMS = ("brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo")
 # Statuses no trainer works on (terminal, or interrupted): a waiting test stops there.
 TERMINAL = STOPPED_WORDS
-# trainer_service/plots.py renders these for every run with at least one episode.
+# The registry renders these on the first ListArtifacts of a completed run with episodes.
 PLOT_NAMES = frozenset({"rewards.png", "steps.png", "epsilon.png", "td_error.png", "test_vs_brute_force.png"})
 # Signals a process dies of when it crashes rather than being stopped by us.
 CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
@@ -509,6 +512,8 @@ class RunAudit:
     models: int
     plots: set[str]
     trainer_ids: set[str] = field(default_factory=set)
+    # Whether the plots were asked for (through the registry, which renders them on first read).
+    plots_read: bool = False
 
     @property
     def duplicate_episodes(self) -> int:
@@ -525,7 +530,9 @@ class RunAudit:
         if self.status != "completed":
             return []
         missing = [] if self.models == 1 else [f"{self.models} models"]
-        missing += sorted(PLOT_NAMES - self.plots)
+        # Not stored at completion: the registry renders them on first read (plot_rendering.py).
+        if self.plots_read and self.recorded:
+            missing += sorted(PLOT_NAMES - self.plots)
         return missing
 
     def problems(self) -> list[str]:
@@ -548,13 +555,20 @@ class RunAudit:
         return f"{self.run_id} {self.algorithm} {self.status} {self.recorded}/{self.planned}: {self.problems()}"
 
 
-def audit_run(conn: psycopg.Connection[Any], run_id: str) -> RunAudit | None:
+def audit_run(conn: psycopg.Connection[Any], run_id: str, registry_target: str | None = None) -> RunAudit | None:
+    """The run as stored; with `registry_target`, a completed run's plots are first read through
+    the registry (which renders them then) and required."""
     row = conn.execute(
         "SELECT algorithm, status, episodes_planned, episodes_recorded FROM training_runs WHERE run_id = %s",
         (run_id,),
     ).fetchone()
     if row is None:
         return None
+    plots_read = registry_target is not None and row[1] == "completed"
+    if plots_read and row[3]:
+        with grpc.insecure_channel(str(registry_target)) as channel, contextlib.suppress(grpc.RpcError):
+            request = registry_pb2.ListArtifactsRequest(run_id=run_id, kind=resources_pb2.ARTIFACT_KIND_PLOT)
+            registry_pb2_grpc.RegistryServiceStub(channel).ListArtifacts(request, timeout=60)
     models = conn.execute("SELECT count(*) FROM saved_models WHERE run_id = %s", (run_id,)).fetchone()
     plots = conn.execute("SELECT name FROM artifacts WHERE run_id = %s AND kind = 'plot'", (run_id,)).fetchall()
     return RunAudit(
@@ -566,12 +580,13 @@ def audit_run(conn: psycopg.Connection[Any], run_id: str) -> RunAudit | None:
         stored=stored_episode_indices(conn, run_id),
         models=int(models[0]) if models else 0,
         plots={str(name) for (name,) in plots},
+        plots_read=plots_read,
     )
 
 
-def audit_all(conn: psycopg.Connection[Any]) -> list[RunAudit]:
+def audit_all(conn: psycopg.Connection[Any], registry_target: str | None = None) -> list[RunAudit]:
     ids = [str(run_id) for (run_id,) in conn.execute("SELECT run_id FROM training_runs ORDER BY created_at")]
-    return [audit for run_id in ids if (audit := audit_run(conn, run_id)) is not None]
+    return [audit for run_id in ids if (audit := audit_run(conn, run_id, registry_target)) is not None]
 
 
 def rows_left_by(conn: psycopg.Connection[Any], run_id: str) -> dict[str, int]:

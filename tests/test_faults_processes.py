@@ -626,8 +626,9 @@ def test_trainer_sigkilled_as_its_run_completes_leaves_the_run_with_model_and_ev
     """Issue 10: a run is `completed` only once everything it promises is stored.
 
     The trainer is SIGKILLed the moment the registry answers `completed` (a few runs, each
-    on a freshly started trainer): each completed run must already hold its model and all
-    five plots, in the artifacts table and in training_runs.plots.
+    on a freshly started trainer): each completed run must already hold its model (stored in
+    CompleteRun's own transaction), and its first ListArtifacts must give all five plots
+    (rendered by the registry from the stored run), then in training_runs.plots too.
     """
     trainer = healthy_stack.trainer
     with grpc.insecure_channel(healthy_stack.registry.target) as registry_channel:
@@ -663,6 +664,10 @@ def test_trainer_sigkilled_as_its_run_completes_leaves_the_run_with_model_and_ev
             assert row(db, run_id) == ("completed", 5_000)
             model = db.execute("SELECT count(*) FROM saved_models WHERE run_id = %s", (run_id,)).fetchone()
             assert model == (1,), run_id
+            listed = registry.ListArtifacts(
+                pb.ListArtifactsRequest(run_id=run_id, kind=resources_pb2.ARTIFACT_KIND_PLOT), timeout=60
+            ).artifacts
+            assert {artifact.name for artifact in listed} == PLOT_NAMES, (run_id, listed)
             stored = dict(
                 db.execute(
                     "SELECT name, artifact_id::text FROM artifacts WHERE run_id = %s AND kind = 'plot'", (run_id,)

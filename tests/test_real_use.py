@@ -88,7 +88,7 @@ class RealUse:
 
     def audit(self, run_id: str) -> RunAudit | None:
         with self.db() as conn:
-            return audit_run(conn, run_id)
+            return audit_run(conn, run_id, self.stack.registry.target)
 
     def status(self, run_id: str) -> str | None:
         with self.db() as conn:
@@ -105,7 +105,7 @@ class RealUse:
         return status
 
     def settle(self, run_ids: list[str], timeout: float = 60.0) -> dict[str, RunAudit | None]:
-        """Audits the runs once each is terminal with nothing missing (plots follow completion), or at timeout."""
+        """Audits the runs once each is terminal with nothing missing (plots read via the registry), or at timeout."""
         deadline = time.monotonic() + timeout
         while True:
             audits = {run_id: self.audit(run_id) for run_id in run_ids}

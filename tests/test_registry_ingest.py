@@ -345,3 +345,117 @@ def test_packed_arrays_read_back_as_written(oid: int, values: list[Any]) -> None
     """unpack is pack's inverse (read_chunks decodes PostgreSQL's binary arrays with numpy)."""
     read = episodes.unpack(episodes.pack(values, oid).data, oid)
     assert read.tolist() == pytest.approx(values)
+
+
+def inline(kind: int, name: str, data: bytes, **fields) -> ingest_pb2.InlineArtifact:
+    return ingest_pb2.InlineArtifact(kind=kind, name=name, content_type="application/x-npy", data=data, **fields)
+
+
+def completion(run_id: str, *artifacts: ingest_pb2.InlineArtifact, epoch: int = 0) -> ingest_pb2.CompleteRunRequest:
+    return ingest_pb2.CompleteRunRequest(run_id=run_id, episodes_total=10, artifacts=list(artifacts), lease_epoch=epoch)
+
+
+def artifacts_of(db, run_id: str) -> list[tuple[str, str, int]]:
+    rows = db.execute("SELECT kind, name, size FROM artifacts WHERE run_id = %s ORDER BY kind, name", (run_id,))
+    return rows.fetchall()
+
+
+def test_complete_run_stores_its_inline_model_in_one_call(ingest, queries, db) -> None:
+    """One round trip: the model (with its saved_models row and model_path) and the plots."""
+    run_id = register(ingest, planned=10)
+    send(ingest, batch(run_id, 0, 10))
+    model = inline(resources_pb2.ARTIFACT_KIND_MODEL, "q_table.npy", b"q" * 3000, episode=10)
+    model.metadata.update({"policy": "greedy"})
+    plot = inline(resources_pb2.ARTIFACT_KIND_PLOT, "rewards.png", b"png")
+    request = completion(run_id, model, plot)
+    first = ingest.CompleteRun(request).run
+    assert first.status == resources_pb2.RUN_STATUS_COMPLETED
+    stored = artifacts_of(db, run_id)
+    assert stored == [("model", "q_table.npy", 3000), ("plot", "rewards.png", 3)]
+    (model_id,) = db.execute(
+        "SELECT artifact_id FROM artifacts WHERE run_id = %s AND kind = 'model'", (run_id,)
+    ).fetchone()
+    assert first.model_path == f"artifacts/{model_id}"
+    assert db.execute(
+        "SELECT model_size, model_metadata FROM saved_models WHERE run_id = %s", (run_id,)
+    ).fetchall() == [(3000, {"policy": "greedy"})]
+    assert "rewards.png" in first.plots
+    # A replay (the trainer retries blindly) changes nothing: same artifacts, same rows.
+    versions = db.execute(
+        "SELECT artifact_id, xmin::text FROM artifacts WHERE run_id = %s ORDER BY 1", (run_id,)
+    ).fetchall()
+    again = ingest.CompleteRun(request).run
+    assert again.status == resources_pb2.RUN_STATUS_COMPLETED and again.model_path == first.model_path
+    assert (
+        db.execute("SELECT artifact_id, xmin::text FROM artifacts WHERE run_id = %s ORDER BY 1", (run_id,)).fetchall()
+        == versions
+    )
+
+
+def test_a_complete_run_failing_midway_stores_neither_model_nor_status(ingest, queries, db) -> None:
+    """The second artifact's INSERT fails in PostgreSQL (a trigger): the model and the status roll back."""
+    run_id = register(ingest, planned=10)
+    send(ingest, batch(run_id, 0, 10))
+    db.execute(
+        """
+        CREATE OR REPLACE FUNCTION refuse_explode() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.name = 'explode.png' THEN RAISE EXCEPTION 'disk full (test)'; END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_explode BEFORE INSERT ON artifacts FOR EACH ROW EXECUTE FUNCTION refuse_explode()"
+    )
+    db.commit()
+    try:
+        model = inline(resources_pb2.ARTIFACT_KIND_MODEL, "q_table.npy", b"q" * 100)
+        with pytest.raises(grpc.RpcError):
+            ingest.CompleteRun(completion(run_id, model, inline(resources_pb2.ARTIFACT_KIND_PLOT, "explode.png", b"x")))
+    finally:
+        db.execute("DROP TRIGGER refuse_explode ON artifacts")
+        db.execute("DROP FUNCTION refuse_explode()")
+        db.commit()
+    run = full_run(queries, run_id)
+    assert run.status == resources_pb2.RUN_STATUS_QUEUED and run.model_path == ""
+    assert artifacts_of(db, run_id) == []
+    assert db.execute("SELECT count(*) FROM saved_models WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+    # The trainer's retry then completes it, with its model.
+    done = ingest.CompleteRun(completion(run_id, model)).run
+    assert done.status == resources_pb2.RUN_STATUS_COMPLETED and done.model_path
+
+
+def test_complete_run_inline_artifacts_are_fenced_by_the_lease(ingest, db) -> None:
+    run_id = str(uuid.uuid4())
+    epoch = ingest.RegisterRun(
+        ingest_pb2.RegisterRunRequest(run_id=run_id, algorithm="q_learning", episodes_planned=10, trainer_id="a")
+    ).lease_epoch
+    send(ingest, batch(run_id, 0, 10))
+    ingest.UpdateRunStatus(
+        ingest_pb2.UpdateRunStatusRequest(run_id=run_id, status=resources_pb2.RUN_STATUS_INTERRUPTED, lease_epoch=epoch)
+    )
+    taken = ingest.ClaimRun(ingest_pb2.ClaimRunRequest(run_id=run_id, trainer_id="b"))
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.CompleteRun(completion(run_id, inline(resources_pb2.ARTIFACT_KIND_MODEL, "q.npy", b"q"), epoch=epoch))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(caught.value)[1] == "LEASE_LOST"
+    assert artifacts_of(db, run_id) == []
+    assert taken.lease_epoch > epoch
+
+
+def test_complete_run_inline_artifact_validation_names_the_fields(ingest, db) -> None:
+    run_id = register(ingest, planned=10)
+    send(ingest, batch(run_id, 0, 10))
+    bad = [
+        inline(resources_pb2.ARTIFACT_KIND_MODEL, "q.npy", b"q"),
+        inline(0, "", b"x", episode=-1),
+        inline(resources_pb2.ARTIFACT_KIND_MODEL, "q.npy", b"q"),
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest.CompleteRun(completion(run_id, *bad))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {violation.field for violation in status_details(caught.value)[0]}
+    for field in ("artifacts[1].kind", "artifacts[1].name", "artifacts[1].episode", "artifacts[2].name"):
+        assert field in fields, field
+    assert artifacts_of(db, run_id) == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -112,8 +115,10 @@ def test_optimal_q_is_scored_optimal_everywhere() -> None:
     assert optimality.steps_gap == 0.0 and optimality.reward_gap == 0.0
 
 
-def test_random_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env() -> None:
-    episodes = 400
+def stepped_on_env(
+    episodes: int, act: Callable[[Any, int], int]
+) -> tuple[list[float], list[int], list[bool], list[int]]:
+    """The test episodes stepped on the real env, `act(env, state)` choosing each action."""
     env = make_env("Taxi-v3")
     rewards, steps, successes, starts = [], [], [], []
     for seed in evaluation.test_seeds(episodes):
@@ -122,19 +127,49 @@ def test_random_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env()
         starts.append(state)
         total, count, done, terminated = 0.0, 0, False, False
         while not done:
-            state, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            state, reward, terminated, truncated, _ = env.step(act(env, state))
             total, count = total + float(reward), count + 1
             done = terminated or truncated
         rewards.append(total)
         steps.append(count)
         successes.append(terminated)
     env.close()
-    replayed = evaluate_on_env("Taxi-v3", episodes, None)
+    return rewards, steps, successes, starts
+
+
+def assert_same_scores(
+    replayed: Any, rewards: list[float], steps: list[int], successes: list[bool], starts: list[int]
+) -> None:
     assert replayed.start_states.tolist() == starts
     assert replayed.success_rate == float(np.mean(successes))
     assert replayed.avg_steps == float(np.mean(steps))
+    assert replayed.std_steps == pytest.approx(float(np.std(steps)), abs=1e-9)
     assert replayed.avg_reward == pytest.approx(float(np.mean(rewards)), abs=1e-12)
     assert replayed.std_reward == pytest.approx(float(np.std(rewards)), abs=1e-9)
+
+
+def test_random_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env() -> None:
+    episodes = 400
+    stepped = stepped_on_env(episodes, lambda env, state: env.action_space.sample())
+    assert_same_scores(evaluate_on_env("Taxi-v3", episodes, None), *stepped)
+
+
+@pytest.mark.parametrize("policy", ["optimal", "partly_trained", "random_q"])
+def test_greedy_agent_replayed_on_the_table_is_the_agent_stepping_the_real_env(policy: str) -> None:
+    """Greedy test episodes replayed on the table from the real env's seeded start states (issue 15)."""
+    episodes = 300
+    if policy == "optimal":
+        q = BEST.q
+    elif policy == "partly_trained":
+        state = TrainingState.fresh(TABLE, 5, 1.0)
+        train_chunk("q_learning", TABLE, TrainingParams(0.5, 0.9, 0.1, 0.99, 200), state, 300)
+        q = model_q("q_learning", state)
+    else:  # loops and time-limit truncations: episodes that never deliver
+        q = np.random.default_rng(3).normal(size=BEST.q.shape)
+    stepped = stepped_on_env(episodes, lambda env, state: int(np.argmax(q[state])))
+    assert_same_scores(evaluate_on_env("Taxi-v3", episodes, q), *stepped)
+    if policy == "random_q":
+        assert not all(stepped[2])  # the case of truncated episodes is really covered
 
 
 def test_random_policy_expectations_agree_with_twenty_thousand_random_episodes() -> None:

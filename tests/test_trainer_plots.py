@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from bench.bench_plots import history
-from trainer_service import plots
+from registry_service import plots
 from trainer_service.evaluation import EnvScore
 
 

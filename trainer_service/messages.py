@@ -7,7 +7,7 @@ here is a type error in both places, not a KeyError in the middle of a run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trainer_service.engine import EpisodeColumns
@@ -71,8 +71,6 @@ class RunResult:
     model_name: str
     model_metadata: dict[str, Any]
     execution_time: float
-    # Plot name -> PNG bytes, stored before the run is completed.
-    plots: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ Every field of a run describes the run's own policy (`test_metrics.policy`): the
 policy of its Q-table, or, for brute_force, the uniformly random policy. docs/metrics.md
 describes each field.
 
-System metrics are sampled without blocking: psutil's cpu_times() deltas between two
-instants (never cpu_percent(interval=...), which sleeps) and RSS read at chunk boundaries.
+System metrics are sampled without blocking: os.times() deltas between two instants (never
+cpu_percent(interval=...), which sleeps; psutil's cpu_times() parses /proc/<pid>/stat, and
+took ~50 ms per call in a loaded worker under cProfile, issue 15) and RSS read at chunk
+boundaries.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class SystemSampler:
     def __init__(self) -> None:
         self.process = psutil.Process(os.getpid())
         self.started_wall = time.perf_counter()
-        self.started_cpu = self.process.cpu_times()
+        self.started_cpu = os.times()
         self.peak_rss = self.process.memory_info().rss
 
     def sample(self) -> None:
@@ -36,7 +38,7 @@ class SystemSampler:
     def summary(self, training_seconds: float, training_steps: int) -> dict[str, Any]:
         self.sample()
         wall = time.perf_counter() - self.started_wall
-        cpu = self.process.cpu_times()
+        cpu = os.times()
         user = cpu.user - self.started_cpu.user
         system = cpu.system - self.started_cpu.system
         return {

@@ -2,10 +2,12 @@
 
 Each active run has one task that consumes its worker's messages in order, so the
 registry always sees: episodes (streamed concurrently by the EpisodeStreamer), then
-the model and the plots, then CompleteRun. A run is completed only once everything it
-promises is stored: a trainer killed at any moment leaves either a completed run with
-all its artifacts or a non-terminal one that its lease turns interrupted (resumable;
-the resumed run renders and uploads everything again). Every upload carries the lease epoch.
+CompleteRun carrying the model, stored in the completion's own transaction (one round trip;
+UploadArtifact remains for checkpoints; the registry renders the plots on first read). A run
+is completed only once everything it promises is stored: a trainer killed at any moment
+leaves either a completed run with its model or a non-terminal one that its lease turns
+interrupted (resumable; the resumed run sends everything again). Every write carries the
+lease epoch.
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ class ActiveRun:
     checkpoints_queued: int = 0
     done_queued: bool = False
     checkpoints_skipped: int = 0
+    # Checkpoints upload in the background, one at a time, the newest waiting its turn: the
+    # run's messages are not held behind a 350 KB upload (issue 15: ~50-90 ms each, and its
+    # completion waited for the one in flight). The completion cancels it (superseded); an
+    # interruption waits for it (the run resumes from it).
+    checkpoint_uploads: asyncio.Task[None] | None = None
+    next_checkpoint: CheckpointTaken | None = None
 
 
 class RunManager:
@@ -381,8 +389,9 @@ class RunManager:
                             # upload, and the upload of all of them held its completion back.
                             run.checkpoints_skipped += 1
                         else:
-                            await self._upload_checkpoint(run, checkpoint)
+                            self._queue_checkpoint(run, checkpoint)
                     case RunDone(result=result):
+                        self._drop_checkpoints(run)
                         await self._complete(run, result)
                         completed = True
                         return
@@ -390,6 +399,8 @@ class RunManager:
                         await self._finish(run, STATUS.RUN_STATUS_CANCELLED, episodes, "cancelled")
                         return
                     case RunInterrupted():
+                        if run.checkpoint_uploads is not None:
+                            await run.checkpoint_uploads  # the checkpoint the run resumes from
                         await run.streamer.flush(wait_s=30.0)
                         await self._set_status(run, STATUS.RUN_STATUS_INTERRUPTED, stop_reason="interrupted")
                         return
@@ -412,11 +423,35 @@ class RunManager:
                     # The registry is unreachable or refuses: the lease sweeper will interrupt the run.
                     log.error("run %s: could not record the failure either: %s", run.run_id, unreported)
         finally:
+            self._drop_checkpoints(run)
             run.finished.set()
             if run.heartbeat is not None:
                 run.heartbeat.cancel()
             await run.streamer.close()
             self.active.pop(run.run_id, None)
+
+    def _queue_checkpoint(self, run: ActiveRun, checkpoint: CheckpointTaken) -> None:
+        if run.next_checkpoint is not None:
+            run.checkpoints_skipped += 1  # superseded before its turn came
+        run.next_checkpoint = checkpoint
+        if run.checkpoint_uploads is None or run.checkpoint_uploads.done():
+            run.checkpoint_uploads = asyncio.create_task(self._upload_checkpoints(run))
+
+    async def _upload_checkpoints(self, run: ActiveRun) -> None:
+        while run.next_checkpoint is not None:
+            checkpoint, run.next_checkpoint = run.next_checkpoint, None
+            try:
+                await self._upload_checkpoint(run, checkpoint)
+            except RunLost:
+                return  # the run's next write learns it too, and stops the run
+            except Exception:
+                log.exception("run %s: checkpoint %d not stored", run.run_id, checkpoint.episode)
+
+    def _drop_checkpoints(self, run: ActiveRun) -> None:
+        """The run ended: checkpoints not stored yet are of no use any more."""
+        run.next_checkpoint = None
+        if run.checkpoint_uploads is not None and not run.checkpoint_uploads.done():
+            run.checkpoint_uploads.cancel()
 
     async def _upload_checkpoint(self, run: ActiveRun, checkpoint: CheckpointTaken) -> None:
         episode = checkpoint.episode
@@ -436,20 +471,24 @@ class RunManager:
             log.warning("run %s: checkpoint %d not stored: %s", run.run_id, episode, error.details())
 
     async def _complete(self, run: ActiveRun, result: RunResult) -> None:
+        """One round trip once the episodes are acknowledged: CompleteRun carries the model,
+        stored in the completion's transaction (a COMPLETED run always has it). The plots are
+        the registry's: rendered from the stored run on first read."""
         recorded = await run.streamer.flush()
         if recorded != result.episodes:
             raise RuntimeError(f"{recorded} episodes acknowledged, {result.episodes} trained")
-        await self.client.upload_artifact(
-            run.run_id,
-            STATUS.ARTIFACT_KIND_MODEL,
-            result.model_name,  # q_table.npy, or policy.npy for the random agent
-            result.model,
-            content_type="application/x-npy",
-            lease_epoch=run.lease_epoch,
-            episode=result.episodes,
-            metadata={"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, **result.model_metadata},
-        )
-        await self._upload_plots(run, result.plots)
+        artifacts = [
+            ingest_service_pb2.InlineArtifact(
+                kind=STATUS.ARTIFACT_KIND_MODEL,
+                name=result.model_name,  # q_table.npy, or policy.npy for the random agent
+                content_type="application/x-npy",
+                episode=result.episodes,
+                metadata=to_struct(
+                    {"algorithm": run.spec.algorithm, "env_id": run.spec.env_id, **result.model_metadata}
+                ),
+                data=result.model,
+            ),
+        ]
         request = ingest_service_pb2.CompleteRunRequest(
             run_id=run.run_id,
             status=STATUS.RUN_STATUS_COMPLETED,
@@ -469,22 +508,11 @@ class RunManager:
             execution_time=result.execution_time,
             stop_reason=result.stop_reason,
             lease_epoch=run.lease_epoch,
+            artifacts=artifacts,
         )
         await self.client.complete_run(request)
         run.status = STATUS.RUN_STATUS_COMPLETED
         log.info("run %s completed", run.run_id, extra={"run_id": run.run_id})
-
-    async def _upload_plots(self, run: ActiveRun, plots: dict[str, bytes]) -> None:
-        """Before CompleteRun, like the model: a plot that cannot be stored fails the run (resumable)."""
-        for name, png in plots.items():
-            await self.client.upload_artifact(
-                run.run_id,
-                STATUS.ARTIFACT_KIND_PLOT,
-                name,
-                png,
-                content_type="image/png",
-                lease_epoch=run.lease_epoch,
-            )
 
     async def _finish(
         self, run: ActiveRun, status: STATUS.RunStatus, episodes: int, reason: str, error: str = ""

@@ -5,8 +5,10 @@ chunks for cancel or shutdown); `_Progress` is the plumbing around it (batches t
 checkpoints); `_report` computes the metric groups. Messages posted to the parent's outbox are the
 dataclasses of trainer_service/messages.py: WorkerReady, then per run RunStarted,
 EpisodesTrained and CheckpointTaken, then one of RunDone, RunCancelled, RunInterrupted or
-RunFailed, then WorkerIdle. RunDone carries the model AND the plots: the parent stores both
-before it completes the run.
+RunFailed, then WorkerIdle. RunDone carries the model: the parent sends it with CompleteRun.
+Plots are no longer rendered here (they were ~80 % of a small run's worker CPU, on the run's
+critical path): the registry renders them from the stored run on first read
+(registry_service/plot_rendering.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import functools
 import logging
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
@@ -68,7 +70,7 @@ from trainer_service.metrics import (
     test_metrics,
     training_summary,
 )
-from trainer_service.params import RunSpec
+from trainer_service.params import DEFAULT_TEST_EPISODES, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,9 @@ def warm_up() -> None:
         policy_optimality(best.q, table, best)
         random_policy_optimality(table, best)
         evaluate_on_env("Taxi-v3", 2, None)
-    import matplotlib  # noqa: F401 - imported now so the first plot is not slow
-
-    from trainer_service import plots  # noqa: F401
+        # The default test episodes' start states (the real env's resets), kept per process.
+        evaluate_on_env("Taxi-v3", DEFAULT_TEST_EPISODES, best.q)
+        _random_agent("Taxi-v3", DEFAULT_TEST_EPISODES)
 
 
 def _training_params(spec: RunSpec) -> TrainingParams:
@@ -154,12 +156,7 @@ def _execute(job: Job, outbox: Queue[Any], control: Synchronized[int]) -> None: 
     if stop_reason == "cancelled":
         outbox.put(RunCancelled(job.run_id, state.episode))
         return
-    result, agent, random_agent = _report(spec, table, best, state, progress, stop_reason)
-    from trainer_service.plots import render_plots
-
-    # Rendered before RunDone, not after: a run is completed only once its plots are stored too.
-    plots = render_plots(progress.history(), agent, random_agent)
-    outbox.put(RunDone(job.run_id, replace(result, plots=plots)))
+    outbox.put(RunDone(job.run_id, _report(spec, table, best, state, progress, stop_reason)))
 
 
 def train(
@@ -261,7 +258,7 @@ def _report(
     state: TrainingState,
     progress: _Progress,
     stop_reason: str,
-) -> tuple[RunResult, EnvScore, EnvScore]:
+) -> RunResult:
     """The RunDone payload: every metric group and the model, all about the run's one policy."""
     history = progress.history()
     # The baseline plays exactly the agent's test episodes: same seeds, same count.
@@ -278,7 +275,7 @@ def _report(
     steps_total = int(history.steps[progress.resumed_from :].sum())
     system = progress.sampler.summary(progress.training_seconds, steps_total)
     system["resumed_from_episode"] = progress.resumed_from
-    result = RunResult(
+    return RunResult(
         episodes=state.episode,
         stop_reason=stop_reason,
         training_metrics={
@@ -298,7 +295,6 @@ def _report(
         model_metadata={"policy": policy, "shape": list(model.shape)},
         execution_time=system["wall_time_s"],
     )
-    return result, agent, random_agent
 
 
 def _checkpoint(run_id: str, state: TrainingState, parts: list[EpisodeColumns]) -> CheckpointTaken:

@@ -469,12 +469,23 @@
     }
     app.append(el("h2", {}, "Parameters and metrics"), metrics);
 
-    // Plots and the model.
+    // Plots and the model. The registry renders a completed run's plots on their first listing,
+    // so they are listed (not taken from run.plots, empty until then).
     const plots = el("section", { class: "plots" });
-    for (const [name, artifactId] of Object.entries(run.plots || {})) {
-      plots.append(el("figure", {}, el("img", { src: `/database/artifacts/${encodeURIComponent(artifactId)}:download`, alt: name, loading: "lazy" }), el("figcaption", {}, name)));
+    const plotsTitle = el("h2", {}, "Plots");
+    app.append(plotsTitle, plots);
+    try {
+      const listed = (await api("GET", `/database/runs/${encodeURIComponent(runId)}/artifacts`)).artifacts || [];
+      for (const plot of listed.filter((artifact) => artifact.kind === "ARTIFACT_KIND_PLOT")) {
+        plots.append(el("figure", {}, el("img", { src: `/database/artifacts/${encodeURIComponent(plot.artifactId)}:download`, alt: plot.name, loading: "lazy" }), el("figcaption", {}, plot.name)));
+      }
+    } catch (error) {
+      plots.append(errorBox(error));
     }
-    if (plots.childElementCount) app.append(el("h2", {}, "Plots"), plots);
+    if (!plots.childElementCount) {
+      plotsTitle.remove();
+      plots.remove();
+    }
     try {
       const models = (await api("GET", `/database/runs/${encodeURIComponent(runId)}/models`)).models;
       if (models.length) {

@@ -1,9 +1,16 @@
-"""PNG plots of a run's curves (matplotlib Agg), rendered in the worker after the run."""
+"""PNG plots of a run's curves (matplotlib Agg): a view of data the registry stores.
+
+The five plots need only stored data: the four curves (rewards, steps, epsilons, TD errors:
+run_episodes) and the test-vs-brute-force bars (success_rate, avg_steps and avg_reward of the
+agent in test_metrics and of the random agent in brute_force_metrics, `random_*`). The registry
+renders them on a run's first read of its artifacts (registry_service/plot_rendering.py), in a
+process of its own, so a run's completion never waits for matplotlib.
+"""
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -12,8 +19,30 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from trainer_service.engine import EpisodeColumns
-from trainer_service.evaluation import EnvScore
+
+class Curves(Protocol):
+    """A run's per-episode curves (trainer_service.engine.EpisodeColumns has them)."""
+
+    @property
+    def rewards(self) -> np.ndarray: ...
+    @property
+    def steps(self) -> np.ndarray: ...
+    @property
+    def epsilons(self) -> np.ndarray: ...
+    @property
+    def td_errors(self) -> np.ndarray: ...
+
+
+class Score(Protocol):
+    """Test-episode scores of one policy (trainer_service.evaluation.EnvScore has them)."""
+
+    @property
+    def success_rate(self) -> float: ...
+    @property
+    def avg_steps(self) -> float: ...
+    @property
+    def avg_reward(self) -> float: ...
+
 
 # Points handed to matplotlib per curve, whatever the number of episodes: a 1,000,000-episode
 # run drew every point and convolved a 20,000-wide window (80 s of CPU, issue 10). About one
@@ -24,6 +53,9 @@ MAX_DRAWN_POINTS = 600
 # zlib level of the PNGs: the default (6) was ~12 % of the plots' CPU (cProfile, issue 15); the
 # images are flat colours and text, so level 1 costs little size.
 PNG_OPTIONS: dict[str, Any] = {"format": "png", "pil_kwargs": {"compress_level": 1}}
+
+# What render_plots returns for a run with at least one episode.
+PLOT_NAMES = ("rewards.png", "steps.png", "epsilon.png", "td_error.png", "test_vs_brute_force.png")
 
 
 def _png(figure: Any) -> bytes:
@@ -72,7 +104,7 @@ def _thin(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.nda
 
 
 class _CurveFigure:
-    """One figure per worker process, redrawn for every curve of every run.
+    """One figure per process, redrawn for every curve of every run.
 
     A new figure, its axes and a tight layout per curve were over half of the plotting CPU, and
     plotting was ~3/4 of a small run's worker CPU (issue 15): the lines are updated in place and
@@ -132,7 +164,7 @@ def _curve(values: np.ndarray, title: str, ylabel: str) -> bytes:
 
 
 class _ComparisonFigure:
-    """The agent-vs-random bars, one figure per worker process, its bars resized for every run.
+    """The agent-vs-random bars, one figure per process, its bars resized for every run.
 
     A new three-axes figure with a tight layout per run was two thirds of a small run's plotting
     CPU (cProfile, issue 15: tight_layout draws the figure once more to measure it); as for the
@@ -159,7 +191,7 @@ class _ComparisonFigure:
             axis.use_sticky_edges = False  # room for the value labels on both sides of 0
             axis.axhline(0.0, color="black", linewidth=0.5)
 
-    def draw(self, agent: EnvScore, random_agent: EnvScore) -> bytes:
+    def draw(self, agent: Score, random_agent: Score) -> bytes:
         for axis, bars, values, (_, measure) in zip(self.axes, self.bars, self.values, self.MEASURES, strict=True):
             for bar, value, score in zip(bars, values, (agent, random_agent), strict=True):
                 height = float(getattr(score, measure))
@@ -172,7 +204,7 @@ class _ComparisonFigure:
         return _png(self.figure)
 
 
-def _comparison(agent: EnvScore, random_agent: EnvScore) -> bytes:
+def _comparison(agent: Score, random_agent: Score) -> bytes:
     if "comparison" not in _comparison_figures:
         _comparison_figures["comparison"] = _ComparisonFigure()
     return _comparison_figures["comparison"].draw(agent, random_agent)
@@ -181,9 +213,10 @@ def _comparison(agent: EnvScore, random_agent: EnvScore) -> bytes:
 _comparison_figures: dict[str, _ComparisonFigure] = {}
 
 
-def render_plots(history: EpisodeColumns, agent: EnvScore, random_agent: EnvScore) -> dict[str, bytes]:
-    """name -> PNG bytes, uploaded as PLOT artifacts once the run is completed."""
-    if len(history) == 0:
+def render_plots(history: Curves, agent: Score, random_agent: Score) -> dict[str, bytes]:
+    """name -> PNG bytes (PLOT_NAMES), none for a run without episodes. Deterministic: the same
+    data gives the same bytes (no timestamp in the PNGs)."""
+    if len(history.rewards) == 0:
         return {}
     return {
         "rewards.png": _curve(history.rewards, "Reward per episode", "reward"),
