@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -41,7 +42,9 @@ from taxidriver.vocabulary import status_word  # noqa: E402
 from tests.support import wait_for_health  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", str(size(100_000, 1_000))))
-CALLS = size(200, 10)
+# p99 of 500 calls is their 6th slowest; with 50-200 it was about the slowest call, i.e. the load.
+CALLS = size(500, 10)
+LOG = ROOT / ".data" / "bench-queries-registry.log"
 ALGORITHMS = ["brute_force", "q_learning", "sarsa", "expected_sarsa", "double_q_learning", "monte_carlo"]
 # Most runs completed, a few stopped otherwise or still running (the words stored in training_runs.status).
 COMPLETED = status_word(resources_pb2.RUN_STATUS_COMPLETED)
@@ -118,16 +121,39 @@ def seed(url: str) -> None:
     print(f"  seeded {RUNS} runs with COPY in {time.perf_counter() - started:.1f}s")
 
 
-def timed(call: Callable[[], object], calls: int) -> tuple[float, float]:
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 (nearest rank) of a list of durations."""
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def timed(call: Callable[[int], object], calls: int) -> tuple[float, float]:
+    """p50/p99 of `calls` calls after 5 warm-up calls; `call(i)` gets its sample's number (-1: warm-up)."""
     for _ in range(5):
-        call()
+        call(-1)
     samples = []
-    for _ in range(calls):
+    for index in range(calls):
         started = time.perf_counter()
-        call()
+        call(index)
         samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return percentiles(samples)
+
+
+def server_times(log: Path) -> dict[str, list[float]]:
+    """The registry's own duration of each timed call (its call log's duration_ms), by case name.
+
+    Each timed call carries x-request-id `bench:<case>:<i>`; the registry logs one JSON line per call
+    with that id and its handler's time (no gRPC transport, no client).
+    """
+    found: dict[str, list[float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"bench:' not in line:
+            continue
+        entry = json.loads(line)
+        request_id = entry.get("request_id", "")
+        if request_id.startswith("bench:") and "duration_ms" in entry:
+            found.setdefault(request_id.split(":")[1], []).append(float(entry["duration_ms"]))
+    return found
 
 
 def measure(target: str, url: str) -> None:
@@ -136,30 +162,40 @@ def measure(target: str, url: str) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = registry_grpc.RegistryServiceStub(channel)
         first_page = stub.ListRuns(pb.ListRunsRequest(page_size=50))
-        cases: dict[str, Callable[[], object]] = {
-            "list": lambda: stub.ListRuns(pb.ListRunsRequest(page_size=50)),
-            "list_next_page": lambda: stub.ListRuns(
-                pb.ListRunsRequest(page_size=50, page_token=first_page.next_page_token)
+        requests: dict[str, tuple[Callable[..., Any], Any]] = {
+            "list": (stub.ListRuns, pb.ListRunsRequest(page_size=50)),
+            "list_next_page": (
+                stub.ListRuns,
+                pb.ListRunsRequest(page_size=50, page_token=first_page.next_page_token),
             ),
-            "list_filtered": lambda: stub.ListRuns(
+            "list_filtered": (
+                stub.ListRuns,
                 pb.ListRunsRequest(
                     filter='algorithm = "sarsa" AND test_metrics.success_rate > 0.95 AND params.alpha = 0.1',
                     order_by="test_metrics.avg_steps asc",
                     page_size=50,
-                )
+                ),
             ),
-            "list_tag": lambda: stub.ListRuns(pb.ListRunsRequest(filter='tags:"best_performance"', page_size=50)),
-            "best": lambda: stub.ListBestRuns(pb.ListBestRunsRequest(limit=10)),
-            "best_sarsa": lambda: stub.ListBestRuns(pb.ListBestRunsRequest(algorithm="sarsa", limit=10)),
-            "stats": lambda: stub.GetStatistics(pb.GetStatisticsRequest()),
-            "stats_filtered": lambda: stub.GetStatistics(pb.GetStatisticsRequest(filter='algorithm = "sarsa"')),
-            "search": lambda: stub.SearchRunsByParams(pb.SearchRunsByParamsRequest(params=params, page_size=50)),
+            "list_tag": (stub.ListRuns, pb.ListRunsRequest(filter='tags:"best_performance"', page_size=50)),
+            "best": (stub.ListBestRuns, pb.ListBestRunsRequest(limit=10)),
+            "best_sarsa": (stub.ListBestRuns, pb.ListBestRunsRequest(algorithm="sarsa", limit=10)),
+            "stats": (stub.GetStatistics, pb.GetStatisticsRequest()),
+            "stats_filtered": (stub.GetStatistics, pb.GetStatisticsRequest(filter='algorithm = "sarsa"')),
+            "search": (stub.SearchRunsByParams, pb.SearchRunsByParamsRequest(params=params, page_size=50)),
         }
-        for name, call in cases.items():
-            calls = CALLS if not name.startswith("stats") else 50
-            p50, p99 = timed(call, calls)
+        for name, (method, request) in requests.items():
+
+            def call(index: int, method: Callable[..., Any] = method, request: Any = request, name: str = name) -> Any:
+                tag = f"bench:{name}:{index}" if index >= 0 else f"warm:{name}"
+                return method(request, metadata=(("x-request-id", tag),))
+
+            p50, p99 = timed(call, CALLS)
             print(f"bench: query_p50_ms_{name} = {p50:.2f} ms")
             print(f"bench: query_p99_ms_{name} = {p99:.2f} ms")
+    time.sleep(0.5)  # the registry writes a call's log line after its reply
+    for name, durations in server_times(LOG).items():
+        p50, p99 = percentiles(durations)
+        print(f"  server side {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(durations)} calls, handler time)")
     # Reference: the seed's statistics query, straight SQL, no gRPC.
     with psycopg.connect(url) as conn:
         seed_sql = (
@@ -167,7 +203,7 @@ def measure(target: str, url: str) -> None:
             " AVG((test_metrics->>'avg_steps')::FLOAT) as avg_steps FROM training_runs"
             " WHERE status = 'completed' GROUP BY algorithm"
         )
-        p50, p99 = timed(lambda: conn.execute(seed_sql).fetchall(), 50)
+        p50, p99 = timed(lambda _index: conn.execute(seed_sql).fetchall(), size(50, 3))
         print(f"  reference: the seed's statistics SQL directly: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
 
@@ -187,7 +223,7 @@ def main() -> int:
         server = EmbeddedPostgres(data_dir=temp, durable=False)
         url = server.start()
     registry = None
-    log = open(ROOT / ".data" / "bench-queries-registry.log", "wb")
+    log = open(LOG, "wb")
     try:
         import asyncio
 
