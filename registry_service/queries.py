@@ -158,16 +158,22 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         """One keyset page of runs; the token is bound to `scope` + `binding_text` + ordering."""
         after = decode_page_token(token, scope, binding_text, ordering)
         statement = run_sql.page(where, after, ordering, limit=size + 1, skip=skip, filtered=filtered)
+        counting = run_sql.count_statements(where, binding_text) if count else []
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
+            answers = [conn.cursor() for _ in counting]
             try:
-                await cursor.execute(statement.query, statement.params)
+                # One round trip for the page and what total_size is decided from.
+                async with conn.pipeline():
+                    await cursor.execute(statement.query, statement.params)
+                    for answer, counted in zip(answers, counting, strict=True):
+                        await answer.execute(counted.query, counted.params)
+                rows = await cursor.fetchall()
             except errors.DataError as exc:
                 # e.g. a seed-style ::FLOAT cast over a hand-written non-numeric value.
                 raise bad_field(
                     where_field, f"cannot be evaluated on the stored data: {exc.diag.message_primary}"
                 ) from None
-            rows = await cursor.fetchall()
             runs = [run_from_row(row) for row in rows[:size]]
             if full:
                 runs = await self._with_curves(conn, runs)
@@ -179,6 +185,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                     conn,
                     where,
                     binding_text,
+                    [((await answer.fetchone()) or (None,))[0] for answer in answers],
                     whole=not token and not more,
                     shown=len(runs),
                     exact_limit=self.settings.exact_count_limit,
@@ -255,13 +262,15 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self, request: pb.GetStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatisticsResponse:
         where = compile_filter(request.filter)
+        by_algorithm, by_day = run_sql.statistics(where, request.filter)
         async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            by_algorithm, by_day = run_sql.statistics(where, request.filter)
-            await cursor.execute(by_algorithm.query, by_algorithm.params)
-            algorithms = await cursor.fetchall()
-            await cursor.execute(by_day.query, by_day.params)
-            days = await cursor.fetchall()
+            algorithms_cursor = conn.cursor(row_factory=dict_row)
+            days_cursor = conn.cursor(row_factory=dict_row)
+            async with conn.pipeline():  # both statements in one round trip
+                await algorithms_cursor.execute(by_algorithm.query, by_algorithm.params)
+                await days_cursor.execute(by_day.query, by_day.params)
+            algorithms = await algorithms_cursor.fetchall()
+            days = await days_cursor.fetchall()
         response = pb.GetStatisticsResponse(
             total_runs=sum(a["total_runs"] for a in algorithms),
             completed_runs=sum(a["completed_runs"] for a in algorithms),

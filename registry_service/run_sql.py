@@ -216,27 +216,42 @@ ESTIMATE = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM training_runs r WHERE {w
 TABLE_ROWS_ESTIMATE = sql.SQL("SELECT reltuples FROM pg_class WHERE oid = 'training_runs'::regclass")
 
 
-async def _scalar(conn: AsyncConnection[Any], query: sql.Composed | sql.SQL, params: list[Any] | None = None) -> Any:
-    row = await (await conn.execute(query, params)).fetchone()
-    return row[0] if row else None
+def count_statements(where: Compiled, filter_text: str) -> list[Statement]:
+    """What ListRuns' total_size is decided from, sent in the page's round trip (a pipeline).
+
+    The summary count when the filter reads only algorithm and status; otherwise the table's row
+    estimate and the planner's estimate of the matches (planning only: nothing is counted).
+    """
+    if reads_summary(filter_text):
+        return [Statement(COUNT_SUMMARY.format(where=_sql(where)), where.params)]
+    return [Statement(TABLE_ROWS_ESTIMATE.format()), Statement(ESTIMATE.format(where=_sql(where)), where.params)]
 
 
 async def total_size(
-    conn: AsyncConnection[Any], where: Compiled, filter_text: str, *, whole: bool, shown: int, exact_limit: int
+    conn: AsyncConnection[Any],
+    where: Compiled,
+    filter_text: str,
+    answers: list[Any],
+    *,
+    whole: bool,
+    shown: int,
+    exact_limit: int,
 ) -> int:
     """ListRuns' total_size (AIP-158 lets it be an estimate; README "total_size" says when it is).
 
-    Exact when the filter reads only algorithm and status (the run_statistics sums), when the
-    first page holds every match, or while the table holds at most `exact_limit` rows; otherwise
-    PostgreSQL's estimate of the matching rows, one planning step instead of counting tens of
-    thousands of rows.
+    `answers`: the first value of each of `count_statements`. Exact when the filter reads only
+    algorithm and status (the run_statistics sums), when the first page holds every match, or
+    while the table holds at most `exact_limit` rows (then counted: one more round trip);
+    otherwise PostgreSQL's estimate of the matching rows, one planning step instead of counting
+    tens of thousands of rows.
     """
     if reads_summary(filter_text):
-        return int(await _scalar(conn, COUNT_SUMMARY.format(where=_sql(where)), where.params) or 0)
+        return int(answers[0] or 0)
     if whole:
         return shown
-    rows = await _scalar(conn, TABLE_ROWS_ESTIMATE)
+    rows, plan = answers
     if rows is None or rows <= exact_limit:
-        return int(await _scalar(conn, COUNT.format(where=_sql(where)), where.params) or 0)
-    plan = await _scalar(conn, ESTIMATE.format(where=_sql(where)), where.params)
+        cursor = await conn.execute(COUNT.format(where=_sql(where)), where.params)
+        counted = await cursor.fetchone()
+        return int(counted[0]) if counted else 0
     return round(plan[0]["Plan"]["Plan Rows"]) if plan else 0
