@@ -156,7 +156,31 @@ def server_times(log: Path) -> dict[str, list[float]]:
     return found
 
 
-def measure(target: str, url: str) -> None:
+def cpu_ms(pids: list[int]) -> float | None:
+    """CPU time (user + system) used so far by these processes, from /proc (None: not readable,
+    e.g. a PostgreSQL server on another machine). Unlike a call's latency, it barely depends on
+    what else the machine runs."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def backends(url: str) -> list[int]:
+    """The PostgreSQL processes serving the registry's connections."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def measure(target: str, url: str, registry_pid: int) -> None:
     params = struct_pb2.Struct()
     params.update({"alpha": 0.1, "gamma": 0.99, "training_runs": 6000})
     with grpc.insecure_channel(target) as channel:
@@ -189,9 +213,18 @@ def measure(target: str, url: str) -> None:
                 tag = f"bench:{name}:{index}" if index >= 0 else f"warm:{name}"
                 return method(request, metadata=(("x-request-id", tag),))
 
+            serving = backends(url)
+            cpu_before = cpu_ms([registry_pid]), cpu_ms(serving)
             p50, p99 = timed(call, CALLS)
+            cpu_after = cpu_ms([registry_pid]), cpu_ms(serving)
             print(f"bench: query_p50_ms_{name} = {p50:.2f} ms")
             print(f"bench: query_p99_ms_{name} = {p99:.2f} ms")
+            spent = [
+                f"{who} {(after - before) / (CALLS + 5):.2f} ms"
+                for who, before, after in zip(("registry", "postgres"), cpu_before, cpu_after, strict=True)
+                if before is not None and after is not None
+            ]
+            print(f"  CPU per call {name}: {', '.join(spent)} (user + system, {CALLS + 5} calls)")
     time.sleep(0.5)  # the registry writes a call's log line after its reply
     for name, durations in server_times(LOG).items():
         p50, p99 = percentiles(durations)
@@ -238,7 +271,7 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         wait_for_health(f"127.0.0.1:{port}", "taxidriver.registry.v1.RegistryService")
-        measure(f"127.0.0.1:{port}", url)
+        measure(f"127.0.0.1:{port}", url, registry.pid)
     finally:
         if registry is not None:
             registry.terminate()
