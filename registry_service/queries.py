@@ -13,10 +13,11 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import grpc
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, Error, errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -117,6 +118,25 @@ def wants_curves(view: int) -> bool:
     return view == resources_pb2.RUN_VIEW_FULL
 
 
+@asynccontextmanager
+async def reading(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection for a query RPC's reads, in autocommit.
+
+    A pool connection opens a transaction at its first statement and the pool commits it when the
+    connection comes back: two round trips (BEGIN, COMMIT) around the reads. In autocommit a
+    pipeline sends every statement of the RPC and reads every answer in one round trip; each
+    statement reads its own snapshot (a page and its total_size, or statistics by algorithm and
+    by day, may see a run completed between the two).
+    """
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            with suppress(Error):  # a broken connection: the pool discards it
+                await conn.set_autocommit(False)
+
+
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     def __init__(self, pool: AsyncConnectionPool, settings: RegistrySettings, hub: Any = None) -> None:
         self.pool = pool
@@ -159,7 +179,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         after = decode_page_token(token, scope, binding_text, ordering)
         statement = run_sql.page(where, after, ordering, limit=size + 1, skip=skip, filtered=filtered)
         counting = run_sql.count_statements(where, binding_text) if count else []
-        async with self.pool.connection() as conn:
+        async with reading(self.pool) as conn:
             cursor = conn.cursor(row_factory=dict_row)
             answers = [conn.cursor() for _ in counting]
             try:
@@ -263,7 +283,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     ) -> pb.GetStatisticsResponse:
         where = compile_filter(request.filter)
         by_algorithm, by_day = run_sql.statistics(where, request.filter)
-        async with self.pool.connection() as conn:
+        async with reading(self.pool) as conn:
             algorithms_cursor = conn.cursor(row_factory=dict_row)
             days_cursor = conn.cursor(row_factory=dict_row)
             async with conn.pipeline():  # both statements in one round trip
