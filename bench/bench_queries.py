@@ -12,11 +12,11 @@ registry process and of its PostgreSQL backends (from /proc): on a loaded
 machine latency is mostly waiting for a core, CPU per call is the query's cost.
 Reference figures: the seed's own SQL run directly with psycopg on the same data.
 
-Seen on the shared 2-core machine at load 11-12 (README, Performance): latency
-p50 8-90 ms whatever the query, the handler's time within ~3 ms of the client's,
-PostgreSQL executing each statement in 0.1-2 ms (EXPLAIN ANALYZE), so the time
-goes to round trips (each one waits for a core twice) and the registry's Python
-building the page's messages.
+Seen on the shared 2-core machine at load 9-12 (README, Performance): p50 6-115
+ms and p99 35-520 ms whatever the code, the handler's time within ~3 ms of the
+client's (gRPC is not where the time goes), PostgreSQL's best time for each
+statement 0.1-2 ms, and ~10 ms of registry CPU per 50-run page: the latency is
+waiting for a core, once per round trip and for the registry's Python.
 """
 
 from __future__ import annotations
