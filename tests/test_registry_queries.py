@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from google.protobuf import struct_pb2
 
+from registry_service.plots import PLOT_NAMES
 from taxidriver.errors import status_details
 from taxidriver.ingest.v1 import ingest_service_pb2 as ingest_pb2
 from taxidriver.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
@@ -379,7 +380,12 @@ def test_models_export_import_and_artifact_download(ingest, queries, marker) -> 
     round_trip = b"".join(m.chunk for m in queries.ExportModel(pb.ExportModelRequest(model_id=imported.model_id)))
     assert round_trip == payload
 
-    artifacts = queries.ListArtifacts(pb.ListArtifactsRequest(run_id=run_id)).artifacts
+    # The completed run's first listing also renders its plots (registry_service/plot_rendering.py).
+    listed = queries.ListArtifacts(pb.ListArtifactsRequest(run_id=run_id)).artifacts
+    assert sorted(a.name for a in listed if a.kind == resources_pb2.ARTIFACT_KIND_PLOT) == sorted(PLOT_NAMES)
+    artifacts = queries.ListArtifacts(
+        pb.ListArtifactsRequest(run_id=run_id, kind=resources_pb2.ARTIFACT_KIND_MODEL)
+    ).artifacts
     assert [a.name for a in artifacts] == ["q_table.npy"]
     chunks = list(queries.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id=artifacts[0].artifact_id)))
     assert chunks[0].artifact.sha256 == artifacts[0].sha256
